@@ -1,0 +1,32 @@
+# Two commands do all the set-up (see README):  make report   and   make test
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.zfcore-installed
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: env report test test-code test-notebooks bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[all]"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+# Main job: execute the numbered notebooks on the embedded default and render the report.
+report: $(STAMP)
+	$(PY) report/build.py
+
+# All tests: the package's tests, then every notebook under nbval (cells must run cleanly).
+test: $(STAMP)
+	$(PY) -m pytest tests
+	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) report/build

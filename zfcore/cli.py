@@ -1,0 +1,45 @@
+"""Command line: ``python -m zfcore <command>``.
+
+Commands:
+  train   train the embedded Fashion-MNIST model (PyTorch) and export .npz weights and checkpoints
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args):
+    from .train import train
+
+    hist = train(epochs=args.epochs, out=args.out, seed=args.seed, batch_size=args.batch_size,
+                 lr=args.lr, subset=args.subset, device=args.device, root=args.data,
+                 threads=args.threads, overwrite=args.overwrite)
+    last = hist["epochs"][-1]
+    print(f"final test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs; "
+          f"weights in {args.out}")
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m zfcore", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train the embedded Fashion-MNIST model")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--out", default="zfcore/assets/models")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--subset", type=int, default=None, help="train on the first N images only")
+    t.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
+    t.add_argument("--data", default=None, help="folder holding the Fashion-MNIST idx files")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--overwrite", action="store_true", help="replace existing weights in --out")
+    t.set_defaults(func=_train)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,197 @@
+"""Train the embedded Fashion-MNIST model in PyTorch, the paper's way where it fits, and export .npz.
+
+Zeiler & Fergus (sec. 3): SGD with momentum 0.9, learning rate 1e-2 (here annealed with a cosine
+schedule), dropout 0.5 in the classifier, and after every step each conv filter whose RMS exceeds a
+fixed radius (0.1) is renormalised back to that radius. Augmentation: random horizontal flips and
+random translations of up to 2 pixels (zero padding), standing in for the paper's crops and flips.
+Weights start Kaiming-normal (PyTorch's default initialisation barely learns this net).
+
+    python -m zfcore train --epochs 30 --out zfcore/assets/models
+
+writes ``fmnist_zf.npz`` (float32, the final weights), ``checkpoints/epoch_XX.npz`` (float16, for the
+feature-evolution figure) and ``history.json`` (loss and accuracy per epoch). torch is imported here,
+never by the numpy core.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+from .models import SPECS, save_npz
+
+CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30)
+RMS_RADIUS = 0.1
+
+
+def torch_model(spec):
+    """The PyTorch mirror of a zfcore spec: an ``nn.Sequential`` whose state-dict keys are the
+    zfcore parameter names (``conv1.weight`` ...)."""
+    import torch.nn as nn
+
+    mods = OrderedDict()
+    for name, kind, p in spec:
+        if kind == "conv":
+            mods[name] = nn.Conv2d(p["in_channels"], p["out_channels"], p["kernel"], p["stride"],
+                                   p["padding"])
+        elif kind == "relu":
+            mods[name] = nn.ReLU()
+        elif kind == "maxpool":
+            mods[name] = nn.MaxPool2d(p["kernel"], p["stride"], p["padding"])
+        elif kind == "flatten":
+            mods[name] = nn.Flatten()
+        elif kind == "linear":
+            mods[name] = nn.Linear(p["in_features"], p["out_features"])
+        elif kind == "dropout":
+            mods[name] = nn.Dropout(p["p"])
+        else:
+            raise ValueError(f"layer {name!r}: unknown kind {kind!r}")
+    return nn.Sequential(mods)
+
+
+def kaiming_init(model, generator):
+    import torch
+    import torch.nn as nn
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            fan_in = m.weight[0].numel()
+            with torch.no_grad():
+                m.weight.normal_(0.0, math.sqrt(2.0 / fan_in), generator=generator)
+                m.bias.zero_()
+
+
+def renormalise_filters(model, radius=RMS_RADIUS) -> int:
+    """Scale every conv filter whose RMS exceeds ``radius`` back to ``radius``; return how many."""
+    import torch
+    import torch.nn as nn
+
+    n = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                w = m.weight
+                rms = w.pow(2).mean(dim=(1, 2, 3)).sqrt()
+                over = rms > radius
+                if over.any():
+                    n += int(over.sum())
+                    w[over] *= (radius / rms[over]).view(-1, 1, 1, 1)
+    return n
+
+
+def augment(x, rng):
+    """Random horizontal flip and random translation by up to 2 pixels (zero fill), per image."""
+    import torch
+
+    n = x.shape[0]
+    flip = torch.from_numpy(rng.random(n) < 0.5)
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    pad = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    dy, dx = rng.integers(0, 5, n), rng.integers(0, 5, n)
+    h, w = x.shape[2:]
+    return torch.stack([pad[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
+def state_to_numpy(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+
+
+def evaluate(model, x, y, device, batch=1000):
+    import torch
+
+    model.eval()
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(x[i:i + batch]).to(device)
+            yb = torch.from_numpy(y[i:i + batch]).to(device)
+            out = model(xb)
+            loss += float(torch.nn.functional.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+    return loss / len(x), correct / len(x)
+
+
+def _progress(epoch, epochs, step, steps, loss, t0, stream=sys.stderr):
+    done = int(30 * step / steps)
+    rate = step / max(time.time() - t0, 1e-9)
+    stream.write(f"\repoch {epoch}/{epochs} [{'#' * done}{'.' * (30 - done)}] {step}/{steps} "
+                 f"loss {loss:.4f} {rate:.1f} it/s ")
+    stream.flush()
+
+
+def train(epochs=30, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch_size=128, lr=1e-2,
+          weight_decay=5e-4, subset=None, device="auto", root=None, threads=None, overwrite=False,
+          checkpoints=CHECKPOINT_EPOCHS, quiet=False):
+    """Train ``arch`` on the Fashion-MNIST training split and export the weights. Returns the history."""
+    import torch
+
+    out = Path(out)
+    final = out / f"{arch}.npz"
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    xtr, ytr = data.load_dataset("train", root=root, limit=subset)
+    xte, yte = data.load_dataset("test", root=root)
+    if subset:
+        xte, yte = xte[:subset], yte[:subset]
+
+    model = torch_model(SPECS[arch])
+    kaiming_init(model, gen)
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps = math.ceil(len(xtr) / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, epochs * steps) / (epochs * steps))))
+    history = {"arch": arch, "seed": seed, "epochs": [], "config": dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, weight_decay=weight_decay,
+        rms_radius=RMS_RADIUS, schedule="cosine", augmentation="hflip + translate<=2px",
+        init="kaiming_normal", subset=subset, device=device)}
+    ckpt_epochs = sorted(set(e for e in checkpoints if e <= epochs) | {epochs})
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = rng.permutation(len(xtr))
+        t0, run_loss, renormed = time.time(), 0.0, 0
+        for step in range(steps):
+            idx = perm[step * batch_size:(step + 1) * batch_size]
+            xb = augment(torch.from_numpy(xtr[idx]), rng).to(device)
+            yb = torch.from_numpy(ytr[idx]).to(device)
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            renormed += renormalise_filters(model)
+            lv = loss.item()
+            run_loss = 0.98 * run_loss + 0.02 * lv if step else lv
+            if not quiet and (step % 20 == 0 or step == steps - 1):
+                _progress(epoch, epochs, step + 1, steps, run_loss, t0)
+        test_loss, test_acc = evaluate(model, xte, yte, device)
+        rec = dict(epoch=epoch, train_loss=run_loss, test_loss=test_loss, test_acc=test_acc,
+                   renormalised_filters=renormed, seconds=time.time() - t0)
+        history["epochs"].append(rec)
+        if not quiet:
+            sys.stderr.write(f"\repoch {epoch}/{epochs} train loss {run_loss:.4f} test loss "
+                             f"{test_loss:.4f} test acc {100 * test_acc:.2f}% "
+                             f"({rec['seconds']:.0f} s, {renormed} renorms)\n")
+        if epoch in ckpt_epochs:
+            save_npz(out / "checkpoints" / f"epoch_{epoch:02d}.npz", state_to_numpy(model), arch,
+                     meta=dict(epoch=epoch, test_acc=test_acc, storage="float16"),
+                     dtype=np.float16, overwrite=True)
+    save_npz(final, state_to_numpy(model), arch,
+             meta=dict(epoch=epochs, test_acc=history["epochs"][-1]["test_acc"], seed=seed),
+             overwrite=True)
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    return history
