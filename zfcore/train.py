@@ -133,8 +133,11 @@ def train(epochs=30, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
 
     out = Path(out)
     final = out / f"{arch}.npz"
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
+    existing = [p for p in [final, out / "history.json", *(out / "checkpoints").glob("epoch_*.npz")]
+                if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists (and {len(existing) - 1} more files from an "
+                              "earlier run); pass --overwrite to replace them")
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":
@@ -160,6 +163,7 @@ def train(epochs=30, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
         rms_radius=RMS_RADIUS, schedule="cosine", augmentation="hflip + translate<=2px",
         init="kaiming_normal", subset=subset, device=device)}
     ckpt_epochs = sorted(set(e for e in checkpoints if e <= epochs) | {epochs})
+    history["initial"] = dict(zip(("test_loss", "test_acc"), evaluate(model, xte, yte, device)))
     for epoch in range(1, epochs + 1):
         model.train()
         perm = rng.permutation(len(xtr))
