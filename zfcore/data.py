@@ -79,6 +79,23 @@ def read_idx(path, ndim: int | None = None) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def write_idx(path, array, overwrite: bool = False) -> Path:
+    """Write a uint8 array (1-d labels or 3-d images) as an idx file, gzip-compressed if the name ends
+    in ``.gz``. Used to make subsets and test fixtures; refuses to overwrite unless asked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    a = np.asarray(array)
+    if a.dtype != np.uint8 or a.ndim not in (1, 3):
+        raise ValueError(f"write_idx takes a 1-d or 3-d uint8 array, got {a.ndim}-d {a.dtype}")
+    raw = _MAGIC[a.ndim].to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+    raw += np.ascontiguousarray(a).tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(raw)
+    return path
+
+
 def _candidates(root):
     roots = []
     if root is not None:

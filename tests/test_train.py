@@ -1,0 +1,58 @@
+"""Training smoke test: a short run on a small subset lowers the loss and exports loadable weights."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from zfcore import data, train  # noqa: E402
+from zfcore.models import FMNIST_ZF, load_npz, param_shapes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    """A 'training split' of 256 shipped test images, so the test runs offline anywhere."""
+    root = tmp_path_factory.mktemp("fmnist")
+    x, y = data.load_dataset("test", limit=256)
+    imgs = (x[:, 0] * 255).round().astype(np.uint8)
+    for split in ("train", "test"):
+        data.write_idx(root / (data._FILES[split][0] + ".gz"), imgs)
+        data.write_idx(root / (data._FILES[split][1] + ".gz"), y.astype(np.uint8))
+    return root
+
+
+def test_short_run_lowers_loss_and_exports(tiny_root, tmp_path):
+    hist = train.train(epochs=3, out=tmp_path, root=tiny_root, batch_size=32, lr=1e-2, threads=2,
+                       quiet=True, checkpoints=(1, 2))
+    assert hist["epochs"][-1]["test_loss"] < 0.8 * hist["initial"]["test_loss"]
+    params, arch, meta = load_npz(tmp_path / "fmnist_zf.npz")
+    assert arch == "fmnist_zf" and meta["epoch"] == 3
+    assert {k: v.shape for k, v in params.items()} == param_shapes(FMNIST_ZF)
+    # checkpoints at the requested epochs and the last one, stored as float16
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.npz"))
+    assert names == ["epoch_01.npz", "epoch_02.npz", "epoch_03.npz"]
+    with np.load(tmp_path / "checkpoints" / "epoch_02.npz") as z:
+        assert z["conv1.weight"].dtype == np.float16
+    # the paper's renormalisation held: no conv filter RMS above the radius (float32 slack)
+    for k, v in params.items():
+        if v.ndim == 4:
+            rms = np.sqrt((v.astype(np.float64) ** 2).mean(axis=(1, 2, 3)))
+            assert rms.max() <= train.RMS_RADIUS * (1 + 1e-5)
+
+
+def test_refuses_to_overwrite(tiny_root, tmp_path):
+    (tmp_path / "fmnist_zf.npz").write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        train.train(epochs=1, out=tmp_path, root=tiny_root, quiet=True)
+    assert (tmp_path / "fmnist_zf.npz").read_bytes() == b"keep me"
+
+
+def test_renormalise_filters_matches_definition():
+    conv = torch.nn.Conv2d(2, 3, 3)
+    with torch.no_grad():
+        conv.weight.copy_(torch.stack([torch.full((2, 3, 3), 0.05), torch.full((2, 3, 3), 0.3),
+                                       torch.full((2, 3, 3), -0.2)]))
+    n = train.renormalise_filters(torch.nn.Sequential(conv), radius=0.1)
+    assert n == 2
+    rms = conv.weight.detach().pow(2).mean(dim=(1, 2, 3)).sqrt()
+    np.testing.assert_allclose(rms.numpy(), [0.05, 0.1, 0.1], rtol=1e-6)
+    assert float(conv.weight[2].detach().max()) < 0  # direction kept
