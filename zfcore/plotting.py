@@ -1,0 +1,77 @@
+"""Figure helpers for the notebooks: images, projections, grids and receptive-field boxes.
+
+matplotlib is imported lazily inside each function, so importing zfcore never needs it. Arrays follow
+the package convention: one image is (C, H, W) with C = 1 (grey) or 3 (RGB); a batch is (N, C, H, W).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_display(img: np.ndarray, mode: str = "minmax") -> np.ndarray:
+    """Map a (C, H, W) image or projection to an (H, W) or (H, W, 3) array in [0, 1] for imshow.
+
+    mode: ``"minmax"`` scales [min, max] to [0, 1] (what huybery/VisualizingCNN does before uint8);
+    ``"symmetric"`` maps 0 to mid-grey and +-max|x| to 1 / 0, so the sign of a projection stays
+    readable; ``"clip"`` clips to [0, 1] (for images already in that range).
+    """
+    a = np.asarray(img, dtype=np.float64)
+    if a.ndim != 3 or a.shape[0] not in (1, 3):
+        raise ValueError(f"expected a (C, H, W) array with C = 1 or 3, got shape {a.shape}")
+    if mode == "minmax":
+        lo, hi = a.min(), a.max()
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    elif mode == "symmetric":
+        m = np.abs(a).max()
+        a = 0.5 + 0.5 * a / m if m > 0 else np.full_like(a, 0.5)
+    elif mode == "clip":
+        a = np.clip(a, 0.0, 1.0)
+    else:
+        raise ValueError(f"unknown display mode {mode!r}: expected 'minmax', 'symmetric' or 'clip'")
+    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+
+
+def show(ax, img, title=None, mode="minmax", cmap="gray"):
+    """imshow one (C, H, W) array on ``ax`` without ticks."""
+    ax.imshow(to_display(img, mode), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def grid(images, titles=None, ncols=8, mode="minmax", size=1.6, suptitle=None):
+    """A figure with one panel per (C, H, W) image in ``images``; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            show(ax, images[i], titles[i] if titles is not None else None, mode)
+        else:
+            ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def draw_box(ax, box, color="red", lw=1.5):
+    """Draw an input-space box ``(top, left, bottom, right)`` (inclusive pixel indices) on ``ax``."""
+    from matplotlib.patches import Rectangle
+
+    top, left, bottom, right = box
+    ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left + 1, bottom - top + 1,
+                           fill=False, edgecolor=color, linewidth=lw))
+    return ax
+
+
+def feature_maps(maps, ncols=8, size=1.2, title=None):
+    """Show the channels of one (C, H, W) activation as a grid of grey images."""
+    return grid([m[None] for m in np.asarray(maps)], titles=[str(i) for i in range(len(maps))],
+                ncols=ncols, size=size, suptitle=title)
