@@ -50,6 +50,11 @@ def torch_model(spec):
             mods[name] = nn.Linear(p["in_features"], p["out_features"])
         elif kind == "dropout":
             mods[name] = nn.Dropout(p["p"])
+        elif kind == "lrn":
+            mods[name] = nn.LocalResponseNorm(p["size"], p["alpha"], p["beta"], p["k"])
+        elif kind == "adaptive_avgpool":
+            o = p["output_size"]
+            mods[name] = nn.AdaptiveAvgPool2d(tuple(o) if isinstance(o, (list, tuple)) else o)
         else:
             raise ValueError(f"layer {name!r}: unknown kind {kind!r}")
     return nn.Sequential(mods)
