@@ -1,17 +1,33 @@
-"""Architectures as declarative layer specs, and weight files (.npz).
+"""Architectures as declarative layer specs, and weight files (.npz, PyTorch state dicts).
 
 A spec is a list of ``(name, kind, params)`` triples, read top to bottom as the forward pass. The same
 spec builds the numpy network (``zfcore.network``) and, for training, its PyTorch mirror
 (``zfcore.train``), so the two cannot drift apart. Parameter names are ``<layer>.weight`` and
 ``<layer>.bias`` in PyTorch's layout: conv weights (F, C, KH, KW), linear weights (out, in).
 
-Layer kinds: ``conv`` (in_channels, out_channels, kernel, stride, padding), ``relu``,
-``maxpool`` (kernel, stride, padding), ``flatten``, ``linear`` (in_features, out_features),
-``dropout`` (p; identity at inference).
+Layer kinds: ``conv`` (in_channels, out_channels, kernel, stride, padding; kernel, stride and padding
+an int or an (H, W) pair), ``relu``, ``maxpool`` (kernel, stride, padding), ``flatten``, ``linear``
+(in_features, out_features), ``dropout`` (p; identity at inference), ``lrn`` (size, alpha, beta, k:
+local response normalisation across channels, ``torch.nn.LocalResponseNorm`` semantics) and
+``adaptive_avgpool`` (output_size: an int or an (H, W) pair).
+
+Architectures (``SPECS``, or ``get_spec(arch, num_classes)``):
+
+- ``fmnist_zf``: the embedded small ZF-style net for 28x28 Fashion-MNIST images (``FMNIST_ZF``);
+- ``zfnet``: ZFNet as in Zeiler & Fergus (2014), Fig. 3 (``zfnet_spec``);
+- ``alexnet``, ``vgg16``: torchvision's layouts (``alexnet_spec``, ``vgg16_spec``).
+
+Weights: ``build_model`` (random seeded, a file or a dict), ``load_model`` (the shipped embedded
+model, or ImageNet weights the user already has), ``load_weights`` / ``save_weights`` (.npz in zfcore's
+format; .pth/.pt state dicts in torchvision's or zfcore's key layout), ``check_params`` (missing keys,
+unexpected keys and shape mismatches, all in one message) and the key mapping
+``torchvision_to_zfcore`` / ``zfcore_to_torchvision``, derived from the spec. torch is imported only
+inside the functions that read .pth files or return tensors.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +58,153 @@ FMNIST_ZF = [
     ("fc7", "linear", dict(in_features=512, out_features=10)),
 ]
 
-SPECS = {"fmnist_zf": FMNIST_ZF}
+
+def _conv(name, cin, cout, kernel, stride=1, padding=0):
+    return (name, "conv", dict(in_channels=cin, out_channels=cout, kernel=kernel, stride=stride,
+                               padding=padding))
+
+
+def _pool(name, kernel, stride, padding=0):
+    return (name, "maxpool", dict(kernel=kernel, stride=stride, padding=padding))
+
+
+def _linear(name, fin, fout):
+    return (name, "linear", dict(in_features=fin, out_features=fout))
+
+
+def vgg16_spec(num_classes: int = 1000) -> list:
+    """VGG16 (configuration D of Simonyan & Zisserman) in torchvision's layout, for 3x224x224 input.
+
+    Thirteen 3x3 stride-1 pad-1 convs in five blocks (64, 128, 256, 512, 512 channels), each block
+    ending in a non-overlapping 2x2/2 max-pool (224 -> 112 -> 56 -> 28 -> 14 -> 7), an adaptive 7x7
+    average pool (identity at 224x224; it lets other input sizes reach the classifier), then
+    fc6 25088 -> 4096, fc7 4096 -> 4096 (ReLU and dropout 0.5 after each) and fc8 -> ``num_classes``.
+    Names: conv1_1, relu1_1, ..., pool5, avgpool, flatten, fc6, relu6, drop6, fc7, relu7, drop7, fc8.
+    """
+    spec, cin = [], 3
+    for block, (cout, reps) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], 1):
+        for i in range(1, reps + 1):
+            spec += [_conv(f"conv{block}_{i}", cin, cout, 3, 1, 1), (f"relu{block}_{i}", "relu", {})]
+            cin = cout
+        spec.append(_pool(f"pool{block}", 2, 2))
+    spec += [("avgpool", "adaptive_avgpool", dict(output_size=7)), ("flatten", "flatten", {}),
+             _linear("fc6", 512 * 7 * 7, 4096), ("relu6", "relu", {}), ("drop6", "dropout", dict(p=0.5)),
+             _linear("fc7", 4096, 4096), ("relu7", "relu", {}), ("drop7", "dropout", dict(p=0.5)),
+             _linear("fc8", 4096, num_classes)]
+    return spec
+
+
+def alexnet_spec(num_classes: int = 1000) -> list:
+    """AlexNet in torchvision's layout (the one-GPU variant of Krizhevsky's "one weird trick"), 3x224x224.
+
+    conv1 64@11x11/4 pad 2 (224 -> 55), overlapping 3x3/2 max-pool (-> 27), conv2 192@5x5 pad 2,
+    pool (-> 13), conv3 384, conv4 256, conv5 256 (3x3 pad 1), pool (-> 6), adaptive 6x6 average pool,
+    then torchvision's classifier order: drop6, fc6 9216 -> 4096, relu6, drop7, fc7 4096 -> 4096,
+    relu7, fc8 -> ``num_classes`` (dropout *before* each of fc6 and fc7). No local response
+    normalisation, as in torchvision.
+    """
+    relu = lambda i: (f"relu{i}", "relu", {})  # noqa: E731
+    return [
+        _conv("conv1", 3, 64, 11, 4, 2), relu(1), _pool("pool1", 3, 2),
+        _conv("conv2", 64, 192, 5, 1, 2), relu(2), _pool("pool2", 3, 2),
+        _conv("conv3", 192, 384, 3, 1, 1), relu(3),
+        _conv("conv4", 384, 256, 3, 1, 1), relu(4),
+        _conv("conv5", 256, 256, 3, 1, 1), relu(5), _pool("pool5", 3, 2),
+        ("avgpool", "adaptive_avgpool", dict(output_size=6)), ("flatten", "flatten", {}),
+        ("drop6", "dropout", dict(p=0.5)), _linear("fc6", 256 * 6 * 6, 4096), relu(6),
+        ("drop7", "dropout", dict(p=0.5)), _linear("fc7", 4096, 4096), relu(7),
+        _linear("fc8", 4096, num_classes),
+    ]
+
+
+# Local response normalisation for ZFNet. The paper gives no constants; these are AlexNet's (Krizhevsky
+# et al. 2012, sec. 3.3: n = 5, alpha = 1e-4, beta = 0.75, k = 2) written for torch's formula, which
+# divides alpha by the window size: b = a / (k + alpha / n * sum a^2) ** beta, so alpha = 5 * 1e-4.
+ZFNET_LRN = dict(size=5, alpha=5e-4, beta=0.75, k=2.0)
+
+
+def zfnet_spec(num_classes: int = 1000) -> list:
+    """ZFNet as in Zeiler & Fergus (ECCV 2014), Fig. 3, for 3x224x224 input.
+
+    Each of layers 1-2 is conv -> ReLU -> 3x3 stride-2 max-pool -> contrast normalisation across
+    feature maps (``lrn``, constants ``ZFNET_LRN``); layers 3-5 are 3x3 convs, layer 5 ends in a pool:
+
+    ======  ===================  =======  =========
+    layer   op                   padding  output
+    ======  ===================  =======  =========
+    conv1   96@7x7 stride 2      1        96x110x110
+    pool1   3x3 stride 2         1        96x55x55
+    conv2   256@5x5 stride 2     0        256x26x26
+    pool2   3x3 stride 2         1        256x13x13
+    conv3   384@3x3 stride 1     1        384x13x13
+    conv4   384@3x3 stride 1     1        384x13x13
+    conv5   256@3x3 stride 1     1        256x13x13
+    pool5   3x3 stride 2         0        256x6x6
+    ======  ===================  =======  =========
+
+    then fc6 9216 -> 4096, fc7 4096 -> 4096 (ReLU and dropout 0.5 after each, as the paper's sec. 3)
+    and fc8 -> ``num_classes``. The paddings are the only symmetric integer ones giving the paper's map
+    sizes with floor rounding, ``H_out = 1 + (H + 2*pad - K) // stride``: e.g. conv1 needs
+    ``(217 + 2p) // 2 == 109``, so p = 1; pool1 and pool2 need p = 1 where Caffe (used for the paper's
+    era of models) rounded up instead (ceil mode, an extra window at the bottom/right only); the two
+    choices give the same sizes but pad 1 places windows one pixel up-left of Caffe's.
+
+    The deconvnet passes the contrast normalisation through as the identity (the paper's
+    reconstructions do not invert it; see ``zfcore.layers``), so projections through ``norm1`` and
+    ``norm2`` are exactly those of the network without them, while the forward pass applies them.
+    """
+    relu = lambda i: (f"relu{i}", "relu", {})  # noqa: E731
+    return [
+        _conv("conv1", 3, 96, 7, 2, 1), relu(1), _pool("pool1", 3, 2, 1), ("norm1", "lrn", dict(ZFNET_LRN)),
+        _conv("conv2", 96, 256, 5, 2, 0), relu(2), _pool("pool2", 3, 2, 1), ("norm2", "lrn", dict(ZFNET_LRN)),
+        _conv("conv3", 256, 384, 3, 1, 1), relu(3),
+        _conv("conv4", 384, 384, 3, 1, 1), relu(4),
+        _conv("conv5", 384, 256, 3, 1, 1), relu(5), _pool("pool5", 3, 2, 0),
+        ("flatten", "flatten", {}),
+        _linear("fc6", 256 * 6 * 6, 4096), relu(6), ("drop6", "dropout", dict(p=0.5)),
+        _linear("fc7", 4096, 4096), relu(7), ("drop7", "dropout", dict(p=0.5)),
+        _linear("fc8", 4096, num_classes),
+    ]
+
+
+def _set_num_classes(spec, num_classes: int) -> list:
+    """A copy of ``spec`` whose last linear layer has ``num_classes`` outputs."""
+    spec = [(n, k, dict(p)) for n, k, p in spec]
+    last = max(i for i, (_, k, _) in enumerate(spec) if k == "linear")
+    spec[last][2]["out_features"] = int(num_classes)
+    return spec
+
+
+# The registry: architecture name -> spec with its default classifier width.
+SPECS = {"fmnist_zf": FMNIST_ZF, "vgg16": vgg16_spec(), "alexnet": alexnet_spec(), "zfnet": zfnet_spec()}
+
+# Default ImageNet weights: torchvision's file names in its hub cache, and the environment variables.
+TORCHVISION_FILES = {"vgg16": "vgg16-397923af.pth", "alexnet": "alexnet-owt-7be5be79.pth"}
+WEIGHTS_ENV = {"vgg16": "ZFCORE_VGG16", "alexnet": "ZFCORE_ALEXNET"}
+ASSETS = Path(__file__).resolve().parent / "assets" / "models"
+
+
+def _check_arch(arch: str) -> str:
+    if arch not in SPECS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(SPECS)}")
+    return arch
+
+
+def get_spec(arch: str, num_classes: int | None = None) -> list:
+    """The spec of a registered architecture, with its last linear layer resized to ``num_classes``
+    (default: the architecture's own, 10 for fmnist_zf and 1000 for the ImageNet nets)."""
+    _check_arch(arch)
+    if num_classes is None:
+        return [(n, k, dict(p)) for n, k, p in SPECS[arch]]
+    return _set_num_classes(SPECS[arch], num_classes)
+
+
+def _spec_of(arch_or_spec) -> list:
+    return get_spec(arch_or_spec) if isinstance(arch_or_spec, str) else arch_or_spec
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 def param_shapes(spec) -> dict[str, tuple[int, ...]]:
@@ -50,8 +212,7 @@ def param_shapes(spec) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for name, kind, p in spec:
         if kind == "conv":
-            k = p["kernel"] if isinstance(p["kernel"], tuple) else (p["kernel"], p["kernel"])
-            shapes[f"{name}.weight"] = (p["out_channels"], p["in_channels"], *k)
+            shapes[f"{name}.weight"] = (p["out_channels"], p["in_channels"], *_pair(p["kernel"]))
             shapes[f"{name}.bias"] = (p["out_channels"],)
         elif kind == "linear":
             shapes[f"{name}.weight"] = (p["out_features"], p["in_features"])
@@ -59,12 +220,120 @@ def param_shapes(spec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _last_linear(spec) -> str | None:
+    names = [n for n, k, _ in spec if k == "linear"]
+    return names[-1] if names else None
+
+
+def _infer_num_classes(arch: str, params) -> int | None:
+    """The classifier width stored in ``params`` (rows of the last linear weight), if readable."""
+    w = params.get(f"{_last_linear(get_spec(arch))}.weight")
+    shape = getattr(w, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) == 2 else None
+
+
+def check_params(spec, params: dict, source: str = "params") -> None:
+    """Check ``params`` against a spec (or a registered architecture's name).
+
+    Raises one ``ValueError`` naming ``source`` that lists every missing key, every unexpected key and
+    every shape mismatch (key, expected shape, found shape); returns None when all is well.
+    """
+    spec = _spec_of(spec)
+    expected = param_shapes(spec)
+    problems = []
+    missing = [k for k in expected if k not in params]
+    unexpected = [k for k in params if k not in expected]
+    if missing:
+        problems.append("missing keys: " + ", ".join(f"{k} {expected[k]}" for k in missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(
+            f"{k} {tuple(getattr(params[k], 'shape', ()))}" for k in unexpected))
+    for k, shape in expected.items():
+        if k in params:
+            found = getattr(params[k], "shape", None)
+            if found is None:
+                problems.append(f"{k}: expected an array of shape {shape}, found {type(params[k]).__name__}")
+            elif tuple(found) != tuple(shape):
+                problems.append(f"shape mismatch for {k}: expected {tuple(shape)}, found {tuple(found)}")
+    if problems:
+        raise ValueError(f"{source}: weights do not fit the architecture:\n  " + "\n  ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------------
+# torchvision key layout
+
+def torchvision_names(arch) -> dict[str, str]:
+    """Map each zfcore layer name of a spec (or architecture name) to its torchvision module path.
+
+    Derived from the spec order the way torchvision lays out AlexNet and VGG: layers before the first
+    ``adaptive_avgpool`` or ``flatten`` are ``features.<i>``, an ``adaptive_avgpool`` is ``avgpool``,
+    ``flatten`` is no module (it lives in ``forward``), and the layers after are ``classifier.<i>``,
+    counting every module (ReLU, pool, dropout, LRN) in each ``nn.Sequential``.
+    """
+    names, section, i = {}, "features", 0
+    for name, kind, _ in _spec_of(arch):
+        if kind in ("adaptive_avgpool", "flatten"):
+            if kind == "adaptive_avgpool":
+                names[name] = "avgpool"
+            if section == "features":
+                section, i = "classifier", 0
+            continue
+        names[name] = f"{section}.{i}"
+        i += 1
+    return names
+
+
+def _to_numpy(v) -> np.ndarray:
+    if hasattr(v, "detach"):  # a torch tensor
+        v = v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def torchvision_to_zfcore(arch, state_dict) -> dict[str, np.ndarray]:
+    """Rename a torchvision-layout state dict (``features.0.weight`` ...) to zfcore names (``conv1_1.weight``).
+
+    Values become numpy arrays (float32 for floating ones). Keys that do not belong to the spec's layers
+    are kept under their own names, so that ``check_params`` reports them as unexpected.
+    """
+    to_zf = {tv: zf for zf, tv in torchvision_names(arch).items()}
+    out = {}
+    for key, v in state_dict.items():
+        module, _, leaf = key.rpartition(".")
+        new = f"{to_zf[module]}.{leaf}" if module in to_zf else key
+        a = _to_numpy(v)
+        out[new] = a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+    return out
+
+
+def zfcore_to_torchvision(arch, params: dict, as_torch: bool = False) -> dict:
+    """Rename zfcore parameters to torchvision's keys; ``as_torch=True`` returns torch tensors, ready for
+    ``torchvision.models.<arch>().load_state_dict(..., strict=True)``."""
+    to_tv = torchvision_names(arch)
+    out = {}
+    for key, v in params.items():
+        layer, _, leaf = key.rpartition(".")
+        out[f"{to_tv[layer]}.{leaf}" if layer in to_tv else key] = np.asarray(v)
+    if as_torch:
+        import torch
+
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+    return out
+
+
+def _is_torchvision_layout(keys) -> bool:
+    return any(k.startswith(("features.", "classifier.")) for k in keys)
+
+
+# ------------------------------------------------------------------------------------------------
+# .npz files
+
 def save_npz(path, params: dict, arch: str, meta: dict | None = None, dtype=None,
              overwrite: bool = False) -> Path:
     """Write ``params`` (name -> array) to a compressed .npz with the architecture name and metadata.
 
     ``dtype`` (e.g. ``np.float16``) converts every parameter for storage; loading converts back to
-    float32. Refuses to overwrite an existing file unless ``overwrite=True``.
+    float32. Refuses to overwrite an existing file unless ``overwrite=True``. Writes to a temporary
+    file next to ``path`` and renames it, so a failure leaves neither a partial file nor the temporary.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -74,26 +343,242 @@ def save_npz(path, params: dict, arch: str, meta: dict | None = None, dtype=None
     header = {"arch": arch, "meta": meta or {}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, __zfcore__=np.array(json.dumps(header)), **arrays)
-    tmp.replace(path)  # no partial file left behind on failure
+    try:
+        np.savez_compressed(tmp, __zfcore__=np.array(json.dumps(header)), **arrays)
+        tmp.replace(path)  # no partial file left behind on failure
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
 def load_npz(path) -> tuple[dict[str, np.ndarray], str, dict]:
-    """Read a zfcore .npz: returns (params as float32 arrays, arch name, metadata)."""
+    """Read a zfcore .npz: returns (params as float32 arrays, arch name, metadata).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for anything
+    unreadable (not a zip, truncated, no zfcore header, damaged members).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not a zfcore weights file (a bare .npy array, not an .npz)")
+        with z:
             if "__zfcore__" not in z.files:
                 raise ValueError(f"{path}: not a zfcore weights file (no '__zfcore__' header)")
             header = json.loads(str(z["__zfcore__"]))
+            if not isinstance(header, dict):
+                raise ValueError(f"{path}: not a zfcore weights file (bad '__zfcore__' header)")
             params = {k: z[k].astype(np.float32) for k in z.files if k != "__zfcore__"}
-    except (OSError, EOFError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: corrupt weights file ({e})") from None
-    except Exception as e:  # zipfile.BadZipFile and friends
-        if isinstance(e, ValueError):
+    except ValueError as e:
+        if str(e).startswith(str(path)):
             raise
         raise ValueError(f"{path}: corrupt weights file ({e})") from None
+    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, zlib.error, JSON errors ...
+        raise ValueError(f"{path}: corrupt weights file ({type(e).__name__}: {e})") from None
     return params, header.get("arch", ""), header.get("meta", {})
+
+
+# ------------------------------------------------------------------------------------------------
+# weights in any format
+
+def _load_pth(path: Path) -> dict:
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"{path}: reading .pth/.pt files needs PyTorch (pip install torch), "
+                          "or convert it to .npz with save_weights where torch is installed") from None
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise ValueError(f"{path}: corrupt or unreadable PyTorch weights file "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a training checkpoint
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+        raise ValueError(f"{path}: not a state dict (found {type(obj).__name__}); "
+                         "save the model with torch.save(model.state_dict(), path)")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _guess_arch(path, state: dict, torchvision_layout: bool) -> str:
+    keys = set(state)
+    candidates = []
+    for arch in SPECS:
+        expected = set(param_shapes(get_spec(arch)))
+        if torchvision_layout:
+            expected = set(zfcore_to_torchvision(arch, dict.fromkeys(expected, 0)))
+        if keys == expected:
+            candidates.append(arch)
+    if len(candidates) > 1:  # same names (alexnet / zfnet): decide by shapes
+        params = torchvision_to_zfcore(candidates[0], state) if torchvision_layout else state
+        fits = []
+        for arch in candidates:
+            try:
+                check_params(get_spec(arch, _infer_num_classes(arch, params)), params)
+                fits.append(arch)
+            except ValueError:
+                pass
+        candidates = fits
+    if len(candidates) != 1:
+        raise ValueError(f"{path}: cannot tell which architecture these weights are for "
+                         f"({'several' if candidates else 'none'} of {', '.join(SPECS)} fit); "
+                         "pass arch=")
+    return candidates[0]
+
+
+def load_weights(path, arch: str | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """Read a weights file; returns (params as float32 numpy arrays under zfcore names, arch name).
+
+    ``.npz``: zfcore's format (``save_weights``); the architecture stored in the file must equal ``arch``
+    when given. ``.pth`` / ``.pt``: a PyTorch state dict (``torch.load(weights_only=True)``, torch imported
+    here) in torchvision's key layout (``features.0.weight``) or zfcore's (``conv1.weight``); ``arch`` is
+    guessed from the keys when not given. The params are checked against the architecture (the classifier
+    width may differ: it is read from the file), so a file for another architecture, a missing file or
+    a corrupt one each give one error naming the file.
+    """
+    path = Path(path)
+    if arch is not None:
+        _check_arch(arch)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        params, stored, _ = load_npz(path)
+        if stored not in SPECS:
+            raise ValueError(f"{path}: weights for an unknown architecture {stored!r}")
+        if arch is not None and stored != arch:
+            raise ValueError(f"{path}: a weights file for architecture {stored!r}, not {arch!r}")
+        arch = stored
+    elif suffix in (".pth", ".pt"):
+        state = _load_pth(path)
+        tv = _is_torchvision_layout(state)
+        if arch is None:
+            arch = _guess_arch(path, state, tv)
+        params = torchvision_to_zfcore(arch, state) if tv else {k: _to_numpy(v) for k, v in state.items()}
+        params = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+                  for k, v in params.items()}
+    else:
+        raise ValueError(f"{path}: unknown weights format {suffix!r} (expected .npz, .pth or .pt)")
+    try:
+        check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
+    except ValueError as e:
+        raise ValueError(f"{e}\n  (checked against architecture {arch!r})") from None
+    return params, arch
+
+
+def save_weights(net_or_params, path, arch: str, overwrite: bool = False, meta: dict | None = None,
+                 dtype=None) -> Path:
+    """Save a network's (or a params dict's) weights to a zfcore ``.npz`` file for ``arch``.
+
+    The params are checked against the architecture first. Refuses to overwrite an existing file unless
+    ``overwrite=True``; writes through a temporary file, so a failure leaves no partial output.
+    """
+    path = Path(path)
+    _check_arch(arch)
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"{path}: save_weights writes zfcore .npz files; give a path ending in .npz")
+    params = getattr(net_or_params, "params", net_or_params)
+    check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
+    return save_npz(path, params, arch, meta=meta, dtype=dtype, overwrite=overwrite)
+
+
+def build_model(arch: str = "fmnist_zf", weights=None, seed: int = 0, num_classes: int | None = None,
+                dtype=np.float32):
+    """A ``zfcore.network.Network`` for ``arch``.
+
+    ``weights``: None (random, seeded by ``seed``), a path (``load_weights``) or a params dict (checked
+    with ``check_params``). ``num_classes`` resizes the last linear layer; with weights given and
+    ``num_classes=None`` it is read from the weights.
+    """
+    from . import network
+
+    _check_arch(arch)
+    params, source = None, "params"
+    if isinstance(weights, (str, os.PathLike)):
+        params, arch = load_weights(weights, arch)
+        source = str(weights)
+    elif weights is not None:
+        params = {k: _to_numpy(v) for k, v in dict(weights).items()}
+    if params is not None and num_classes is None:
+        num_classes = _infer_num_classes(arch, params)
+    spec = get_spec(arch, num_classes)
+    if params is not None:
+        check_params(spec, params, source=source)
+        params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    return network.build(spec, params=params, seed=seed, dtype=dtype)
+
+
+def _hub_dir() -> Path:
+    """torch.hub.get_dir(), without importing torch when it is not installed (same rule as torch)."""
+    try:
+        import torch.hub
+
+        return Path(torch.hub.get_dir())
+    except ImportError:
+        if os.environ.get("TORCH_HOME"):
+            return Path(os.environ["TORCH_HOME"]).expanduser() / "hub"
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        return Path(cache).expanduser() / "torch" / "hub"
+
+
+def default_weights_path(name: str) -> Path:
+    """Where ``load_model(name)`` finds weights without a path; raises FileNotFoundError listing where it
+    looked. fmnist_zf: the shipped ``zfcore/assets/models/fmnist_zf.npz``. vgg16 / alexnet:
+    ``$ZFCORE_VGG16`` / ``$ZFCORE_ALEXNET``, then torchvision's cache
+    (``torch.hub.get_dir()/checkpoints/<torchvision file name>``). Nothing is ever downloaded."""
+    _check_arch(name)
+    if name == "fmnist_zf":
+        p = ASSETS / "fmnist_zf.npz"
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p}: the embedded model's weights are missing from this installation; train them with "
+                "`python -m zfcore train` (or build_model('fmnist_zf') for random weights)")
+        return p
+    if name not in TORCHVISION_FILES:
+        raise FileNotFoundError(f"no pretrained weights are known for {name!r}; pass path= to a weights "
+                                f"file, or use build_model({name!r}) for random weights")
+    looked = []
+    env = WEIGHTS_ENV[name]
+    if os.environ.get(env):
+        p = Path(os.environ[env]).expanduser()
+        if p.is_file():
+            return p
+        looked.append(f"${env} = {p} (no such file)")
+    else:
+        looked.append(f"${env} (not set)")
+    p = _hub_dir() / "checkpoints" / TORCHVISION_FILES[name]
+    if p.is_file():
+        return p
+    looked.append(f"{p} (torchvision's cache; not there)")
+    raise FileNotFoundError(
+        f"no {name} ImageNet weights found; looked at: " + "; ".join(looked) +
+        f". Pass path=, set ${env}, or put torchvision's {TORCHVISION_FILES[name]} in its cache "
+        f"(zfcore never downloads). build_model({name!r}) gives random weights.")
+
+
+def load_model(name: str = "fmnist_zf", path=None):
+    """A network with trained weights: the embedded Fashion-MNIST model shipped with zfcore (default), or
+    vgg16 / alexnet with ImageNet weights the user already has (``path``, ``$ZFCORE_VGG16`` /
+    ``$ZFCORE_ALEXNET``, or torchvision's cache; see ``default_weights_path``). Never downloads."""
+    _check_arch(name)
+    return build_model(name, weights=path if path is not None else default_weights_path(name))
+
+
+def checkpoints(name: str = "fmnist_zf") -> list[tuple[int, Path]]:
+    """The shipped training checkpoints of ``name``: a sorted list of (epoch, path) for
+    ``zfcore/assets/models/checkpoints/epoch_XX.npz``. They are stored as float16 (to keep the package
+    small) and load as float32 (``build_model(name, weights=path)``); what the stored values represent
+    is float16-rounded weights, so accuracies of checkpoints are those of the rounded weights."""
+    _check_arch(name)
+    if name != "fmnist_zf":
+        return []
+    folder = ASSETS / "checkpoints"
+    out = []
+    for p in folder.glob("epoch_*.npz"):
+        stem = p.stem[len("epoch_"):]
+        if stem.isdigit():
+            out.append((int(stem), p))
+    return sorted(out)
