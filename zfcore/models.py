@@ -292,8 +292,9 @@ def _to_numpy(v) -> np.ndarray:
 def torchvision_to_zfcore(arch, state_dict) -> dict[str, np.ndarray]:
     """Rename a torchvision-layout state dict (``features.0.weight`` ...) to zfcore names (``conv1_1.weight``).
 
-    Values become numpy arrays (float32 for floating ones). Keys that do not belong to the spec's layers
-    are kept under their own names, so that ``check_params`` reports them as unexpected.
+    Values become numpy arrays (float32 for floating ones), copied, so that they share no memory with
+    the tensors given. Keys that do not belong to the spec's layers are kept under their own names, so
+    that ``check_params`` reports them as unexpected.
     """
     to_zf = {tv: zf for zf, tv in torchvision_names(arch).items()}
     out = {}
@@ -301,7 +302,7 @@ def torchvision_to_zfcore(arch, state_dict) -> dict[str, np.ndarray]:
         module, _, leaf = key.rpartition(".")
         new = f"{to_zf[module]}.{leaf}" if module in to_zf else key
         a = _to_numpy(v)
-        out[new] = a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+        out[new] = np.array(a, dtype=np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype)
     return out
 
 
@@ -493,8 +494,6 @@ def build_model(arch: str = "fmnist_zf", weights=None, seed: int = 0, num_classe
     with ``check_params``). ``num_classes`` resizes the last linear layer; with weights given and
     ``num_classes=None`` it is read from the weights.
     """
-    from . import network
-
     _check_arch(arch)
     params, source = None, "params"
     if isinstance(weights, (str, os.PathLike)):
@@ -508,6 +507,8 @@ def build_model(arch: str = "fmnist_zf", weights=None, seed: int = 0, num_classe
     if params is not None:
         check_params(spec, params, source=source)
         params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    from . import network
+
     return network.build(spec, params=params, seed=seed, dtype=dtype)
 
 
