@@ -1,0 +1,559 @@
+"""The operations of the Zeiler & Fergus deconvnet, in numpy alone.
+
+Every array is NCHW. Axis letters used throughout: N batch, C channels, H W height and width of a
+layer's input, Ho Wo of its output, F filters, KH KW kernel height and width.
+
+Forward ops and their deconvnet inverses (Zeiler & Fergus, ECCV 2014, section 2.1):
+
+============================  ==============================================================
+forward                       deconvnet inverse
+============================  ==============================================================
+``conv2d(x, w, b)``           ``conv_transpose2d(y, w)``: the same filters transposed, no bias
+``relu(x)``                   ``unrelu(r)``: ReLU of the reconstruction signal
+``max_pool2d(x, k)``          ``max_unpool2d(y, switches, x.shape)``: values back at the switches
+``linear(x, w, b)``           ``linear_transpose(y, w)``: ``y @ w``, no bias
+============================  ==============================================================
+
+Output size of a convolution or pooling window, per spatial axis::
+
+    H_out = 1 + (H + 2*padding - KH) // stride            (conv_output_size)
+
+Each of conv2d, conv_transpose2d, max_pool2d and max_unpool2d has a naive twin (``*_naive``, same
+signature): explicit loops over output positions that read like the paper. The fast versions are
+im2col + one BLAS GEMM (conv), one GEMM + col2im by KH*KW slice-adds (deconv), KH*KW strided
+comparisons (pool) and a scatter-add (unpool). Tests check fast == naive == PyTorch.
+
+Dtypes: float32 and float64 are preserved. When inputs mix dtypes the result is float64 if any input
+is float64, else float32; any other real dtype (bool, integers, float16) is computed in float32.
+Complex and non-numeric inputs raise ValueError. Bad shapes or parameters raise ValueError; nothing
+is broadcast silently.
+"""
+import numpy as np
+
+__all__ = [
+    "conv_output_size",
+    "conv2d", "conv2d_naive",
+    "conv_transpose2d", "conv_transpose2d_naive",
+    "relu", "unrelu",
+    "max_pool2d", "max_pool2d_naive",
+    "max_unpool2d", "max_unpool2d_naive",
+    "linear", "linear_transpose",
+    "flatten", "softmax", "dropout",
+]
+
+# The im2col buffer of one chunk (a band of output rows of one image, or several whole images) is
+# kept under this many bytes: it caps peak memory and keeps the buffer in the L3 cache.
+_CHUNK_BYTES = 8 * 2**20
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checking
+# ----------------------------------------------------------------------------------------------
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _pair(v, name):
+    """An int or a pair of ints -> (h, w)."""
+    if _is_int(v):
+        return int(v), int(v)
+    try:
+        a, b = v
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or a pair (h, w) of ints, got {v!r}") from None
+    if not (_is_int(a) and _is_int(b)):
+        raise ValueError(f"{name} must be an int or a pair (h, w) of ints, got {v!r}")
+    return int(a), int(b)
+
+
+def _stride_padding(stride, padding):
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if sh <= 0 or sw <= 0:
+        raise ValueError(f"stride must be positive, got {(sh, sw)}")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be non-negative, got {(ph, pw)}")
+    return (sh, sw), (ph, pw)
+
+
+def _floats(*arrays, names):
+    """Convert to ndarrays of one float dtype (float64 if any input is float64, else float32)."""
+    arrays = [np.asarray(a) for a in arrays]
+    for a, name in zip(arrays, names):
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+    wide = any(a.dtype.kind == "f" and a.dtype.itemsize >= 8 for a in arrays)
+    dt = np.dtype(np.float64 if wide else np.float32)
+    return [a.astype(dt, copy=False) for a in arrays], dt
+
+
+def _ndim(a, n, name, letters):
+    if a.ndim != n:
+        raise ValueError(f"{name} must be {n}-D {letters}, got shape {a.shape}")
+
+
+def conv_output_size(size, kernel, stride=1, padding=0):
+    """Output length of a conv/pool window along one axis: ``1 + (size + 2*padding - kernel) // stride``.
+
+    Raises ValueError if the kernel is larger than the padded input, stride <= 0 or padding < 0.
+    """
+    for v, name in ((size, "size"), (kernel, "kernel"), (stride, "stride"), (padding, "padding")):
+        if not _is_int(v):
+            raise ValueError(f"{name} must be an int, got {v!r}")
+    if stride <= 0:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if padding < 0:
+        raise ValueError(f"padding must be non-negative, got {padding}")
+    if kernel <= 0:
+        raise ValueError(f"kernel must be positive, got {kernel}")
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if kernel > size + 2 * padding:
+        raise ValueError(f"kernel {kernel} is larger than the padded input {size} + 2*{padding}")
+    return 1 + (size + 2 * padding - kernel) // stride
+
+
+def _check_conv(x, w, b, stride, padding):
+    names = ("x", "w") if b is None else ("x", "w", "b")
+    arrays, dt = _floats(*((x, w) if b is None else (x, w, b)), names=names)
+    x, w = arrays[0], arrays[1]
+    b = arrays[2] if b is not None else None
+    _ndim(x, 4, "x", "(N, C, H, W)")
+    _ndim(w, 4, "w", "(F, C, KH, KW)")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"channel mismatch: x has C={x.shape[1]} channels, w expects {w.shape[1]}"
+                         f" (x {x.shape}, w {w.shape})")
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"b must have shape (F,) = ({w.shape[0]},), got {b.shape}")
+    (sh, sw), (ph, pw) = _stride_padding(stride, padding)
+    Ho = conv_output_size(x.shape[2], w.shape[2], sh, ph)
+    Wo = conv_output_size(x.shape[3], w.shape[3], sw, pw)
+    return x, w, b, dt, (sh, sw), (ph, pw), (Ho, Wo)
+
+
+def _check_conv_transpose(y, w, stride, padding, output_size):
+    (y, w), dt = _floats(y, w, names=("y", "w"))
+    _ndim(y, 4, "y", "(N, F, Ho, Wo)")
+    _ndim(w, 4, "w", "(F, C, KH, KW)")
+    if y.shape[1] != w.shape[0]:
+        raise ValueError(f"channel mismatch: y has F={y.shape[1]} maps, w has {w.shape[0]} filters"
+                         f" (y {y.shape}, w {w.shape})")
+    (sh, sw), (ph, pw) = _stride_padding(stride, padding)
+    N, F, Ho, Wo = y.shape
+    _, C, KH, KW = w.shape
+    if min(Ho, Wo, KH, KW) <= 0:
+        raise ValueError(f"empty spatial size: y {y.shape}, w {w.shape}")
+    Hmin, Wmin = (Ho - 1) * sh - 2 * ph + KH, (Wo - 1) * sw - 2 * pw + KW
+    if max(Hmin, 1) >= Hmin + sh or max(Wmin, 1) >= Wmin + sw:
+        raise ValueError(f"padding {(ph, pw)} too large: no input size >= 1 gives y's size {(Ho, Wo)}"
+                         f" (kernel {(KH, KW)}, stride {(sh, sw)})")
+    if output_size is None:
+        H, W = max(Hmin, 1), max(Wmin, 1)
+    else:
+        size = tuple(output_size)
+        if len(size) == 4:
+            if size[:2] != (N, C):
+                raise ValueError(f"output_size {size} does not match (N, C) = {(N, C)}")
+            size = size[2:]
+        H, W = _pair(size, "output_size")
+        if not (max(Hmin, 1) <= H < Hmin + sh and max(Wmin, 1) <= W < Wmin + sw):
+            raise ValueError(f"output_size {(H, W)} out of range: with y {y.shape}, kernel {(KH, KW)},"
+                             f" stride {(sh, sw)}, padding {(ph, pw)} it must lie in"
+                             f" [{max(Hmin, 1)}, {Hmin + sh - 1}] x [{max(Wmin, 1)}, {Wmin + sw - 1}]")
+    return y, w, dt, (sh, sw), (ph, pw), (H, W)
+
+
+def _check_pool(x, kernel, stride, padding):
+    (x,), dt = _floats(x, names=("x",))
+    _ndim(x, 4, "x", "(N, C, H, W)")
+    kh, kw = _pair(kernel, "kernel")
+    if kh <= 0 or kw <= 0:
+        raise ValueError(f"kernel must be positive, got {(kh, kw)}")
+    (sh, sw), (ph, pw) = _stride_padding((kh, kw) if stride is None else stride, padding)
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"padding {(ph, pw)} must be at most half the kernel {(kh, kw)}")
+    Ho = conv_output_size(x.shape[2], kh, sh, ph)
+    Wo = conv_output_size(x.shape[3], kw, sw, pw)
+    return x, dt, (kh, kw), (sh, sw), (ph, pw), (Ho, Wo)
+
+
+def _check_unpool(y, switches, input_shape):
+    (y,), dt = _floats(y, names=("y",))
+    _ndim(y, 4, "y", "(N, C, Ho, Wo)")
+    s = np.asarray(switches)
+    if s.dtype.kind not in "iu":
+        raise ValueError(f"switches must be an integer array, got dtype {s.dtype}")
+    if s.shape != y.shape:
+        raise ValueError(f"switches shape {s.shape} does not match y shape {y.shape}")
+    shape = tuple(int(v) for v in input_shape)
+    N, C = y.shape[:2]
+    if len(shape) == 4:
+        if shape[:2] != (N, C):
+            raise ValueError(f"input_shape {shape} does not match y's (N, C) = {(N, C)}")
+        shape = shape[2:]
+    if len(shape) != 2 or min(shape) <= 0:
+        raise ValueError(f"input_shape must be (N, C, H, W) or (H, W) with H, W > 0, got {input_shape!r}")
+    H, W = shape
+    if s.size and (s.min() < 0 or s.max() >= H * W):
+        raise ValueError(f"switches must lie in [0, H*W) = [0, {H * W}), got range [{s.min()}, {s.max()}]")
+    return y, s.astype(np.int64, copy=False), dt, (H, W)
+
+
+def _chunks(N, Ho, bytes_per_row):
+    """(images per chunk, output rows per chunk) so one chunk's im2col buffer fits _CHUNK_BYTES."""
+    per_image = bytes_per_row * Ho
+    if per_image <= _CHUNK_BYTES:
+        return max(1, min(N, _CHUNK_BYTES // per_image)), Ho
+    return 1, max(1, min(Ho, _CHUNK_BYTES // bytes_per_row))
+
+
+# ----------------------------------------------------------------------------------------------
+# convolution
+# ----------------------------------------------------------------------------------------------
+def conv2d(x, w, b=None, stride=1, padding=0):
+    """2-D cross-correlation (as ``torch.nn.functional.conv2d``) with zero padding.
+
+    x (N, C, H, W), w (F, C, KH, KW), b (F,) or None -> y (N, F, Ho, Wo), where
+    ``Ho = 1 + (H + 2*ph - KH) // sh`` and ``Wo = 1 + (W + 2*pw - KW) // sw``;
+    ``y[n, f, i, j] = b[f] + sum_{c,u,v} w[f, c, u, v] * xpad[n, c, i*sh + u, j*sw + v]``.
+
+    im2col + one BLAS GEMM per chunk. The column matrix has rows (c, u, v) and columns = output
+    positions, so it is filled by KH*KW copies of whole shifted slices and the GEMM ``w @ cols``
+    writes (F, positions), already in NCHW order. With stride 1 the padded input is used flat, row
+    width Wp = W + 2*pw: the window offset (u, v) is then one contiguous slice starting at
+    ``u*Wp + v``; the GEMM also computes KW - 1 throw-away columns per output row, dropped when
+    the result is copied out. The image is processed in bands of output rows (_CHUNK_BYTES).
+    """
+    x, w, b, dt, (sh, sw), (ph, pw), (Ho, Wo) = _check_conv(x, w, b, stride, padding)
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    K = C * KH * KW
+    w2 = np.ascontiguousarray(w.reshape(F, K))
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    y = np.empty((N, F, Ho, Wo), dt)
+    bias = None if b is None else b[:, None, None]
+    offsets = [(u, v) for u in range(KH) for v in range(KW)]
+
+    if sh == 1 and sw == 1:
+        # flat padded planes, KW - 1 spare elements at the end for the last row's throw-away columns
+        P = Hp * Wp + KW - 1
+        xp = np.zeros((N, C, P), dt)
+        xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, ph:ph + H, pw:pw + W] = x
+        nb, rb = _chunks(N, Ho, K * Wp * dt.itemsize)
+        cols_buf = np.empty(K * nb * rb * Wp, dt)
+        out_buf = np.empty(F * nb * rb * Wp, dt)
+        for n0 in range(0, N, nb):
+            m = min(nb, N - n0)
+            for r0 in range(0, Ho, rb):
+                r = min(rb, Ho - r0)
+                L = r * Wp
+                cols = cols_buf[:K * m * L].reshape(C, KH * KW, m, L)
+                for k, (u, v) in enumerate(offsets):
+                    off = (r0 + u) * Wp + v
+                    cols[:, k] = xp[n0:n0 + m, :, off:off + L].transpose(1, 0, 2)
+                out = out_buf[:F * m * L].reshape(F, m * L)
+                np.matmul(w2, cols.reshape(K, m * L), out=out)
+                res = out.reshape(F, m, r, Wp)[:, :, :, :Wo].transpose(1, 0, 2, 3)
+                dst = y[n0:n0 + m, :, r0:r0 + r]
+                if bias is None:
+                    dst[...] = res
+                else:
+                    np.add(res, bias, out=dst)
+        return y
+
+    if ph or pw:
+        xp = np.zeros((N, C, Hp, Wp), dt)
+        xp[:, :, ph:ph + H, pw:pw + W] = x
+    else:
+        xp = x
+    nb, rb = _chunks(N, Ho, K * Wo * dt.itemsize)
+    cols_buf = np.empty(K * nb * rb * Wo, dt)
+    out_buf = np.empty(F * nb * rb * Wo, dt)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        for r0 in range(0, Ho, rb):
+            r = min(rb, Ho - r0)
+            cols = cols_buf[:K * m * r * Wo].reshape(C, KH * KW, m, r, Wo)
+            for k, (u, v) in enumerate(offsets):
+                h0 = r0 * sh + u
+                cols[:, k] = xp[n0:n0 + m, :, h0:h0 + sh * (r - 1) + 1:sh,
+                                v:v + sw * (Wo - 1) + 1:sw].transpose(1, 0, 2, 3)
+            out = out_buf[:F * m * r * Wo].reshape(F, m * r * Wo)
+            np.matmul(w2, cols.reshape(K, m * r * Wo), out=out)
+            res = out.reshape(F, m, r, Wo).transpose(1, 0, 2, 3)
+            dst = y[n0:n0 + m, :, r0:r0 + r]
+            if bias is None:
+                dst[...] = res
+            else:
+                np.add(res, bias, out=dst)
+    return y
+
+
+def conv2d_naive(x, w, b=None, stride=1, padding=0):
+    """Loop twin of :func:`conv2d` (same signature, shapes and output size)."""
+    x, w, b, dt, (sh, sw), (ph, pw), (Ho, Wo) = _check_conv(x, w, b, stride, padding)
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    xpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dt)
+    xpad[:, :, ph:ph + H, pw:pw + W] = x
+    y = np.zeros((N, F, Ho, Wo), dt)
+    for i in range(Ho):
+        for j in range(Wo):
+            patch = xpad[:, :, i * sh:i * sh + KH, j * sw:j * sw + KW]      # (N, C, KH, KW)
+            y[:, :, i, j] = np.tensordot(patch, w, axes=([1, 2, 3], [1, 2, 3]))  # (N, F)
+    if b is not None:
+        y += b[:, None, None]
+    return y
+
+
+def conv_transpose2d(y, w, stride=1, padding=0, output_size=None):
+    """The deconv of Zeiler & Fergus: the adjoint of :func:`conv2d` with respect to its input.
+
+    y (N, F, Ho, Wo), w (F, C, KH, KW) -- the forward conv's weight, as is (not flipped) ->
+    x (N, C, H, W). No bias. Each y[n, f, i, j] adds ``y[n, f, i, j] * w[f]`` into the window of
+    the padded input it was computed from; the padding is then cut off. Same result as
+    ``torch.nn.functional.conv_transpose2d(y, w, stride=stride, padding=padding,
+    output_padding=(H, W) - (Hmin, Wmin))``.
+
+    The smallest consistent input size is ``Hmin = (Ho - 1)*sh - 2*ph + KH`` (likewise Wmin);
+    with stride > 1 every H in [Hmin, Hmin + sh - 1] gives the same Ho, so ``output_size=(H, W)``
+    (or the full (N, C, H, W)) selects it; without it, (Hmin, Wmin) is returned (or 1 where a
+    large padding makes Hmin < 1).
+
+    One GEMM ``w.T @ y`` gives the columns (c, u, v) x positions; col2im adds them back with
+    KH*KW shifted slice-adds (the mirror of :func:`conv2d`'s im2col), in bands of output rows.
+    """
+    y, w, dt, (sh, sw), (ph, pw), (H, W) = _check_conv_transpose(y, w, stride, padding, output_size)
+    N, F, Ho, Wo = y.shape
+    _, C, KH, KW = w.shape
+    K = C * KH * KW
+    wT = np.ascontiguousarray(w.reshape(F, K)).T        # (K, F) view; BLAS handles the transpose
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    offsets = [(u, v) for u in range(KH) for v in range(KW)]
+
+    if sh == 1 and sw == 1:
+        P = Hp * Wp + KW - 1
+        xp = np.zeros((N, C, P), dt)
+        nb, rb = _chunks(N, Ho, K * Wp * dt.itemsize)
+        cols_buf = np.empty(K * nb * rb * Wp, dt)
+        y_buf = np.empty(F * nb * rb * Wp, dt)
+        for n0 in range(0, N, nb):
+            m = min(nb, N - n0)
+            for r0 in range(0, Ho, rb):
+                r = min(rb, Ho - r0)
+                L = r * Wp
+                yb = y_buf[:F * m * L].reshape(F, m, r, Wp)
+                yb[..., :Wo] = y[n0:n0 + m, :, r0:r0 + r].transpose(1, 0, 2, 3)
+                yb[..., Wo:] = 0           # throw-away columns contribute nothing
+                cols = cols_buf[:K * m * L].reshape(C, KH * KW, m, L)
+                np.matmul(wT, yb.reshape(F, m * L), out=cols.reshape(K, m * L))
+                for k, (u, v) in enumerate(offsets):
+                    off = (r0 + u) * Wp + v
+                    xp[n0:n0 + m, :, off:off + L] += cols[:, k].transpose(1, 0, 2)
+        return np.ascontiguousarray(
+            xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, ph:ph + H, pw:pw + W])
+
+    xp = np.zeros((N, C, Hp, Wp), dt)
+    nb, rb = _chunks(N, Ho, K * Wo * dt.itemsize)
+    cols_buf = np.empty(K * nb * rb * Wo, dt)
+    y_buf = np.empty(F * nb * rb * Wo, dt)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        for r0 in range(0, Ho, rb):
+            r = min(rb, Ho - r0)
+            yb = y_buf[:F * m * r * Wo].reshape(F, m, r, Wo)
+            yb[...] = y[n0:n0 + m, :, r0:r0 + r].transpose(1, 0, 2, 3)
+            cols = cols_buf[:K * m * r * Wo].reshape(C, KH * KW, m, r, Wo)
+            np.matmul(wT, yb.reshape(F, m * r * Wo), out=cols.reshape(K, m * r * Wo))
+            for k, (u, v) in enumerate(offsets):
+                h0 = r0 * sh + u
+                xp[n0:n0 + m, :, h0:h0 + sh * (r - 1) + 1:sh,
+                   v:v + sw * (Wo - 1) + 1:sw] += cols[:, k].transpose(1, 0, 2, 3)
+    if ph == 0 and pw == 0:
+        return xp
+    return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W])
+
+
+def conv_transpose2d_naive(y, w, stride=1, padding=0, output_size=None):
+    """Loop twin of :func:`conv_transpose2d` (same signature, shapes and output size)."""
+    y, w, dt, (sh, sw), (ph, pw), (H, W) = _check_conv_transpose(y, w, stride, padding, output_size)
+    N, F, Ho, Wo = y.shape
+    _, C, KH, KW = w.shape
+    xpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dt)
+    for i in range(Ho):
+        for j in range(Wo):
+            # each output value sends its filter, scaled, back onto the window it came from
+            xpad[:, :, i * sh:i * sh + KH, j * sw:j * sw + KW] += np.tensordot(y[:, :, i, j], w, axes=(1, 0))
+    return xpad[:, :, ph:ph + H, pw:pw + W].copy()
+
+
+# ----------------------------------------------------------------------------------------------
+# rectification
+# ----------------------------------------------------------------------------------------------
+def relu(x):
+    """max(x, 0), elementwise; any shape. NaN propagates."""
+    (x,), _ = _floats(x, names=("x",))
+    return np.maximum(x, 0)
+
+
+def unrelu(r):
+    """The deconvnet's rectification: ReLU of the reconstruction signal ``r`` itself.
+
+    Zeiler & Fergus pass the reconstruction through a ReLU so that it stays positive; it does not
+    depend on the sign of the forward input (that would be the gradient, or guided backprop).
+    """
+    (r,), _ = _floats(r, names=("r",))
+    return np.maximum(r, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# pooling
+# ----------------------------------------------------------------------------------------------
+def max_pool2d(x, kernel, stride=None, padding=0):
+    """Max-pooling with switches, as ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
+
+    x (N, C, H, W) -> (y, switches), both (N, C, Ho, Wo) with ``Ho = 1 + (H + 2*ph - KH) // sh``
+    (floor mode). ``stride`` defaults to ``kernel``; the padding is implicit -inf and must be at
+    most half the kernel. ``switches`` (int64) holds, for each output, the flat index ``h*W + w``
+    of the chosen input in its own (unpadded) H x W plane. Ties go to the first maximum in the
+    window's row-major scan order; a NaN wins over numbers (the last NaN of a window, as torch).
+    Overlapping windows (stride < kernel) are allowed.
+
+    Fast path: KH*KW strided views, one per window offset (u, v), each compared with the running
+    maximum; a strictly larger value replaces it (so the first maximum is kept).
+    """
+    x, dt, (KH, KW), (sh, sw), (ph, pw), (Ho, Wo) = _check_pool(x, kernel, stride, padding)
+    N, C, H, W = x.shape
+    if ph or pw:
+        xp = np.full((N, C, H + 2 * ph, W + 2 * pw), -np.inf, dt)
+        xp[:, :, ph:ph + H, pw:pw + W] = x
+    else:
+        xp = x
+    top = np.arange(Ho)[:, None] * sh - ph        # window's first row, unpadded coordinates
+    left = np.arange(Wo)[None, :] * sw - pw
+    y = np.full((N, C, Ho, Wo), -np.inf, dt)
+    switches = np.empty((N, C, Ho, Wo), np.int64)
+    # start at the window's first real position (what a window of all -inf returns, as in torch)
+    switches[...] = np.maximum(top, 0) * W + np.maximum(left, 0)
+    for u in range(KH):
+        for v in range(KW):
+            cand = xp[:, :, u:u + sh * (Ho - 1) + 1:sh, v:v + sw * (Wo - 1) + 1:sw]
+            better = cand > y
+            better |= np.isnan(cand)
+            np.copyto(y, cand, where=better)
+            np.copyto(switches, (top + u) * W + (left + v), where=better)
+    return y, switches
+
+
+def max_pool2d_naive(x, kernel, stride=None, padding=0):
+    """Loop twin of :func:`max_pool2d` (same signature and output; for NaN it keeps the first)."""
+    x, dt, (KH, KW), (sh, sw), (ph, pw), (Ho, Wo) = _check_pool(x, kernel, stride, padding)
+    N, C, H, W = x.shape
+    y = np.empty((N, C, Ho, Wo), dt)
+    switches = np.empty((N, C, Ho, Wo), np.int64)
+    for i in range(Ho):
+        for j in range(Wo):
+            # the window, clipped to the real input (the padding is -inf, never the maximum)
+            h0, h1 = max(i * sh - ph, 0), min(i * sh - ph + KH, H)
+            w0, w1 = max(j * sw - pw, 0), min(j * sw - pw + KW, W)
+            window = x[:, :, h0:h1, w0:w1].reshape(N, C, -1)
+            k = np.argmax(window, axis=2)                     # first maximum in scan order
+            y[:, :, i, j] = np.take_along_axis(window, k[:, :, None], axis=2)[:, :, 0]
+            dh, dw = np.divmod(k, w1 - w0)
+            switches[:, :, i, j] = (h0 + dh) * W + (w0 + dw)
+    return y, switches
+
+
+def max_unpool2d(y, switches, input_shape):
+    """The deconvnet's unpooling: each y value goes back to the input position its switch records.
+
+    y (N, C, Ho, Wo), switches (N, C, Ho, Wo) flat indices ``h*W + w`` into each H x W plane
+    (from :func:`max_pool2d`), input_shape (N, C, H, W) or (H, W) -> x (N, C, H, W), zero
+    elsewhere. Where overlapping windows chose the same position their values ADD UP: this is
+    the adjoint of max-pooling with fixed switches (its gradient). ``torch.nn.functional
+    .max_unpool2d`` assigns instead (last write wins), which agrees only for non-overlapping pools.
+
+    Fast path: one scatter-add, ``np.bincount`` over the global flat indices with y as weights.
+    """
+    y, s, dt, (H, W) = _check_unpool(y, switches, input_shape)
+    N, C, Ho, Wo = y.shape
+    flat = s.reshape(N * C, Ho * Wo) + (np.arange(N * C, dtype=np.int64) * (H * W))[:, None]
+    x = np.bincount(flat.ravel(), weights=y.ravel(), minlength=N * C * H * W)
+    return x.astype(dt, copy=False).reshape(N, C, H, W)
+
+
+def max_unpool2d_naive(y, switches, input_shape):
+    """Loop twin of :func:`max_unpool2d` (same signature and output)."""
+    y, s, dt, (H, W) = _check_unpool(y, switches, input_shape)
+    N, C, Ho, Wo = y.shape
+    x = np.zeros((N, C, H * W), dt)
+    n, c = np.ogrid[:N, :C]
+    for i in range(Ho):
+        for j in range(Wo):
+            x[n, c, s[:, :, i, j]] += y[:, :, i, j]     # one position per (n, c): no collisions
+    return x.reshape(N, C, H, W)
+
+
+# ----------------------------------------------------------------------------------------------
+# classifier pieces
+# ----------------------------------------------------------------------------------------------
+def linear(x, w, b=None):
+    """Fully connected layer: x (N, in), w (out, in) (torch layout), b (out,) or None -> (N, out)."""
+    arrays, _ = _floats(*((x, w) if b is None else (x, w, b)),
+                        names=("x", "w") if b is None else ("x", "w", "b"))
+    x, w = arrays[0], arrays[1]
+    _ndim(x, 2, "x", "(N, in)")
+    _ndim(w, 2, "w", "(out, in)")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"feature mismatch: x has {x.shape[1]} features, w expects {w.shape[1]}")
+    out = x @ w.T
+    if b is not None:
+        b = arrays[2]
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"b must have shape (out,) = ({w.shape[0]},), got {b.shape}")
+        out += b
+    return out
+
+
+def linear_transpose(y, w):
+    """Deconv of a linear layer (its adjoint, no bias): y (N, out), w (out, in) -> ``y @ w`` (N, in)."""
+    (y, w), _ = _floats(y, w, names=("y", "w"))
+    _ndim(y, 2, "y", "(N, out)")
+    _ndim(w, 2, "w", "(out, in)")
+    if y.shape[1] != w.shape[0]:
+        raise ValueError(f"feature mismatch: y has {y.shape[1]} features, w has {w.shape[0]} outputs")
+    return y @ w
+
+
+def flatten(x):
+    """(N, ...) -> (N, prod(...)), C-order (as ``torch.flatten(x, 1)``)."""
+    (x,), _ = _floats(x, names=("x",))
+    if x.ndim < 2:
+        raise ValueError(f"flatten needs at least 2 dimensions (N, ...), got shape {x.shape}")
+    return x.reshape(x.shape[0], -1)
+
+
+def softmax(z, axis=-1):
+    """Numerically stable softmax along ``axis`` (the maximum is subtracted first); any shape."""
+    (z,), _ = _floats(z, names=("z",))
+    e = np.exp(z - np.max(z, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def dropout(x, p=0.5, training=False, rng=None):
+    """Inverted dropout. At inference (``training=False``) the identity: returns x unchanged.
+
+    When training, each element is zeroed with probability p and the survivors are scaled by
+    1 / (1 - p), so the expectation is unchanged. ``rng``: a ``numpy.random.Generator``, an int
+    seed or None (fresh entropy).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must lie in [0, 1], got {p}")
+    (x,), _ = _floats(x, names=("x",))
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return np.zeros_like(x)
+    rng = np.random.default_rng(rng)
+    keep = rng.random(x.shape) >= p
+    return np.where(keep, x / (1.0 - p), 0).astype(x.dtype, copy=False)
