@@ -1,0 +1,198 @@
+"""PyTorch references for the projection, independent of zfcore's numpy code (tests, comparisons).
+
+torch (and captum) are imported inside the functions, never when this module is imported.
+
+- ``TorchDeconvnet``: the spec and weights as a torch model (``zfcore.train.torch_model``); autograd of
+  the chosen activation with respect to the input, seeded with the activation's own value, with every
+  ReLU's backward replaced by the rule: ``relu(g)`` (deconvnet), ``relu(g) * (x > 0)`` (guided) or
+  ``g * (x > 0)`` (gradient, torch's own). Local response normalisation is passed through by its
+  backward (the deconvnet's definition, see ``zfcore.layers``); everything else is torch's own autograd
+  (max-pool's backward sends each value to its argmax and adds up where windows overlap; a conv's
+  backward is the transposed conv without bias).
+- ``deconvnet_reference``: one projection with ``TorchDeconvnet``.
+- ``captum_deconvolution``: captum's ``NeuronDeconvolution`` on the same weights, scaled by the
+  activation value (captum seeds with 1; for a non-negative activation the two agree exactly, as the
+  deconvnet is positively homogeneous in its seed).
+
+Room is left here for other references (e.g. a re-creation of huybery/VisualizingCNN's pipeline).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def torch_model(spec, params: dict, dtype: str = "float32"):
+    """An ``nn.Sequential`` mirror of ``spec`` (``zfcore.train.torch_model``) holding ``params``
+    (``<layer>.weight`` / ``<layer>.bias`` numpy arrays), in eval mode, in ``dtype``."""
+    import torch
+
+    from .train import torch_model as _build
+
+    model = _build(spec)
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
+    model.load_state_dict(state, strict=True)
+    model = model.to(getattr(torch, dtype)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _functions():
+    """The custom autograd functions (defined lazily so that torch is imported only when used)."""
+    import torch
+
+    class RuleReLU(torch.autograd.Function):
+        """ReLU whose backward follows ``holder.rule`` (read at backward time)."""
+
+        @staticmethod
+        def forward(ctx, x, holder):
+            ctx.save_for_backward(x)
+            ctx.holder = holder
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            rule = ctx.holder.rule
+            if rule == "deconvnet":
+                return g.clamp(min=0), None
+            if rule == "guided":
+                return g.clamp(min=0) * (x > 0), None
+            if rule == "gradient":
+                return g * (x > 0), None
+            raise ValueError(f"unknown rule {rule!r}")
+
+    class PassThrough(torch.autograd.Function):
+        """Apply ``module`` forward; identity backward (LRN in the deconvnet)."""
+
+        @staticmethod
+        def forward(ctx, x, module):
+            return module(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, None
+
+    return RuleReLU, PassThrough
+
+
+class _Holder:
+    rule = "deconvnet"
+
+
+class TorchDeconvnet:
+    """Autograd projections on a torch mirror of a spec. One forward pass serves many projections.
+
+        ref = TorchDeconvnet(spec, params, dtype="float64")
+        ref.forward(x)                     # x (N, C, H, W) numpy
+        rec = ref.project("conv5", feature=3, image=0, position=None, rule="deconvnet")   # (C, H, W)
+    """
+
+    def __init__(self, spec, params: dict, dtype: str = "float32"):
+        self.spec = spec
+        self.dtype = dtype
+        self.model = torch_model(spec, params, dtype)
+        self.names = [name for name, _, _ in spec]
+        self.kinds = {name: kind for name, kind, _ in spec}
+        self._holder = _Holder()
+        self.acts = None
+
+    def forward(self, x, upto: str | None = None):
+        """Run x through the model recording every layer's output (graph kept for the projections)."""
+        import torch
+
+        RuleReLU, PassThrough = _functions()
+        self.x = torch.from_numpy(np.ascontiguousarray(x)).to(getattr(torch, self.dtype)).requires_grad_(True)
+        h = self.x
+        self.acts = {}
+        for name, module in self.model.named_children():
+            kind = self.kinds[name]
+            if kind == "relu":
+                h = RuleReLU.apply(h, self._holder)
+            elif kind == "lrn":
+                h = PassThrough.apply(h, module)
+            else:
+                h = module(h)
+            self.acts[name] = h
+            if name == upto:
+                break
+        return h.detach().numpy()
+
+    def activation(self, layer: str) -> np.ndarray:
+        return self.acts[layer].detach().numpy()
+
+    def strongest(self, layer: str, feature: int, image: int = 0):
+        a = self.acts[layer].detach()[image, feature]
+        if a.ndim != 2:
+            return None
+        flat = int(torch_argmax_first(a))
+        return divmod(flat, a.shape[1])
+
+    def project(self, layer: str, feature: int, image: int = 0, position=None, rule: str = "deconvnet",
+                mode: str = "single") -> np.ndarray:
+        """Gradient of the chosen activation w.r.t. the input, seeded with the activation's value (or
+        the whole map, ``mode="map"``), ReLU backward by ``rule`` -> (C, H, W) numpy."""
+        import torch
+
+        if self.acts is None or layer not in self.acts:
+            raise ValueError(f"layer {layer!r} not recorded: run forward first")
+        a = self.acts[layer]
+        seed = torch.zeros_like(a)
+        if mode == "map":
+            seed[image, feature] = a.detach()[image, feature]
+        elif a.ndim == 4:
+            if position is None:
+                position = self.strongest(layer, feature, image)
+            r, c = position
+            seed[image, feature, r, c] = a.detach()[image, feature, r, c]
+        else:
+            seed[image, feature] = a.detach()[image, feature]
+        self._holder.rule = rule
+        (g,) = torch.autograd.grad(a, self.x, grad_outputs=seed, retain_graph=True)
+        return g[image].numpy()
+
+
+def torch_argmax_first(a):
+    """Flat index of the first maximum of a torch tensor (row-major), as numpy's argmax."""
+    import torch
+
+    flat = a.reshape(-1)
+    m = flat.max()
+    return int(torch.nonzero(flat == m)[0, 0])
+
+
+def deconvnet_reference(spec, params: dict, x, layer: str, feature: int, image: int = 0, position=None,
+                        rule: str = "deconvnet", mode: str = "single", dtype: str = "float32") -> np.ndarray:
+    """One autograd projection (see ``TorchDeconvnet``) -> (C, H, W) numpy."""
+    ref = TorchDeconvnet(spec, params, dtype)
+    ref.forward(x, upto=layer)
+    return ref.project(layer, feature, image, position, rule, mode)
+
+
+def captum_deconvolution(spec, params: dict, x, layer: str, feature: int, image: int = 0, position=None,
+                         dtype: str = "float32") -> np.ndarray:
+    """captum's ``NeuronDeconvolution`` of unit (feature, position) of ``layer`` (position default: the
+    strongest of the map), times the unit's activation value -> (C, H, W) numpy."""
+    import torch
+    from captum.attr import NeuronDeconvolution
+
+    model = torch_model(spec, params, dtype)
+    xi = torch.from_numpy(np.ascontiguousarray(x[image:image + 1])).to(getattr(torch, dtype))
+    module = dict(model.named_children())[layer]
+    with torch.no_grad():
+        h = xi
+        for name, m in model.named_children():
+            h = m(h)
+            if name == layer:
+                break
+    act = h[0, feature]
+    if act.ndim == 2:
+        if position is None:
+            position = divmod(torch_argmax_first(act), act.shape[1])
+        selector = (int(feature), int(position[0]), int(position[1]))
+        value = float(act[position[0], position[1]])
+    else:
+        selector = (int(feature),)
+        value = float(act)
+    attr = NeuronDeconvolution(model, module).attribute(xi.clone().requires_grad_(True), neuron_selector=selector)
+    return (attr[0] * value).detach().numpy()
