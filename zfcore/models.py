@@ -150,7 +150,7 @@ def zfnet_spec(num_classes: int = 1000) -> list:
     choices give the same sizes but pad 1 places windows one pixel up-left of Caffe's.
 
     The deconvnet passes the contrast normalisation through as the identity (the paper's
-    reconstructions do not invert it; see ``zfcore.layers``), so projections through ``norm1`` and
+    reconstructions do not invert it; see ``zfcore.layers.LocalResponseNorm``), so projections through ``norm1`` and
     ``norm2`` are exactly those of the network without them, while the forward pass applies them.
     """
     relu = lambda i: (f"relu{i}", "relu", {})  # noqa: E731
