@@ -52,12 +52,12 @@ def t(a):
 @contextlib.contextmanager
 def chunk_bytes(n):
     """Force the fast convs to split their work in bands/groups of images (n bytes per chunk)."""
-    old = ops._CHUNK_BYTES
-    ops._CHUNK_BYTES = n
+    old = ops._CHUNK_BYTES, ops._POOL_CHUNK_BYTES
+    ops._CHUNK_BYTES = ops._POOL_CHUNK_BYTES = n or old[0]
     try:
         yield
     finally:
-        ops._CHUNK_BYTES = old
+        ops._CHUNK_BYTES, ops._POOL_CHUNK_BYTES = old
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def pool_cases(draw, overlapping=None):
     H = draw(st.integers(max(1, KH - 2 * ph), max(1, KH - 2 * ph) + 9))
     W = draw(st.integers(max(1, KW - 2 * pw), max(1, KW - 2 * pw) + 9))
     return dict(N=N, C=C, H=H, W=W, K=(KH, KW), s=(sh, sw), p=(ph, pw),
-                dtype=draw(dtypes), seed=draw(st.integers(0, 2**32 - 1)))
+                dtype=draw(dtypes), seed=draw(st.integers(0, 2**32 - 1)), chunk=draw(chunks))
 
 
 def conv_inputs(c):
@@ -120,7 +120,7 @@ def distinct_inputs(c):
 @given(conv_cases())
 def test_conv2d_matches_torch(c):
     _, x, w, b = conv_inputs(c)
-    with chunk_bytes(c["chunk"] or ops._CHUNK_BYTES):
+    with chunk_bytes(c["chunk"]):
         y = ops.conv2d(x, w, b, stride=c["s"], padding=c["p"])
     ref = TF.conv2d(t(x), t(w), t(b), stride=c["s"], padding=c["p"]).numpy()
     assert y.dtype == c["dtype"] and y.shape == ref.shape
@@ -140,7 +140,7 @@ def test_conv_transpose2d_matches_torch(c, data):
     oph = data.draw(st.integers(max(0, 1 - Hmin), sh - 1))
     opw = data.draw(st.integers(max(0, 1 - Wmin), sw - 1))
     size = (Hmin + oph, Wmin + opw)
-    with chunk_bytes(c["chunk"] or ops._CHUNK_BYTES):
+    with chunk_bytes(c["chunk"]):
         x_rec = ops.conv_transpose2d(y, w, stride=c["s"], padding=c["p"], output_size=size)
     ref = TF.conv_transpose2d(t(y), t(w), stride=c["s"], padding=c["p"], output_padding=(oph, opw)).numpy()
     assert x_rec.dtype == c["dtype"] and x_rec.shape == ref.shape == (c["N"], c["C"]) + size
@@ -153,7 +153,8 @@ def test_conv_transpose2d_matches_torch(c, data):
 @given(pool_cases())
 def test_max_pool2d_matches_torch_values_and_switches(c):
     _, x = distinct_inputs(c)
-    y, s = ops.max_pool2d(x, c["K"], c["s"], c["p"])
+    with chunk_bytes(c["chunk"]):
+        y, s = ops.max_pool2d(x, c["K"], c["s"], c["p"])
     ref_y, ref_s = TF.max_pool2d(t(x), c["K"], c["s"], c["p"], return_indices=True)
     assert y.dtype == c["dtype"] and s.dtype == np.int64
     np.testing.assert_array_equal(y, ref_y.numpy())
@@ -207,7 +208,7 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(c, data):
     (sh, sw), (ph, pw), (KH, KW) = c["s"], c["p"], c["K"]
     x = rng.standard_normal((c["N"], c["C"], c["H"], c["W"]))
     w = rng.standard_normal((c["F"], c["C"], KH, KW))
-    with chunk_bytes(c["chunk"] or ops._CHUNK_BYTES):
+    with chunk_bytes(c["chunk"]):
         Ax = ops.conv2d(x, w, stride=c["s"], padding=c["p"])
         y = rng.standard_normal(Ax.shape)
         ATy = ops.conv_transpose2d(y, w, stride=c["s"], padding=c["p"], output_size=x.shape[2:])
@@ -247,7 +248,7 @@ def test_linear_transpose_is_the_adjoint_of_linear():
 @given(conv_cases())
 def test_conv2d_fast_equals_naive(c):
     _, x, w, b = conv_inputs(c)
-    with chunk_bytes(c["chunk"] or ops._CHUNK_BYTES):
+    with chunk_bytes(c["chunk"]):
         fast = ops.conv2d(x, w, b, c["s"], c["p"])
     naive = ops.conv2d_naive(x, w, b, c["s"], c["p"])
     assert naive.dtype == fast.dtype == c["dtype"]
@@ -260,7 +261,7 @@ def test_conv_transpose2d_fast_equals_naive(c, data):
     rng, x, w, _ = conv_inputs(c)
     y = ops.conv2d_naive(x, w, None, c["s"], c["p"])
     size = (c["H"], c["W"]) if data.draw(st.booleans()) else None
-    with chunk_bytes(c["chunk"] or ops._CHUNK_BYTES):
+    with chunk_bytes(c["chunk"]):
         fast = ops.conv_transpose2d(y, w, c["s"], c["p"], output_size=size)
     naive = ops.conv_transpose2d_naive(y, w, c["s"], c["p"], output_size=size)
     assert naive.dtype == fast.dtype == c["dtype"]
@@ -273,7 +274,8 @@ def test_max_pool2d_fast_equals_naive(c, with_ties):
     rng, x = distinct_inputs(c)
     if with_ties:                       # few distinct values: many ties, first max must win
         x = rng.integers(0, 3, x.shape).astype(c["dtype"])
-    y, s = ops.max_pool2d(x, c["K"], c["s"], c["p"])
+    with chunk_bytes(c["chunk"]):
+        y, s = ops.max_pool2d(x, c["K"], c["s"], c["p"])
     yn, sn = ops.max_pool2d_naive(x, c["K"], c["s"], c["p"])
     np.testing.assert_array_equal(y, yn)
     np.testing.assert_array_equal(s, sn)
@@ -328,6 +330,21 @@ def test_tie_fixture_by_hand():
     # padding 1, 3x3 stride 2 on zeros: the first *real* position of each window
     _, s = ops.max_pool2d(np.zeros((1, 1, 4, 4)), 3, 2, 1)
     assert s[0, 0].tolist() == [[0, 1], [4, 5]]
+
+
+@hyp(300)
+@given(pool_cases())
+def test_max_pool2d_with_nan_and_infinities_matches_torch(c):
+    """Sprinkled NaN (torch: a NaN wins, the last one of a window) and -inf (all -inf windows
+    return their first real position, never a padding position)."""
+    rng, x = distinct_inputs(c)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[rng.random(x.shape) < 0.3] = -np.inf
+    with chunk_bytes(c["chunk"]):
+        y, s = ops.max_pool2d(x, c["K"], c["s"], c["p"])
+    ref_y, ref_s = TF.max_pool2d(t(x), c["K"], c["s"], c["p"], return_indices=True)
+    np.testing.assert_array_equal(y, ref_y.numpy())       # NaN == NaN for assert_array_equal
+    np.testing.assert_array_equal(s, ref_s.numpy())
 
 
 def test_pool_with_infinities_and_nan_like_torch():
@@ -498,6 +515,8 @@ BAD = {
     "pool stride 0": (lambda: ops.max_pool2d(_x, 2, 0), "stride must be positive"),
     "pool padding negative": (lambda: ops.max_pool2d(_x, 2, 2, -1), "padding must be non-negative"),
     "pool padding > kernel/2": (lambda: ops.max_pool2d(_x, 3, 2, 2), "at most half"),
+    "pool padding > kernel/2 h only": (lambda: ops.max_pool2d(_x, 3, 2, (2, 0)), "at most half"),
+    "pool padding > kernel/2 w only": (lambda: ops.max_pool2d(_x, 3, 2, (0, 2)), "at most half"),
     "pool padding > kernel/2 w": (lambda: ops.max_pool2d(_x, (4, 2), 2, (2, 2)), "at most half"),
     "naive pool padding": (lambda: ops.max_pool2d_naive(_x, 3, 2, 2), "at most half"),
     "unpool switches shape": (lambda: ops.max_unpool2d(_y, _s[:, :, :1], (5, 5)), "does not match y shape"),

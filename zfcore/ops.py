@@ -44,6 +44,8 @@ __all__ = [
 # The im2col buffer of one chunk (a band of output rows of one image, or several whole images) is
 # kept under this many bytes: it caps peak memory and keeps the buffer in the L3 cache.
 _CHUNK_BYTES = 8 * 2**20
+# max-pooling works on chunks of planes whose KH*KW window copies take at most this many bytes
+_POOL_CHUNK_BYTES = 2**20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,8 +421,11 @@ def max_pool2d(x, kernel, stride=None, padding=0):
     window's row-major scan order; a NaN wins over numbers (the last NaN of a window, as torch).
     Overlapping windows (stride < kernel) are allowed.
 
-    Fast path: KH*KW strided views, one per window offset (u, v), each compared with the running
-    maximum; a strictly larger value replaces it (so the first maximum is kept).
+    Fast path, in chunks of planes that stay in cache: the KH*KW strided views (one per window
+    offset k = (u, v), in scan order) are first copied to contiguous arrays, then compared with
+    the running maximum; offset k becomes the switch where it is strictly larger (so the first
+    maximum is kept). As the winning offset only grows with k, the switch offset is a running
+    ``maximum(sel, k * larger)``: no masked writes, all contiguous vector ops.
     """
     x, dt, (KH, KW), (sh, sw), (ph, pw), (Ho, Wo) = _check_pool(x, kernel, stride, padding)
     N, C, H, W = x.shape
@@ -429,20 +434,48 @@ def max_pool2d(x, kernel, stride=None, padding=0):
         xp[:, :, ph:ph + H, pw:pw + W] = x
     else:
         xp = x
+    y, sel = _pool_offsets(xp.reshape(N * C, H + 2 * ph, W + 2 * pw), KH, KW, sh, sw, Ho, Wo, nan=False)
+    if np.isnan(y).any():          # rare: redo with NaN winning comparisons, as torch does
+        y, sel = _pool_offsets(xp.reshape(N * C, H + 2 * ph, W + 2 * pw), KH, KW, sh, sw, Ho, Wo, nan=True)
     top = np.arange(Ho)[:, None] * sh - ph        # window's first row, unpadded coordinates
     left = np.arange(Wo)[None, :] * sw - pw
-    y = np.full((N, C, Ho, Wo), -np.inf, dt)
-    switches = np.empty((N, C, Ho, Wo), np.int64)
-    # start at the window's first real position (what a window of all -inf returns, as in torch)
-    switches[...] = np.maximum(top, 0) * W + np.maximum(left, 0)
-    for u in range(KH):
-        for v in range(KW):
-            cand = xp[:, :, u:u + sh * (Ho - 1) + 1:sh, v:v + sw * (Wo - 1) + 1:sw]
-            better = cand > y
-            better |= np.isnan(cand)
-            np.copyto(y, cand, where=better)
-            np.copyto(switches, (top + u) * W + (left + v), where=better)
-    return y, switches
+    offset = np.array([u * W + v for u in range(KH) for v in range(KW)], np.int64)
+    switches = np.take(offset, sel)
+    switches += top * W + left
+    if ph or pw:
+        # a window whose real values are all -inf returns its first real position (as torch),
+        # not a padding position
+        lost = y == -np.inf
+        if lost.any():
+            switches = np.where(lost, np.maximum(top, 0) * W + np.maximum(left, 0), switches)
+    return y.reshape(N, C, Ho, Wo), switches.reshape(N, C, Ho, Wo)
+
+
+def _pool_offsets(xp, KH, KW, sh, sw, Ho, Wo, nan):
+    """xp (M, Hp, Wp) padded planes -> max (M, Ho, Wo) and winning window offset (uint8) k = u*KW + v."""
+    M, KK = xp.shape[0], KH * KW
+    y = np.empty((M, Ho, Wo), xp.dtype)
+    sel = np.zeros((M, Ho, Wo), np.uint8 if KK < 256 else np.int64)
+    mb = max(1, min(M, _POOL_CHUNK_BYTES // (KK * Ho * Wo * xp.dtype.itemsize)))
+    win = np.empty((KK, mb, Ho, Wo), xp.dtype)
+    larger = np.empty((mb, Ho, Wo), bool)
+    is_nan = np.empty((mb, Ho, Wo), bool)
+    k_larger = np.empty((mb, Ho, Wo), sel.dtype)
+    offsets = [(u, v) for u in range(KH) for v in range(KW)]
+    for m0 in range(0, M, mb):
+        m = min(mb, M - m0)
+        for k, (u, v) in enumerate(offsets):
+            win[k, :m] = xp[m0:m0 + m, u:u + sh * (Ho - 1) + 1:sh, v:v + sw * (Wo - 1) + 1:sw]
+        ym, sm, lg, kl = y[m0:m0 + m], sel[m0:m0 + m], larger[:m], k_larger[:m]
+        ym[...] = win[0, :m]
+        for k in range(1, KK):
+            np.greater(win[k, :m], ym, out=lg)
+            if nan:
+                lg |= np.isnan(win[k, :m], out=is_nan[:m])
+            np.maximum(ym, win[k, :m], out=ym)          # NaN propagates, as torch
+            np.multiply(lg, sel.dtype.type(k), out=kl)
+            np.maximum(sm, kl, out=sm)
+    return y, sel
 
 
 def max_pool2d_naive(x, kernel, stride=None, padding=0):
@@ -473,13 +506,16 @@ def max_unpool2d(y, switches, input_shape):
     the adjoint of max-pooling with fixed switches (its gradient). ``torch.nn.functional
     .max_unpool2d`` assigns instead (last write wins), which agrees only for non-overlapping pools.
 
-    Fast path: one scatter-add, ``np.bincount`` over the global flat indices with y as weights.
+    Fast path: one scatter-add over the global flat indices, ``np.add.at`` (unbuffered, so
+    repeated indices accumulate; numpy >= 1.25 runs it as a fast 1-D loop, here faster than
+    ``np.bincount``, which would also compute in float64).
     """
     y, s, dt, (H, W) = _check_unpool(y, switches, input_shape)
     N, C, Ho, Wo = y.shape
     flat = s.reshape(N * C, Ho * Wo) + (np.arange(N * C, dtype=np.int64) * (H * W))[:, None]
-    x = np.bincount(flat.ravel(), weights=y.ravel(), minlength=N * C * H * W)
-    return x.astype(dt, copy=False).reshape(N, C, H, W)
+    x = np.zeros(N * C * H * W, dt)
+    np.add.at(x, flat.ravel(), y.ravel())
+    return x.reshape(N, C, H, W)
 
 
 def max_unpool2d_naive(y, switches, input_shape):

@@ -1,0 +1,244 @@
+"""Speed and memory of zfcore.ops against PyTorch (CPU) on the VGG16 conv stack, 224x224, batch 1.
+
+    python benchmarks/bench_ops.py [--threads N] [--repeats R]
+
+The script runs two worker processes, one that times numpy (zfcore) and one that times torch, so
+their thread pools never contend (next to an idle torch a numpy GEMM was measured at a third of
+its speed). Both use the same thread count (default: all cores). Each prints JSON; this process
+prints the tables. Times are medians over R repeats after one warm-up.
+
+Tables:
+  conv2d            per VGG16 conv layer and for the whole conv stack (13 conv + ReLU + 5 2x2
+                    max-pools): zfcore ms, torch ms, ratio zfcore/torch, zfcore GFLOP/s, and the
+                    GFLOP/s of a numpy sgemm of the layer's GEMM shape (F x C*9 @ C*9 x H*W), the
+                    ceiling for im2col + GEMM.
+  conv_transpose2d  the same per layer, and for the whole deconvnet pass from pool5 down to pixels
+                    (unpool + unrelu + conv_transpose2d, as the projection does).
+  memory            peak resident memory (ru_maxrss) of the numpy worker, and the tracemalloc peak
+                    of one conv-stack forward.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# (C_in, C_out, H=W) of VGG16's 13 conv layers (3x3, stride 1, padding 1); "M" = 2x2 max-pool
+VGG16 = [(3, 64, 224), (64, 64, 224), "M",
+         (64, 128, 112), (128, 128, 112), "M",
+         (128, 256, 56), (256, 256, 56), (256, 256, 56), "M",
+         (256, 512, 28), (512, 512, 28), (512, 512, 28), "M",
+         (512, 512, 14), (512, 512, 14), (512, 512, 14), "M"]
+CONVS = [c for c in VGG16 if c != "M"]
+NAMES = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+         "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"]
+
+
+def flops(c_in, c_out, h):
+    return 2.0 * c_out * c_in * 9 * h * h
+
+
+STACK_GFLOP = sum(flops(*c) for c in CONVS) / 1e9      # 30.69
+
+
+def median_time(fn, repeats):
+    fn()                                                # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def weights(np, seed=0):
+    rng = np.random.default_rng(seed)
+    ws = [(rng.standard_normal((co, ci, 3, 3)) * (2.0 / (ci * 9)) ** 0.5).astype(np.float32) for ci, co, _ in CONVS]
+    bs = [(0.01 * rng.standard_normal(co)).astype(np.float32) for _, co, _ in CONVS]
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    return ws, bs, x
+
+
+# ----------------------------------------------------------------------------------------------
+def worker_numpy(repeats):
+    import resource
+    import tracemalloc
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from zfcore import ops
+
+    ws, bs, x0 = weights(np)
+    rng = np.random.default_rng(1)
+
+    def stack_forward(x):
+        switches, shapes, k = [], [], 0
+        for item in VGG16:
+            if item == "M":
+                shapes.append(x.shape)
+                x, s = ops.max_pool2d(x, 2)
+                switches.append(s)
+            else:
+                x = ops.relu(ops.conv2d(x, ws[k], bs[k], padding=1))
+                k += 1
+        return x, switches, shapes
+
+    def stack_backward(r, switches, shapes):
+        k = len(CONVS)
+        for item in reversed(VGG16):
+            if item == "M":
+                r = ops.max_unpool2d(r, switches.pop(), shapes.pop())
+            else:
+                k -= 1
+                r = ops.conv_transpose2d(ops.unrelu(r), ws[k], padding=1)
+        return r
+
+    res = {"layers": [], "threads": None}
+    try:
+        import threadpoolctl
+        res["blas"] = [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                       for i in threadpoolctl.threadpool_info()]
+    except ImportError:
+        res["blas"] = None
+    for (ci, co, h), name in zip(CONVS, NAMES):
+        x = rng.standard_normal((1, ci, h, h)).astype(np.float32)
+        y = rng.standard_normal((1, co, h, h)).astype(np.float32)
+        k = CONVS.index((ci, co, h))
+        w, b = ws[k], bs[k]
+        A = rng.standard_normal((co, ci * 9)).astype(np.float32)
+        B = rng.standard_normal((ci * 9, h * h)).astype(np.float32)
+        AT = rng.standard_normal((ci * 9, co)).astype(np.float32)
+        Y = rng.standard_normal((co, h * h)).astype(np.float32)
+        res["layers"].append({
+            "name": name,
+            "conv_s": median_time(lambda: ops.conv2d(x, w, b, padding=1), repeats),
+            "deconv_s": median_time(lambda: ops.conv_transpose2d(y, w, padding=1), repeats),
+            "gemm_s": median_time(lambda: A @ B, repeats),
+            "gemm_t_s": median_time(lambda: AT @ Y, repeats),
+        })
+    res["stack_s"] = median_time(lambda: stack_forward(x0), repeats)
+    out, sw, shp = stack_forward(x0)
+    res["deconv_stack_s"] = median_time(lambda: stack_backward(out, list(sw), list(shp)), repeats)
+    n = 4096
+    A = rng.standard_normal((n, n)).astype(np.float32)
+    res["sgemm_square_s"] = median_time(lambda: A @ A, max(3, repeats // 2))
+    res["sgemm_square_n"] = n
+    del A
+    tracemalloc.start()
+    stack_forward(x0)
+    res["tracemalloc_peak_forward_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.reset_peak()
+    stack_backward(out, list(sw), list(shp))
+    res["tracemalloc_peak_deconv_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    res["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["numpy"] = np.__version__
+    print(json.dumps(res))
+
+
+def worker_torch(repeats, threads):
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    ws, bs, x0 = weights(np)
+    ws, bs, x0 = [torch.from_numpy(w) for w in ws], [torch.from_numpy(b) for b in bs], torch.from_numpy(x0)
+    g = torch.Generator().manual_seed(1)
+
+    def stack_forward(x):
+        switches, shapes, k = [], [], 0
+        for item in VGG16:
+            if item == "M":
+                shapes.append(x.shape)
+                x, s = F.max_pool2d(x, 2, return_indices=True)
+                switches.append(s)
+            else:
+                x = F.relu(F.conv2d(x, ws[k], bs[k], padding=1))
+                k += 1
+        return x, switches, shapes
+
+    def stack_backward(r, switches, shapes):
+        k = len(CONVS)
+        for item in reversed(VGG16):
+            if item == "M":
+                r = F.max_unpool2d(r, switches.pop(), 2, output_size=shapes.pop()[2:])
+            else:
+                k -= 1
+                r = F.conv_transpose2d(F.relu(r), ws[k], padding=1)
+        return r
+
+    res = {"layers": [], "torch": torch.__version__, "threads": torch.get_num_threads()}
+    with torch.no_grad():
+        for (ci, co, h), name in zip(CONVS, NAMES):
+            x = torch.randn((1, ci, h, h), generator=g)
+            y = torch.randn((1, co, h, h), generator=g)
+            k = CONVS.index((ci, co, h))
+            res["layers"].append({
+                "name": name,
+                "conv_s": median_time(lambda: F.conv2d(x, ws[k], bs[k], padding=1), repeats),
+                "deconv_s": median_time(lambda: F.conv_transpose2d(y, ws[k], padding=1), repeats),
+            })
+        res["stack_s"] = median_time(lambda: stack_forward(x0), repeats)
+        out, sw, shp = stack_forward(x0)
+        res["deconv_stack_s"] = median_time(lambda: stack_backward(out, list(sw), list(shp)), repeats)
+    print(json.dumps(res))
+
+
+# ----------------------------------------------------------------------------------------------
+def run_worker(kind, threads, repeats):
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind,
+                          "--threads", str(threads), "--repeats", str(repeats)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--worker", choices=["numpy", "torch"])
+    a = ap.parse_args()
+    if a.worker == "numpy":
+        return worker_numpy(a.repeats)
+    if a.worker == "torch":
+        return worker_torch(a.repeats, a.threads)
+
+    npr = run_worker("numpy", a.threads, a.repeats)
+    tr = run_worker("torch", a.threads, a.repeats)
+    print(f"# zfcore.ops vs torch {tr['torch']} (CPU), VGG16 224x224 batch 1 float32, "
+          f"{a.threads} threads, median of {a.repeats}; numpy {npr['numpy']}, nproc {os.cpu_count()}")
+    if npr.get("blas"):
+        print("# BLAS: " + "; ".join(f"{b['internal_api']} {b['version']} {b['architecture']} "
+                                      f"threads={b['num_threads']}" for b in npr["blas"]))
+    sq = 2 * npr["sgemm_square_n"] ** 3 / npr["sgemm_square_s"] / 1e9
+    print(f"# numpy sgemm {npr['sgemm_square_n']}^3: {sq:.0f} GFLOP/s")
+    for op, key, gkey, stack_key, stack_name in (
+            ("conv2d", "conv_s", "gemm_s", "stack_s", "conv stack (13 conv+ReLU, 5 pools)"),
+            ("conv_transpose2d", "deconv_s", "gemm_t_s", "deconv_stack_s",
+             "deconv stack (5 unpools, 13 unReLU+deconv)")):
+        print(f"\n## {op}\n")
+        print("| layer | GFLOP | zfcore ms | torch ms | zfcore/torch | zfcore GFLOP/s | sgemm GFLOP/s (same GEMM) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for (ci, co, h), ln, lt in zip(CONVS, npr["layers"], tr["layers"]):
+            gf = flops(ci, co, h) / 1e9
+            print(f"| {ln['name']} ({ci}->{co}, {h}x{h}) | {gf:.2f} | {ln[key] * 1e3:.1f} | {lt[key] * 1e3:.1f} | "
+                  f"{ln[key] / lt[key]:.2f} | {gf / ln[key]:.0f} | {gf / ln[gkey]:.0f} |")
+        ts = sum(ln[gkey] for ln in npr["layers"])
+        print(f"| **{stack_name}** | {STACK_GFLOP:.2f} | **{npr[stack_key] * 1e3:.0f}** | "
+              f"**{tr[stack_key] * 1e3:.0f}** | **{npr[stack_key] / tr[stack_key]:.2f}** | "
+              f"**{STACK_GFLOP / npr[stack_key]:.0f}** | {STACK_GFLOP / ts:.0f} (sum of the 13 GEMMs) |")
+    print(f"\n## memory (numpy worker)\n\npeak RSS (ru_maxrss, whole worker incl. all the per-layer runs): "
+          f"{npr['maxrss_mb']:.0f} MB; tracemalloc peak of one conv-stack forward: "
+          f"{npr['tracemalloc_peak_forward_mb']:.0f} MB, of one deconv-stack pass: "
+          f"{npr['tracemalloc_peak_deconv_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
