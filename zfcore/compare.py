@@ -173,7 +173,7 @@ class Recreation:
     original: PyTorch's default ``ConvTranspose2d`` initialisation, seeded here by ``bias_seed``) or
     ``"zero"`` (the paper). ``dtype``: ``"float32"`` (the original) or ``"float64"``. ``unpool``:
     ``"assign"`` (the original's ``MaxUnpool2d``: where overlapping pooling windows share a switch, one
-    value is kept) or ``"add"`` (their values add up, as in zfcore and in the gradient of max-pooling; the
+    of their values is kept, which one being up to the kernel's loop order) or ``"add"`` (their values add up, as in zfcore and in the gradient of max-pooling; the
     two agree for non-overlapping pools such as VGG16's). See the module docstring for the rest.
 
     Attributes: ``features`` / ``classifier`` (``nn.Sequential``, eval mode), ``deconv`` (the mirror),
@@ -476,8 +476,9 @@ def strongest_feature(act: np.ndarray) -> int:
 def duplicate_switches(switches) -> int:
     """How many pooled outputs share their argmax with an earlier output of the same map: ``count -
     distinct`` of the flat switch indices per (image, channel). Zero for non-overlapping windows; with
-    overlapping ones each such pair is a place where ``MaxUnpool2d`` keeps one value (the last written)
-    and the gradient of max-pooling (zfcore, captum) adds both."""
+    overlapping ones each such pair is a place where ``MaxUnpool2d`` keeps one of the values (which one
+    depends on its kernel's loop order: on torch 2.14's CPU kernel neither always the first nor always
+    the last in scan order) while the gradient of max-pooling (zfcore, captum) adds them."""
     s = np.asarray(switches.numpy() if hasattr(switches, "numpy") else switches)
     s = s.reshape(-1, s.shape[-2] * s.shape[-1])
     return int(sum(len(row) - len(np.unique(row)) for row in s))
@@ -545,13 +546,15 @@ def agreement(net, x, layers, captum: bool = True, unpool: str = "assign") -> tu
         _, sel = rec.select(name)
         pos = sel.positions[0]
         r, _ = rec.project(name, sel.feature, pos)
-        rec.pool_locs.update(theirs)
-        try:
-            r_sw, _ = rec.project(name, sel.feature, pos)
-        finally:
-            rec.pool_locs.update(own)
-        z = net.project(name, feature=sel.feature, position=pos)
         below = [i for i in own if i < rec.index[name]]
+        r_sw = r                                   # the same switches below: the same computation
+        if any(flips[rec.names[i]] for i in below):
+            rec.pool_locs.update(theirs)
+            try:
+                r_sw, _ = rec.project(name, sel.feature, pos)
+            finally:
+                rec.pool_locs.update(own)
+        z = net.project(name, feature=sel.feature, position=pos)
         row = dict(layer=name, feature=sel.feature, position=pos, ties=len(sel.positions), value=sel.value)
         row["zfcore vs re-creation"] = relative_error(z, r)
         c = None
@@ -609,7 +612,9 @@ def bias_effect(spec, params, x, layers, bias_seed: int = 0, net=None) -> list[d
 
 def channel_order(spec, params, img_uint8, layers) -> list[dict]:
     """BGR input (the original) against RGB input, zero deconv biases, each with its own selection
-    (the original's rule). The BGR projection is flipped back to RGB order before comparing."""
+    (the original's rule). Two comparisons of the projections: ``as displayed`` (channels in the order
+    fed, which is how the original shows them: ``imshow`` takes its BGR-ordered result for RGB) and ``in
+    RGB order`` (the BGR run's channels flipped back, i.e. the colours it attributes to the photo)."""
     spec, params = features_only(spec, params)
     rec = Recreation(spec, params, deconv_bias="zero")
     outs = {}
@@ -620,7 +625,8 @@ def channel_order(spec, params, img_uint8, layers) -> list[dict]:
     for layer, (b, sb), (r, sr) in zip(layers, outs["BGR"], outs["RGB"]):
         rows.append({"layer": layer_names(spec, [layer])[0], "feature BGR": sb.feature, "feature RGB": sr.feature,
                      "value BGR": sb.value, "value RGB": sr.value,
-                     "BGR (flipped) vs RGB": relative_error(b[::-1], r)})
+                     "BGR vs RGB as displayed": relative_error(b, r),
+                     "BGR vs RGB in RGB order": relative_error(b[::-1], r)})
     return rows
 
 
