@@ -149,9 +149,11 @@ def _patches(images, img_idx, pos, rf):
 # --- occlusion sensitivity (the paper's Fig. 7) -------------------------------------------------------
 @dataclass
 class Occlusion:
-    """Occluder centred at each grid position (rows, cols): ``prob`` (R, Q) probability of ``target``;
-    ``predicted`` (R, Q) the most probable class; ``feature_activity`` (R, Q) total activation of
-    ``feature`` in ``layer`` (the paper's panel (b)), or None."""
+    """A ``size`` x ``size`` occluder with its top-left corner at each grid position (rows, cols):
+    ``prob`` (R, Q) probability of ``target``; ``predicted`` (R, Q) the most probable class;
+    ``feature_activity`` (R, Q) total activation of ``feature`` in ``layer`` (the paper's panel (b)),
+    or None."""
+    size: int
     rows: np.ndarray
     cols: np.ndarray
     prob: np.ndarray
@@ -193,7 +195,7 @@ def occlusion(net, image, target: int, size: int = 6, stride: int = 2, fill: flo
             acts.append(a[:, feature].reshape(len(a), -1).sum(axis=1))
     probs = np.concatenate(probs)
     shape = (len(rows), len(cols))
-    return Occlusion(rows, cols, probs[:, target].reshape(shape), probs.argmax(1).reshape(shape),
+    return Occlusion(size, rows, cols, probs[:, target].reshape(shape), probs.argmax(1).reshape(shape),
                      np.concatenate(acts).reshape(shape) if layer is not None else None, layer, feature)
 
 

@@ -75,3 +75,19 @@ def feature_maps(maps, ncols=8, size=1.2, title=None):
     """Show the channels of one (C, H, W) activation as a grid of grey images."""
     return grid([m[None] for m in np.asarray(maps)], titles=[str(i) for i in range(len(maps))],
                 ncols=ncols, size=size, suptitle=title)
+
+
+def occlusion_map(ax, values, occ, title=None, cmap="RdYlBu", vmin=0.0, vmax=1.0):
+    """Show ``values`` (R, Q) of an ``analysis.Occlusion`` grid (e.g. ``occ.prob``) in image coordinates:
+    each cell drawn at the centre of the occluder that produced it."""
+    half = (occ.size - 1) / 2
+    dr = (occ.rows[1] - occ.rows[0]) / 2 if len(occ.rows) > 1 else 0.5
+    dc = (occ.cols[1] - occ.cols[0]) / 2 if len(occ.cols) > 1 else 0.5
+    extent = (occ.cols[0] + half - dc, occ.cols[-1] + half + dc,
+              occ.rows[-1] + half + dr, occ.rows[0] + half - dr)
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return im

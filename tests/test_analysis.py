@@ -1,0 +1,95 @@
+"""Analyses: confusion matrices by hand, top-k and occlusion against PyTorch computations."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from zfcore import analysis, data, models, ops, reference, train  # noqa: E402
+from zfcore.network import kaiming_params  # noqa: E402
+
+
+def test_confusion_matrix_hand_checked():
+    cm = analysis.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    np.testing.assert_allclose(analysis.per_class_accuracy(cm), [0.5, 1.0, 2 / 3])
+    assert analysis.most_confused_pairs(cm, 2) == [(2, 0, 1), (0, 1, 1)]
+    with pytest.raises(ValueError, match="outside 0..2"):
+        analysis.confusion_matrix([0, 3], [0, 1], 3)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    x, y = data.load_dataset("test", limit=64)
+    params = kaiming_params(models.FMNIST_ZF, seed=3)
+    net = models.build_model("fmnist_zf", weights=params)
+    tm = reference.torch_model(models.FMNIST_ZF, params)
+    return x, y, params, net, tm
+
+
+def _torch_acts(tm, x, upto):
+    h = torch.from_numpy(x)
+    with torch.no_grad():
+        for name, m in tm.named_children():
+            h = m(h)
+            if name == upto:
+                return h.numpy()
+
+
+def test_predict_matches_torch(setup):
+    x, _, _, net, tm = setup
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(analysis.predict(net, x, batch_size=20), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def test_top_k_against_torch_activations(setup):
+    x, _, params, net, tm = setup
+    feats = [0, 5, 77]
+    t = analysis.top_k(net, x, "conv5", k=4, features=feats, batch_size=25)
+    act = _torch_acts(tm, x, "conv5")                                  # (64, 128, 7, 7)
+    maxima = act.reshape(64, 128, -1).max(2)
+    for i, f in enumerate(feats):
+        order = np.argsort(-maxima[:, f], kind="stable")[:4]
+        assert t.images[i].tolist() == order.tolist()
+        np.testing.assert_allclose(t.values[i], maxima[order, f], rtol=1e-5)
+        r, c = t.positions[i, 0]
+        assert act[order[0], f, r, c] == act[order[0], f].max()
+    # the first projection equals the autograd deconvnet reference of that image and activation
+    ref = reference.deconvnet_reference(models.FMNIST_ZF, params, x[t.images[1, 0]][None], "conv5",
+                                        feature=5, position=tuple(t.positions[1, 0]))
+    err = np.abs(t.projections[1, 0] - ref).max() / np.abs(ref).max()
+    assert err < 1e-4
+    # patches are the image under the receptive-field box
+    top, left, bottom, right = t.boxes[2, 0]
+    img = x[t.images[2, 0]]
+    rf = net.receptive_field("conv5")
+    r, c = t.positions[2, 0]
+    t0, l0 = rf.offset[0] + r * rf.jump[0], rf.offset[1] + c * rf.jump[1]
+    np.testing.assert_array_equal(t.patches[2, 0][:, top - t0:bottom - t0 + 1, left - l0:right - l0 + 1],
+                                  img[:, top:bottom + 1, left:right + 1])
+
+
+def test_occlusion_against_torch(setup):
+    x, y, _, net, tm = setup
+    occ = analysis.occlusion(net, x[0], int(y[0]), size=7, stride=3, layer="conv5", feature=2)
+    assert occ.rows.tolist() == [0, 3, 6, 9, 12, 15, 18, 21] and occ.rows[-1] + 7 == 28
+    i, j = 2, 5
+    img = x[0].copy()
+    img[:, occ.rows[i]:occ.rows[i] + 7, occ.cols[j]:occ.cols[j] + 7] = 0
+    with torch.no_grad():
+        p = torch.softmax(tm(torch.from_numpy(img[None])), 1)[0].numpy()
+    assert abs(occ.prob[i, j] - p[y[0]]) < 1e-5 and occ.predicted[i, j] == p.argmax()
+    a = _torch_acts(tm, img[None], "conv5")[0, 2].sum()
+    assert abs(occ.feature_activity[i, j] - a) <= 1e-4 * abs(a)
+
+
+def test_bad_input(setup):
+    x, _, _, net, _ = setup
+    with pytest.raises(ValueError, match="features must be in 0..127"):
+        analysis.top_k(net, x[:4], "conv5", k=2, features=[128])
+    with pytest.raises(ValueError, match="k must be in 1..4"):
+        analysis.top_k(net, x[:4], "conv5", k=5)
+    with pytest.raises(ValueError, match="not spatial"):
+        analysis.top_k(net, x[:4], "fc6", k=1)
+    with pytest.raises(ValueError, match="occluder size"):
+        analysis.occlusion(net, x[0], 0, size=40)
