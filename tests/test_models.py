@@ -420,8 +420,6 @@ def test_load_model_embedded_missing(monkeypatch, tmp_path):
 
 
 def test_load_model_embedded_shipped(network):
-    if not (models.ASSETS / "fmnist_zf.npz").is_file():
-        pytest.skip("the embedded weights are not trained yet")
     net = models.load_model()
     models.check_params(models.FMNIST_ZF, net.params)
     x = np.zeros((2, 1, 28, 28), np.float32)
@@ -430,15 +428,25 @@ def test_load_model_embedded_shipped(network):
 
 def test_shipped_checkpoints():
     cps = models.checkpoints()
-    if not cps:
-        pytest.skip("no checkpoints shipped yet")
     epochs = [e for e, _ in cps]
-    assert epochs == sorted(set(epochs)) and epochs[0] == 1
+    assert epochs[:6] == [1, 2, 5, 10, 20, 30]  # the feature-evolution figure's epochs (+ the last)
     for _, path in cps:
-        params, arch = models.load_weights(path, arch="fmnist_zf")
-        w = params["conv1.weight"]
-        assert arch == "fmnist_zf" and w.dtype == np.float32
+        net = models.load_checkpoint(path)
+        assert net.layer_names == [n for n, _, _ in models.features_spec("fmnist_zf")]
+        w = net.params["conv1.weight"]
+        assert w.dtype == np.float32
         np.testing.assert_array_equal(w, w.astype(np.float16).astype(np.float32))  # float16 storage
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        models.load_checkpoint(tmp_path / "epoch_99.npz")
+    other = models.save_npz(tmp_path / "vgg.npz", {}, "vgg16")
+    with pytest.raises(ValueError, match="vgg.npz: a checkpoint for architecture 'vgg16'"):
+        models.load_checkpoint(other)
+    bad = models.save_npz(tmp_path / "bad.npz", {"conv1.weight": np.zeros((3, 3), np.float32)}, "fmnist_zf")
+    with pytest.raises(ValueError, match="bad.npz"):
+        models.load_checkpoint(bad)
 
 
 def test_importing_models_does_not_import_torch():

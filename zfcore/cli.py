@@ -13,7 +13,7 @@ def _train(args):
     from .train import train
 
     hist = train(epochs=args.epochs, out=args.out, seed=args.seed, batch_size=args.batch_size,
-                 lr=args.lr, subset=args.subset, device=args.device, root=args.data,
+                 lr=args.lr, weight_decay=args.weight_decay, subset=args.subset, device=args.device, root=args.data,
                  threads=args.threads, overwrite=args.overwrite)
     last = hist["epochs"][-1]
     print(f"final test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epochs; "
@@ -31,6 +31,7 @@ def main(argv=None):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--subset", type=int, default=None, help="train on the first N images only")
     t.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     t.add_argument("--data", default=None, help="folder holding the Fashion-MNIST idx files")

@@ -568,11 +568,38 @@ def load_model(name: str = "fmnist_zf", path=None):
     return build_model(name, weights=path if path is not None else default_weights_path(name))
 
 
+def features_spec(arch_or_spec) -> list:
+    """The feature extractor of an architecture: its layers before ``flatten`` (conv, relu, pool ...)."""
+    spec = _spec_of(arch_or_spec)
+    kinds = [kind for _, kind, _ in spec]
+    return list(spec[:kinds.index("flatten")]) if "flatten" in kinds else list(spec)
+
+
+def load_checkpoint(path, arch: str = "fmnist_zf", dtype=np.float32):
+    """The feature extractor (``features_spec``) of a shipped training checkpoint, as a Network.
+
+    Checkpoints keep the conv layers only, stored as float16 and loaded as float32: enough to run
+    the images up to the last pooling layer and project any feature (the feature-evolution figure);
+    the classifier is left out to keep the package small (each epoch's test accuracy is in
+    ``history.json``). Errors name the file: missing, corrupt, another architecture, wrong keys."""
+    path = Path(path)
+    _check_arch(arch)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    params, stored, _ = load_npz(path)
+    if stored != arch:
+        raise ValueError(f"{path}: a checkpoint for architecture {stored!r}, not {arch!r}")
+    spec = features_spec(arch)
+    check_params(spec, params, source=str(path))
+    from . import network
+
+    return network.build(spec, params=params, dtype=dtype)
+
+
 def checkpoints(name: str = "fmnist_zf") -> list[tuple[int, Path]]:
     """The shipped training checkpoints of ``name``: a sorted list of (epoch, path) for
-    ``zfcore/assets/models/checkpoints/epoch_XX.npz``. They are stored as float16 (to keep the package
-    small) and load as float32 (``build_model(name, weights=path)``); what the stored values represent
-    is float16-rounded weights, so accuracies of checkpoints are those of the rounded weights."""
+    ``zfcore/assets/models/checkpoints/epoch_XX.npz``. They hold the feature extractor only, stored
+    as float16 (to keep the package small); ``load_checkpoint(path)`` loads one as a float32 network."""
     _check_arch(name)
     if name != "fmnist_zf":
         return []

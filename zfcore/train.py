@@ -26,7 +26,7 @@ import numpy as np
 from . import data
 from .models import SPECS, save_npz
 
-CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30)
+CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30)  # and the last epoch
 RMS_RADIUS = 0.1
 
 
@@ -105,6 +105,18 @@ def augment(x, rng):
 
 def state_to_numpy(model) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+
+
+def feature_params(model, arch) -> dict[str, np.ndarray]:
+    """The parameters of the feature extractor (the layers before ``flatten``): what a checkpoint keeps.
+    The feature-evolution figure projects conv features only, and the classifier's weights would
+    triple the size of the shipped checkpoints; each epoch's accuracy is kept in history.json."""
+    names = []
+    for name, kind, _ in SPECS[arch]:
+        if kind == "flatten":
+            break
+        names.append(name)
+    return {k: v for k, v in state_to_numpy(model).items() if k.split(".")[0] in names}
 
 
 def evaluate(model, x, y, device, batch=1000):
@@ -196,8 +208,8 @@ def train(epochs=30, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
                              f"{test_loss:.4f} test acc {100 * test_acc:.2f}% "
                              f"({rec['seconds']:.0f} s, {renormed} renorms)\n")
         if epoch in ckpt_epochs:
-            save_npz(out / "checkpoints" / f"epoch_{epoch:02d}.npz", state_to_numpy(model), arch,
-                     meta=dict(epoch=epoch, test_acc=test_acc, storage="float16"),
+            save_npz(out / "checkpoints" / f"epoch_{epoch:02d}.npz", feature_params(model, arch), arch,
+                     meta=dict(epoch=epoch, test_acc=test_acc, storage="float16", part="features"),
                      dtype=np.float16, overwrite=True)
     save_npz(final, state_to_numpy(model), arch,
              meta=dict(epoch=epochs, test_acc=history["epochs"][-1]["test_acc"], seed=seed),
