@@ -9,10 +9,22 @@ torch (and captum) are imported inside the functions, never when this module is 
   backward (the deconvnet's definition, see ``zfcore.layers``); everything else is torch's own autograd
   (max-pool's backward sends each value to its argmax and adds up where windows overlap; a conv's
   backward is the transposed conv without bias).
+  ``pinned`` fixes the forward pass's discrete decisions (below).
 - ``deconvnet_reference``: one projection with ``TorchDeconvnet``.
 - ``captum_deconvolution``: captum's ``NeuronDeconvolution`` on the same weights, scaled by the
   activation value (captum seeds with 1; for a non-negative activation the two agree exactly, as the
   deconvnet is positively homogeneous in its seed).
+
+Pinned decisions. Two float32 implementations of the same network differ by rounding (~1e-6 relative
+here), so where a pooling window's two largest inputs, or a ReLU's input and zero, are that close, each
+may decide differently, and a projection crossing that unit differs at O(1). That is an ambiguity of
+float32, not an error of either side. To compare float32 projections, ``TorchDeconvnet`` can take the
+decisions of the other implementation's forward pass: ``pinned = {pool name: switches (N, C, Ho, Wo)
+flat indices, relu name: mask of its forward input > 0}``. A pinned pool outputs its input gathered
+at the given switches (autograd then scatter-adds, overlaps accumulating); a pinned ReLU's backward
+(guided, gradient) uses the given mask. Everything else is still torch's own computation, and
+``decision_gaps`` reports how close to a tie every pinned decision that torch would take differently
+is. Unpinned float64 references need no such help.
 
 Room is left here for other references (e.g. a re-creation of huybery/VisualizingCNN's pipeline).
 """
@@ -45,21 +57,21 @@ def _functions():
         """ReLU whose backward follows ``holder.rule`` (read at backward time)."""
 
         @staticmethod
-        def forward(ctx, x, holder):
-            ctx.save_for_backward(x)
+        def forward(ctx, x, holder, mask):
+            ctx.save_for_backward(x > 0 if mask is None else mask)
             ctx.holder = holder
             return x.clamp(min=0)
 
         @staticmethod
         def backward(ctx, g):
-            (x,) = ctx.saved_tensors
+            (mask,) = ctx.saved_tensors
             rule = ctx.holder.rule
             if rule == "deconvnet":
-                return g.clamp(min=0), None
+                return g.clamp(min=0), None, None
             if rule == "guided":
-                return g.clamp(min=0) * (x > 0), None
+                return g.clamp(min=0) * mask, None, None
             if rule == "gradient":
-                return g * (x > 0), None
+                return g * mask, None, None
             raise ValueError(f"unknown rule {rule!r}")
 
     class PassThrough(torch.autograd.Function):
@@ -90,6 +102,7 @@ class TorchDeconvnet:
 
     def __init__(self, spec, params: dict, dtype: str = "float32"):
         self.spec = spec
+        self.specs = {name: p for name, _, p in spec}
         self.dtype = dtype
         self.model = torch_model(spec, params, dtype)
         self.names = [name for name, _, _ in spec]
@@ -97,26 +110,63 @@ class TorchDeconvnet:
         self._holder = _Holder()
         self.acts = None
 
-    def forward(self, x, upto: str | None = None):
-        """Run x through the model recording every layer's output (graph kept for the projections)."""
+    def forward(self, x, upto: str | None = None, pinned: dict | None = None):
+        """Run x through the model recording every layer's output (graph kept for the projections).
+
+        pinned: optional {pool name: switches, relu name: forward-input-positive mask} (numpy arrays
+        for the whole batch) to use instead of torch's own decisions (module docstring)."""
         import torch
 
         RuleReLU, PassThrough = _functions()
+        pinned = pinned or {}
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(getattr(torch, self.dtype)).requires_grad_(True)
         h = self.x
-        self.acts = {}
+        self.acts, self.inputs, self.pinned = {}, {}, pinned
         for name, module in self.model.named_children():
             kind = self.kinds[name]
+            self.inputs[name] = h.detach()
             if kind == "relu":
-                h = RuleReLU.apply(h, self._holder)
+                mask = None if name not in pinned else torch.from_numpy(np.asarray(pinned[name], bool))
+                h = RuleReLU.apply(h, self._holder, mask)
             elif kind == "lrn":
                 h = PassThrough.apply(h, module)
+            elif kind == "maxpool" and name in pinned:
+                sw = torch.from_numpy(np.asarray(pinned[name], np.int64))
+                N, C, H, W = h.shape
+                h = h.reshape(N, C, H * W).gather(2, sw.reshape(N, C, -1)).reshape(sw.shape)
             else:
                 h = module(h)
             self.acts[name] = h
             if name == upto:
                 break
         return h.detach().numpy()
+
+    def decision_gaps(self) -> dict:
+        """For every pinned layer, how far from a tie torch's own float decisions are wherever they
+        differ from the pinned ones, relative to the layer input's largest magnitude: pools, the gap
+        between the inputs at the two switches; ReLUs, the input's distance from zero. -> {name:
+        (number of differing decisions, largest relative gap)}."""
+        import torch
+
+        out = {}
+        for name, pin in self.pinned.items():
+            x = self.inputs[name]
+            scale = float(x.abs().max())
+            if self.kinds[name] == "maxpool":
+                p = self.specs[name]
+                _, own = torch.nn.functional.max_pool2d(x, p["kernel"], p["stride"], p.get("padding", 0),
+                                                        return_indices=True)
+                pin = torch.from_numpy(np.asarray(pin, np.int64))
+                diff = own != pin
+                flat = x.reshape(x.shape[0], x.shape[1], -1)
+                a = flat.gather(2, own.reshape(own.shape[0], own.shape[1], -1)).reshape(own.shape)
+                b = flat.gather(2, pin.reshape(pin.shape[0], pin.shape[1], -1)).reshape(pin.shape)
+                gaps = (a - b).abs()[diff]
+            else:
+                diff = (x > 0) != torch.from_numpy(np.asarray(pin, bool))
+                gaps = x.abs()[diff]
+            out[name] = (int(diff.sum()), float(gaps.max()) / scale if gaps.numel() else 0.0)
+        return out
 
     def activation(self, layer: str) -> np.ndarray:
         return self.acts[layer].detach().numpy()
