@@ -417,6 +417,8 @@ def _fmt(v, spec=None):
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     if isinstance(v, (float, np.floating)):
+        if v != v:
+            return "n/a"
         if spec:
             return format(float(v), spec)
         return f"{float(v):.2e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{float(v):.3g}"
@@ -633,9 +635,10 @@ def channel_order(spec, params, img_uint8, layers) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 # timings
 
-def time_zfcore(net, x, layers, repeat: int = 5) -> dict:
-    """Median seconds: ``forward`` (with switches), ``project <layer>`` (strongest map's strongest
-    activation, cropped projection; after one forward) and ``figure`` (forward + all layers + min-max)."""
+def time_zfcore(net, x, layers, figure_layers=None, repeat: int = 5) -> dict:
+    """Median seconds: ``forward`` (with switches), ``project <layer>`` for each of ``layers`` (the
+    strongest map's strongest activation, cropped projection, after one forward) and, when
+    ``figure_layers`` is given, ``figure`` (forward + those layers projected + min-max uint8)."""
     out = {"forward": median_time(lambda: net.forward(x), repeat)}
     net.forward(x)
     for name in layers:
@@ -643,45 +646,50 @@ def time_zfcore(net, x, layers, repeat: int = 5) -> dict:
             f = strongest_feature(net.activations(name)[0])
             return net.project(name, feature=f)
         out[f"project {name}"] = median_time(one, repeat)
-    out["figure"] = median_time(lambda: zfcore_figure(net, x, layers), repeat)
+    if figure_layers is not None:
+        out["figure"] = median_time(lambda: zfcore_figure(net, x, figure_layers), repeat)
     return out
 
 
-def time_recreation(rec, x, layers, repeat: int = 5) -> dict:
-    """The same three measures for a :class:`Recreation` (its forward runs the classifier too, as the
-    original's does, when the spec has one)."""
+def time_recreation(rec, x, layers, figure_layers=None, repeat: int = 5) -> dict:
+    """The same measures for a :class:`Recreation` (its forward runs the classifier too, as the
+    original's does, when the spec has one; its projections are dense, as the original's)."""
     out = {"forward": median_time(lambda: rec.forward(x), repeat)}
     rec.forward(x)
     for name in layers:
         out[f"project {name}"] = median_time(lambda name=name: rec.project(name), repeat)
-    out["figure"] = median_time(lambda: rec.figure(x, layers), repeat)
+    if figure_layers is not None:
+        out["figure"] = median_time(lambda: rec.figure(x, figure_layers), repeat)
     return out
 
 
-def time_captum(spec, params, x, layers, positions: dict, repeat: int = 5) -> dict:
-    """captum's ``NeuronDeconvolution`` on a torch model built once (``zfcore.reference.torch_model``):
-    ``project <layer>`` is one ``attribute`` call for the unit ``positions[layer] = (feature, row, col)``
-    (it runs its own forward; there is no separate forward with switches), ``figure`` is all layers'
-    calls plus min-max. Scaling by the activation value is left out (one multiplication)."""
+def time_captum(spec, params, x, layers, units: dict, figure_layers=None, repeat: int = 5) -> dict:
+    """captum's ``NeuronDeconvolution`` on a torch model of the spec's features part, built once
+    (``zfcore.reference.torch_model``): ``project <layer>`` is one ``attribute`` call for the unit
+    ``units[layer] = (feature, row, col)`` (it runs its own forward; there is no separate forward with
+    switches: ``forward`` is NaN); ``figure`` is the calls for ``figure_layers`` plus min-max. The
+    scaling by the activation value (one multiplication) is left out."""
+    import torch
     from captum.attr import NeuronDeconvolution
 
     from . import reference
-
-    import torch
 
     spec, params = features_only(spec, params)
     model = reference.torch_model(spec, params)
     mods = dict(model.named_children())
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    attr = {name: NeuronDeconvolution(model, mods[name]) for name in layers}
+    names = list(layers) + [n for n in (figure_layers or []) if n not in layers]
+    attr = {name: NeuronDeconvolution(model, mods[name]) for name in names}
 
     def one(name):
-        return attr[name].attribute(xt.clone().requires_grad_(True), neuron_selector=tuple(positions[name]))
+        return attr[name].attribute(xt.clone().requires_grad_(True), neuron_selector=tuple(units[name]))
 
     out = {"forward": float("nan")}
     for name in layers:
         out[f"project {name}"] = median_time(lambda name=name: one(name), repeat)
-    out["figure"] = median_time(lambda: [minmax_uint8(one(n)[0].detach().numpy()) for n in layers], repeat)
+    if figure_layers is not None:
+        out["figure"] = median_time(
+            lambda: [minmax_uint8(one(n)[0].detach().numpy()) for n in figure_layers], repeat)
     return out
 
 
@@ -729,3 +737,10 @@ def plot_rows(rows, titles=None, size: float = 2.0, suptitle=None):
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def show_table(rows: list[dict], columns=None, formats: dict | None = None):
+    """Display :func:`format_table` as Markdown in a notebook (IPython imported here)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(format_table(rows, columns, formats)))
