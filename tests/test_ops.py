@@ -52,12 +52,14 @@ def t(a):
 @contextlib.contextmanager
 def chunk_bytes(n):
     """Force the fast convs to split their work in bands/groups of images (n bytes per chunk)."""
-    old = ops._CHUNK_BYTES, ops._POOL_CHUNK_BYTES
-    ops._CHUNK_BYTES = ops._POOL_CHUNK_BYTES = n or old[0]
+    old = ops._CHUNK_BYTES, ops._POOL_CHUNK_BYTES, ops._MIN_COLS
+    if n is not None:
+        ops._CHUNK_BYTES = ops._POOL_CHUNK_BYTES = n
+        ops._MIN_COLS = 1
     try:
         yield
     finally:
-        ops._CHUNK_BYTES, ops._POOL_CHUNK_BYTES = old
+        ops._CHUNK_BYTES, ops._POOL_CHUNK_BYTES, ops._MIN_COLS = old
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,7 +302,8 @@ def test_chunking_covers_bands_and_groups_of_images():
     ref = TF.conv2d(t(x), t(w), padding=1).numpy()
     yref = rng.standard_normal(ref.shape).astype(np.float32)
     ref_t = TF.conv_transpose2d(t(yref), t(w), padding=1).numpy()
-    for n in (1, 6 * 9 * 19 * 4 * 2, 6 * 9 * 19 * 4 * 13 * 2, 2**30):
+    row = (6 * 9 + 7) * 19 * 4           # bytes of one output row: (K + F) * Wp * itemsize
+    for n in (1, 2 * row, 3 * row, 2 * 13 * row, 2**30):   # 1 row, 2 rows, 3 rows, 2 images, all
         with chunk_bytes(n):
             assert rel_err(ops.conv2d(x, w, padding=1), ref) <= 1e-5
             assert rel_err(ops.conv_transpose2d(yref, w, padding=1), ref_t) <= 1e-5

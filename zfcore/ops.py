@@ -41,9 +41,11 @@ __all__ = [
     "flatten", "softmax", "dropout",
 ]
 
-# The im2col buffer of one chunk (a band of output rows of one image, or several whole images) is
-# kept under this many bytes: it caps peak memory and keeps the buffer in the L3 cache.
-_CHUNK_BYTES = 8 * 2**20
+# A conv's GEMM runs in chunks (a band of output rows of one image, or several whole images) whose
+# im2col columns + results take about this many bytes (they stay in cache, and memory is capped),
+# but at least _MIN_COLS GEMM columns each (see _chunks).
+_CHUNK_BYTES = 2 * 2**20
+_MIN_COLS = 1024
 # max-pooling works on chunks of planes whose KH*KW window copies take at most this many bytes
 _POOL_CHUNK_BYTES = 2**20
 
@@ -201,12 +203,19 @@ def _check_unpool(y, switches, input_shape):
     return y, s.astype(np.int64, copy=False), dt, (H, W)
 
 
-def _chunks(N, Ho, bytes_per_row):
-    """(images per chunk, output rows per chunk) so one chunk's im2col buffer fits _CHUNK_BYTES."""
-    per_image = bytes_per_row * Ho
-    if per_image <= _CHUNK_BYTES:
-        return max(1, min(N, _CHUNK_BYTES // per_image)), Ho
-    return 1, max(1, min(Ho, _CHUNK_BYTES // bytes_per_row))
+def _chunks(N, Ho, row_cols, K, F, itemsize):
+    """Split a conv's GEMM into chunks: (images per chunk, output rows per chunk).
+
+    One output row of one image is ``row_cols`` GEMM columns, each needing K im2col values and F
+    outputs. A chunk takes as many rows as keep (K + F) * columns * itemsize under _CHUNK_BYTES (so
+    the column buffer and the GEMM result stay in cache), but at least _MIN_COLS columns (so the
+    GEMM stays efficient when K is large); whole images are grouped when one image is smaller.
+    """
+    bytes_per_row = max((K + F) * row_cols * itemsize, 1)
+    rows = max(_CHUNK_BYTES // bytes_per_row, -(-_MIN_COLS // max(row_cols, 1)), 1)
+    if rows >= Ho:
+        return max(1, min(N, rows // Ho)), Ho
+    return 1, rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,71 +233,81 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     writes (F, positions), already in NCHW order. With stride 1 the padded input is used flat, row
     width Wp = W + 2*pw: the window offset (u, v) is then one contiguous slice starting at
     ``u*Wp + v``; the GEMM also computes KW - 1 throw-away columns per output row, dropped when
-    the result is copied out. The image is processed in bands of output rows (_CHUNK_BYTES).
+    the result is copied out. The bias is one more GEMM column of w against a row of ones. The
+    image is processed in bands of output rows that stay in cache (see _chunks).
     """
     x, w, b, dt, (sh, sw), (ph, pw), (Ho, Wo) = _check_conv(x, w, b, stride, padding)
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     K = C * KH * KW
-    w2 = np.ascontiguousarray(w.reshape(F, K))
+    Kb = K + (b is not None)             # the bias joins the GEMM: one more column of w, a row of ones
+    wb = np.empty((F, Kb), dt)
+    wb[:, :K] = w.reshape(F, K)
+    if b is not None:
+        wb[:, K] = b
     Hp, Wp = H + 2 * ph, W + 2 * pw
-    y = np.empty((N, F, Ho, Wo), dt)
-    bias = None if b is None else b[:, None, None]
-    offsets = [(u, v) for u in range(KH) for v in range(KW)]
-
-    if sh == 1 and sw == 1:
+    flat = sh == 1 and sw == 1
+    if flat:
         # flat padded planes, KW - 1 spare elements at the end for the last row's throw-away columns
-        P = Hp * Wp + KW - 1
-        xp = np.zeros((N, C, P), dt)
-        xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, ph:ph + H, pw:pw + W] = x
-        nb, rb = _chunks(N, Ho, K * Wp * dt.itemsize)
-        cols_buf = np.empty(K * nb * rb * Wp, dt)
-        out_buf = np.empty(F * nb * rb * Wp, dt)
-        for n0 in range(0, N, nb):
-            m = min(nb, N - n0)
-            for r0 in range(0, Ho, rb):
-                r = min(rb, Ho - r0)
-                L = r * Wp
-                cols = cols_buf[:K * m * L].reshape(C, KH * KW, m, L)
-                for k, (u, v) in enumerate(offsets):
-                    off = (r0 + u) * Wp + v
-                    cols[:, k] = xp[n0:n0 + m, :, off:off + L].transpose(1, 0, 2)
-                out = out_buf[:F * m * L].reshape(F, m * L)
-                np.matmul(w2, cols.reshape(K, m * L), out=out)
-                res = out.reshape(F, m, r, Wp)[:, :, :, :Wo].transpose(1, 0, 2, 3)
-                dst = y[n0:n0 + m, :, r0:r0 + r]
-                if bias is None:
-                    dst[...] = res
-                else:
-                    np.add(res, bias, out=dst)
-        return y
-
-    if ph or pw:
-        xp = np.zeros((N, C, Hp, Wp), dt)
-        xp[:, :, ph:ph + H, pw:pw + W] = x
+        xp = _pad_flat(x, ph, pw, KW - 1)
+        Wc = Wp                          # GEMM columns per output row
     else:
-        xp = x
-    nb, rb = _chunks(N, Ho, K * Wo * dt.itemsize)
-    cols_buf = np.empty(K * nb * rb * Wo, dt)
-    out_buf = np.empty(F * nb * rb * Wo, dt)
+        xp = _pad(x, ph, pw, 0)
+        Wc = Wo
+    y = np.empty((N, F, Ho, Wo), dt)
+    offsets = [(u, v) for u in range(KH) for v in range(KW)]
+    nb, rb = _chunks(N, Ho, Wc, Kb, F, dt.itemsize)
+    cols_buf = np.empty(Kb * nb * rb * Wc, dt)
+    out_buf = np.empty(F * nb * rb * Wc, dt)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
         for r0 in range(0, Ho, rb):
             r = min(rb, Ho - r0)
-            cols = cols_buf[:K * m * r * Wo].reshape(C, KH * KW, m, r, Wo)
+            L = m * r * Wc
+            cols = cols_buf[:Kb * L].reshape(Kb, L)
+            if b is not None:
+                cols[K] = 1
+            cols_k = cols[:K].reshape(C, KH * KW, m, r, Wc)
             for k, (u, v) in enumerate(offsets):
-                h0 = r0 * sh + u
-                cols[:, k] = xp[n0:n0 + m, :, h0:h0 + sh * (r - 1) + 1:sh,
-                                v:v + sw * (Wo - 1) + 1:sw].transpose(1, 0, 2, 3)
-            out = out_buf[:F * m * r * Wo].reshape(F, m * r * Wo)
-            np.matmul(w2, cols.reshape(K, m * r * Wo), out=out)
-            res = out.reshape(F, m, r, Wo).transpose(1, 0, 2, 3)
-            dst = y[n0:n0 + m, :, r0:r0 + r]
-            if bias is None:
-                dst[...] = res
-            else:
-                np.add(res, bias, out=dst)
+                if flat:
+                    off = (r0 + u) * Wp + v
+                    src = xp[n0:n0 + m, :, off:off + r * Wp].reshape(m, C, r, Wp)
+                else:
+                    h0 = r0 * sh + u
+                    src = xp[n0:n0 + m, :, h0:h0 + sh * (r - 1) + 1:sh, v:v + sw * (Wo - 1) + 1:sw]
+                cols_k[:, k] = src.transpose(1, 0, 2, 3)
+            out = out_buf[:F * L].reshape(F, L)
+            np.matmul(wb, cols, out=out)
+            y[n0:n0 + m, :, r0:r0 + r] = out.reshape(F, m, r, Wc)[..., :Wo].transpose(1, 0, 2, 3)
     return y
+
+
+def _pad(x, ph, pw, value):
+    """(N, C, H, W) -> (N, C, H + 2*ph, W + 2*pw) with ``value`` around x (x itself if no padding)."""
+    if ph == 0 and pw == 0:
+        return x
+    N, C, H, W = x.shape
+    xp = np.full((N, C, H + 2 * ph, W + 2 * pw), value, x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+def _pad_flat(x, ph, pw, extra):
+    """(N, C, H, W) -> zero-padded planes stored flat, (N, C, Hp*Wp + extra), zeros at the end too.
+
+    Only the border is zeroed; the interior is written once.
+    """
+    N, C, H, W = x.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    xp = np.empty((N, C, Hp * Wp + extra), x.dtype)
+    xp[:, :, Hp * Wp:] = 0
+    planes = xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)
+    planes[:, :, :ph] = 0
+    planes[:, :, ph + H:] = 0
+    planes[:, :, ph:ph + H, :pw] = 0
+    planes[:, :, ph:ph + H, pw + W:] = 0
+    planes[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
 
 
 def conv2d_naive(x, w, b=None, stride=1, padding=0):
@@ -336,7 +355,7 @@ def conv_transpose2d(y, w, stride=1, padding=0, output_size=None):
     if sh == 1 and sw == 1:
         P = Hp * Wp + KW - 1
         xp = np.zeros((N, C, P), dt)
-        nb, rb = _chunks(N, Ho, K * Wp * dt.itemsize)
+        nb, rb = _chunks(N, Ho, Wp, K, F, dt.itemsize)
         cols_buf = np.empty(K * nb * rb * Wp, dt)
         y_buf = np.empty(F * nb * rb * Wp, dt)
         for n0 in range(0, N, nb):
@@ -356,7 +375,7 @@ def conv_transpose2d(y, w, stride=1, padding=0, output_size=None):
             xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, ph:ph + H, pw:pw + W])
 
     xp = np.zeros((N, C, Hp, Wp), dt)
-    nb, rb = _chunks(N, Ho, K * Wo * dt.itemsize)
+    nb, rb = _chunks(N, Ho, Wo, K, F, dt.itemsize)
     cols_buf = np.empty(K * nb * rb * Wo, dt)
     y_buf = np.empty(F * nb * rb * Wo, dt)
     for n0 in range(0, N, nb):
