@@ -91,3 +91,36 @@ def occlusion_map(ax, values, occ, title=None, cmap="RdYlBu", vmin=0.0, vmax=1.0
     if title is not None:
         ax.set_title(title, fontsize=9)
     return im
+
+
+def projection_rows(image, rows, titles=None, boxes=None, row_labels=None, mode="symmetric", size=1.5,
+                    box_color="red", zoom=False):
+    """A figure: the input image with a box per column on top, then one row per entry of ``rows``.
+
+    image (C, H, W); rows: a list of R lists of n (C, H, W) projections (one column per layer or unit);
+    titles: n column titles; boxes: n input-space boxes ``(top, left, bottom, right)`` (inclusive) drawn
+    on the image and on every projection of that column, or None; row_labels: R labels written on the
+    left. Projections are shown with ``mode`` (default "symmetric": zero is mid-grey). ``zoom=True``
+    (needs boxes) adds two rows: the image and the first row's projection cut to each box.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(rows[0])
+    labels = ["input"] + list(row_labels if row_labels is not None else [""] * len(rows))
+    panels = [[image] * n] + [list(r) for r in rows]
+    if zoom:
+        cut = [(lambda a, b: a[:, b[0]:b[2] + 1, b[1]:b[3] + 1]) for _ in range(n)]
+        panels += [[cut[j](image, boxes[j]) for j in range(n)], [cut[j](rows[0][j], boxes[j]) for j in range(n)]]
+        labels += ["input, box", f"{labels[1]}, box".strip(", ")]
+    fig, axes = plt.subplots(len(panels), n, figsize=(size * n, size * len(panels) + 0.3), squeeze=False)
+    for i, row in enumerate(panels):
+        for j in range(n):
+            show(axes[i, j], row[j], titles[j] if (i == 0 and titles is not None) else None,
+                 mode="minmax" if i in (0, len(rows) + 1) else mode)
+            if boxes is not None and boxes[j] is not None and i <= len(rows):
+                draw_box(axes[i, j], boxes[j], color=box_color, lw=1.0)
+    if row_labels is not None or zoom:
+        for i, label in enumerate(labels):
+            axes[i, 0].set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+    return fig
