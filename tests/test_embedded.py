@@ -1,0 +1,67 @@
+"""The shipped embedded model: numpy inference equals PyTorch inference of the same weights on the whole
+shipped test split, and the shipped weights reach the accuracy the README states."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import zfcore as zf  # noqa: E402
+from zfcore import analysis, models, train  # noqa: E402
+
+ASSETS = Path(models.__file__).parent / "assets"
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return zf.data.load_dataset("test")
+
+
+@pytest.fixture(scope="module")
+def logits(test_split):
+    """Logits of all 10,000 test images from zfcore (numpy) and from torch, same shipped weights."""
+    x, _ = test_split
+    params, arch, _ = models.load_npz(ASSETS / "models" / "fmnist_zf.npz")
+    tm = train.torch_model(models.FMNIST_ZF)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()}, strict=True)
+    tm.eval()
+    with torch.no_grad():
+        ref = torch.cat([tm(torch.from_numpy(x[i:i + 1000])) for i in range(0, len(x), 1000)]).numpy()
+    net = models.load_model()
+    return analysis.predict(net, x, batch_size=500), ref
+
+
+def test_numpy_and_torch_agree_on_every_test_image(logits):
+    ours, ref = logits
+    assert ours.shape == ref.shape == (10000, 10)
+    assert np.abs(ours - ref).max() <= 1e-4
+    assert np.array_equal(ours.argmax(1), ref.argmax(1))
+
+
+def test_shipped_accuracy_is_the_stated_one(logits, test_split):
+    _, y = test_split
+    acc = float((logits[0].argmax(1) == y).mean())
+    # The README states 92.22%; issue 5's target of 93% is not reached by this model (see README).
+    assert acc >= 0.92
+    _, _, meta = models.load_npz(ASSETS / "models" / "fmnist_zf.npz")
+    assert abs(acc - meta["test_acc"]) < 1e-4         # the number recorded by the training run
+    hist = json.loads((ASSETS / "models" / "history.json").read_text())
+    assert abs(hist["epochs"][-1]["test_acc"] - acc) < 1e-4
+
+
+def test_last_checkpoint_is_the_shipped_model():
+    """The last checkpoint's conv weights are the shipped final weights rounded to float16."""
+    epoch, path = models.checkpoints()[-1]
+    final, _, meta = models.load_npz(ASSETS / "models" / "fmnist_zf.npz")
+    assert epoch == meta["epoch"]
+    ck = models.load_checkpoint(path).params
+    assert set(ck) == {k for k in final if k.split(".")[0] in {"conv1", "conv2", "conv3", "conv4", "conv5"}}
+    for k, v in ck.items():
+        np.testing.assert_array_equal(v, final[k].astype(np.float16).astype(np.float32))
+
+
+def test_shipped_assets_fit_the_budget():
+    total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
+    assert total <= 20 * 2**20, f"shipped assets take {total / 2**20:.1f} MiB (budget 20 MiB)"
