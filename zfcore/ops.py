@@ -350,49 +350,34 @@ def conv_transpose2d(y, w, stride=1, padding=0, output_size=None):
     K = C * KH * KW
     wT = np.ascontiguousarray(w.reshape(F, K)).T        # (K, F) view; BLAS handles the transpose
     Hp, Wp = H + 2 * ph, W + 2 * pw
+    flat = sh == 1 and sw == 1        # as in conv2d: flat padded planes, Wp columns per row
+    Wc = Wp if flat else Wo
+    xp = np.zeros((N, C, Hp * Wp + (KW - 1 if flat else 0)), dt)
+    planes = xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)
     offsets = [(u, v) for u in range(KH) for v in range(KW)]
-
-    if sh == 1 and sw == 1:
-        P = Hp * Wp + KW - 1
-        xp = np.zeros((N, C, P), dt)
-        nb, rb = _chunks(N, Ho, Wp, K, F, dt.itemsize)
-        cols_buf = np.empty(K * nb * rb * Wp, dt)
-        y_buf = np.empty(F * nb * rb * Wp, dt)
-        for n0 in range(0, N, nb):
-            m = min(nb, N - n0)
-            for r0 in range(0, Ho, rb):
-                r = min(rb, Ho - r0)
-                L = r * Wp
-                yb = y_buf[:F * m * L].reshape(F, m, r, Wp)
-                yb[..., :Wo] = y[n0:n0 + m, :, r0:r0 + r].transpose(1, 0, 2, 3)
-                yb[..., Wo:] = 0           # throw-away columns contribute nothing
-                cols = cols_buf[:K * m * L].reshape(C, KH * KW, m, L)
-                np.matmul(wT, yb.reshape(F, m * L), out=cols.reshape(K, m * L))
-                for k, (u, v) in enumerate(offsets):
-                    off = (r0 + u) * Wp + v
-                    xp[n0:n0 + m, :, off:off + L] += cols[:, k].transpose(1, 0, 2)
-        return np.ascontiguousarray(
-            xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, ph:ph + H, pw:pw + W])
-
-    xp = np.zeros((N, C, Hp, Wp), dt)
-    nb, rb = _chunks(N, Ho, Wo, K, F, dt.itemsize)
-    cols_buf = np.empty(K * nb * rb * Wo, dt)
-    y_buf = np.empty(F * nb * rb * Wo, dt)
+    nb, rb = _chunks(N, Ho, Wc, K, F, dt.itemsize)
+    cols_buf = np.empty(K * nb * rb * Wc, dt)
+    y_buf = np.empty(F * nb * rb * Wc, dt)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
         for r0 in range(0, Ho, rb):
             r = min(rb, Ho - r0)
-            yb = y_buf[:F * m * r * Wo].reshape(F, m, r, Wo)
-            yb[...] = y[n0:n0 + m, :, r0:r0 + r].transpose(1, 0, 2, 3)
-            cols = cols_buf[:K * m * r * Wo].reshape(C, KH * KW, m, r, Wo)
-            np.matmul(wT, yb.reshape(F, m * r * Wo), out=cols.reshape(K, m * r * Wo))
+            L = m * r * Wc
+            yb = y_buf[:F * L].reshape(F, m, r, Wc)
+            yb[..., :Wo] = y[n0:n0 + m, :, r0:r0 + r].transpose(1, 0, 2, 3)
+            yb[..., Wo:] = 0                  # throw-away columns (flat layout) contribute nothing
+            cols = cols_buf[:K * L].reshape(K, L)
+            np.matmul(wT, yb.reshape(F, L), out=cols)
+            cols_k = cols.reshape(C, KH * KW, m, r, Wc)
             for k, (u, v) in enumerate(offsets):
-                h0 = r0 * sh + u
-                xp[n0:n0 + m, :, h0:h0 + sh * (r - 1) + 1:sh,
-                   v:v + sw * (Wo - 1) + 1:sw] += cols[:, k].transpose(1, 0, 2, 3)
-    if ph == 0 and pw == 0:
-        return xp
-    return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W])
+                if flat:
+                    off = (r0 + u) * Wp + v
+                    xp[n0:n0 + m, :, off:off + r * Wp] += cols_k[:, k].reshape(C, m, r * Wp).transpose(1, 0, 2)
+                else:
+                    h0 = r0 * sh + u
+                    planes[n0:n0 + m, :, h0:h0 + sh * (r - 1) + 1:sh,
+                           v:v + sw * (Wo - 1) + 1:sw] += cols_k[:, k].transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(planes[:, :, ph:ph + H, pw:pw + W])
 
 
 def conv_transpose2d_naive(y, w, stride=1, padding=0, output_size=None):
