@@ -173,8 +173,9 @@ class Recreation:
     original: PyTorch's default ``ConvTranspose2d`` initialisation, seeded here by ``bias_seed``) or
     ``"zero"`` (the paper). ``dtype``: ``"float32"`` (the original) or ``"float64"``. ``unpool``:
     ``"assign"`` (the original's ``MaxUnpool2d``: where overlapping pooling windows share a switch, one
-    of their values is kept, which one being up to the kernel's loop order) or ``"add"`` (their values add up, as in zfcore and in the gradient of max-pooling; the
-    two agree for non-overlapping pools such as VGG16's). See the module docstring for the rest.
+    of their values is kept, which one being up to the kernel's loop order) or ``"add"`` (their values
+    add up, as in zfcore and in the gradient of max-pooling; the two agree for non-overlapping pools
+    such as VGG16's). See the module docstring for the rest.
 
     Attributes: ``features`` / ``classifier`` (``nn.Sequential``, eval mode), ``deconv`` (the mirror),
     ``names`` (zfcore name of each ``features`` index), ``index`` (the reverse), ``conv2deconv`` and
@@ -577,10 +578,11 @@ def agreement(net, x, layers, captum: bool = True, unpool: str = "assign") -> tu
 
 def bias_effect(spec, params, x, layers, bias_seed: int = 0, net=None) -> list[dict]:
     """The original's random deconv biases against zero biases, same input and selection (the
-    original's, ties included), per layer: relative difference of the projections and of their min-max
-    scaled displays, support of each, how much of the random-bias support lies outside the receptive
-    field (needs ``net`` for ``input_box``), and how much the selected activation changes the
-    random-bias output at all (``||out - out from an all-zero start|| / ||out from an all-zero start||``)."""
+    original's, ties included), per layer: relative difference of the projections, mean absolute
+    difference of their min-max uint8 displays (grey levels of 255), support of each, how much of the
+    random-bias support lies outside the receptive field (needs ``net`` for ``input_box``), and how much
+    the selected activation changes the random-bias output at all (``||out - out from an all-zero
+    start|| / ||out from an all-zero start||``)."""
     import torch
 
     spec, params = features_only(spec, params)
@@ -597,8 +599,8 @@ def bias_effect(spec, params, x, layers, bias_seed: int = 0, net=None) -> list[d
         blank = rand.deconv_from(torch.zeros_like(start), name)[0].numpy()
         row = dict(layer=name, feature=sel.feature, ties=len(sel.positions),
                    **{"random vs zero": relative_error(r, z),
-                      "displayed (min-max) random vs zero": relative_error(
-                          minmax_uint8(r).astype(np.float64), minmax_uint8(z).astype(np.float64)),
+                      "displayed: mean grey-level difference": float(np.abs(
+                          minmax_uint8(r).astype(np.float64) - minmax_uint8(z)).mean()),
                       "support random": support(r), "support zero": support(z)})
         if net is not None:
             inside = np.zeros(z.shape[1:], bool)
@@ -714,9 +716,9 @@ def timing_rows(results: dict, reference: str = "zfcore") -> list[dict]:
 # figure
 
 def plot_rows(rows, titles=None, size: float = 2.0, suptitle=None):
-    """A figure of image rows: ``rows`` is a list of (row label, [images]), each image (H, W, 3) or (H, W)
-    uint8/float (shown as given, no rescaling: pass what the implementation displays); ``titles`` a
-    matching list of lists of panel titles. Returns the figure."""
+    """A figure of image rows: ``rows`` is a list of (row label, [images]), each image (H, W, 3) or (H, W),
+    uint8 or float in [0, 1], shown as given (no rescaling: pass what the implementation displays);
+    ``titles`` a matching list of lists of panel titles. Returns the figure."""
     import matplotlib.pyplot as plt
 
     ncols = max(len(imgs) for _, imgs in rows)
@@ -729,7 +731,8 @@ def plot_rows(rows, titles=None, size: float = 2.0, suptitle=None):
                 ax.axis("off")
                 continue
             img = np.asarray(imgs[c])
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+            lims = {} if img.dtype == np.uint8 else {"vmin": 0.0, "vmax": 1.0}
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest", **lims)
             if titles is not None:
                 ax.set_title(titles[r][c], fontsize=8)
         axes[r][0].set_ylabel(label, fontsize=9)
