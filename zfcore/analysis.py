@@ -87,30 +87,41 @@ class TopK:
     patches: np.ndarray
 
 
-def scan_maxima(net, images, layer: str, batch_size: int = 500):
+def scan_maxima(net, images, layer, batch_size: int = 500):
     """For every image and feature map of ``layer``: the map's maximum and its position.
-    Returns (values (N, F), positions (N, F, 2))."""
-    vals, poss = [], []
+    Returns (values (N, F), positions (N, F, 2)). ``layer`` may be a list of layers: then one forward
+    pass (up to the deepest of them) serves all, and the result is a dict layer -> (values, positions)."""
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    if not layers:
+        raise ValueError("scan_maxima needs at least one layer")
+    deepest = max(layers, key=net.index)
+    vals = {name: [] for name in layers}
+    poss = {name: [] for name in layers}
     for i in range(0, len(images), batch_size):
-        net.forward(images[i:i + batch_size], upto=layer)
-        act = net.activations(layer)
-        if act.ndim != 4:
-            raise ValueError(f"layer {layer!r} is not spatial (output {act.shape[1:]})")
-        flat = act.reshape(act.shape[0], act.shape[1], -1)
-        arg = flat.argmax(axis=2)
-        vals.append(np.take_along_axis(flat, arg[..., None], axis=2)[..., 0])
-        poss.append(np.stack(np.divmod(arg, act.shape[3]), axis=-1))
-    return np.concatenate(vals), np.concatenate(poss)
+        net.forward(images[i:i + batch_size], upto=deepest)
+        for name in layers:
+            act = net.activations(name)
+            if act.ndim != 4:
+                raise ValueError(f"layer {name!r} is not spatial (output {act.shape[1:]})")
+            flat = act.reshape(act.shape[0], act.shape[1], -1)
+            arg = flat.argmax(axis=2)
+            vals[name].append(np.take_along_axis(flat, arg[..., None], axis=2)[..., 0])
+            poss[name].append(np.stack(np.divmod(arg, act.shape[3]), axis=-1))
+    out = {name: (np.concatenate(vals[name]), np.concatenate(poss[name])) for name in layers}
+    return out[layer] if isinstance(layer, str) else out
 
 
 def top_k(net, images, layer: str, k: int = 9, features=None, batch_size: int = 500,
-          rule: str = "deconvnet") -> TopK:
+          rule: str = "deconvnet", maxima=None) -> TopK:
     """The paper's Fig. 2 for ``layer``: for each feature, the ``k`` images of ``images`` (N, C, H, W)
     with the strongest activation of that map (one activation per image: its maximum), each projected
     to pixels on its own (all other activations of the layer set to zero), and the image patches under
-    the receptive fields."""
+    the receptive fields. ``maxima``: the (values, positions) of ``scan_maxima`` for these images and
+    this layer, if already computed."""
     images = np.asarray(images)
-    vals, poss = scan_maxima(net, images, layer, batch_size)
+    vals, poss = scan_maxima(net, images, layer, batch_size) if maxima is None else maxima
+    if vals.shape[0] != len(images):
+        raise ValueError(f"maxima cover {vals.shape[0]} images, images has {len(images)}")
     F = vals.shape[1]
     features = np.arange(F) if features is None else np.atleast_1d(np.asarray(features))
     if features.size == 0 or features.min() < 0 or features.max() >= F:
