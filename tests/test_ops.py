@@ -294,6 +294,22 @@ def test_max_unpool2d_fast_equals_naive(c):
     assert rel_err(fast, naive) <= TOL[c["dtype"]]
 
 
+@pytest.mark.parametrize("as_conv", [False, True])
+def test_conv_transpose2d_both_stride1_strategies(as_conv, monkeypatch):
+    """Stride 1 runs either GEMM + col2im or a conv with flipped filters (chosen by a cost
+    model): force each on cases that would otherwise take the other."""
+    monkeypatch.setattr(ops, "_deconv_as_conv", lambda *a: as_conv)
+    rng = np.random.default_rng(5)
+    for (N, C, F, H, W, K, p) in [(2, 3, 5, 9, 7, 3, 1), (1, 4, 2, 6, 8, (3, 2), (2, 0)), (3, 2, 2, 5, 5, 1, 0),
+                                 (1, 2, 3, 4, 6, 5, 2)]:
+        KH, KW = (K, K) if isinstance(K, int) else K
+        ph, pw = (p, p) if isinstance(p, int) else p
+        w = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
+        y = rng.standard_normal((N, F, H + 2 * ph - KH + 1, W + 2 * pw - KW + 1)).astype(np.float32)
+        ref = TF.conv_transpose2d(t(y), t(w), padding=(ph, pw)).numpy()
+        assert rel_err(ops.conv_transpose2d(y, w, padding=(ph, pw)), ref) <= 1e-5
+
+
 def test_chunking_covers_bands_and_groups_of_images():
     """A VGG-like layer forced through many row bands and through groups of images."""
     rng = np.random.default_rng(3)

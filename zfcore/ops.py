@@ -343,6 +343,8 @@ def conv_transpose2d(y, w, stride=1, padding=0, output_size=None):
 
     One GEMM ``w.T @ y`` gives the columns (c, u, v) x positions; col2im adds them back with
     KH*KW shifted slice-adds (the mirror of :func:`conv2d`'s im2col), in bands of output rows.
+    With stride 1 on large images it is cheaper to run :func:`conv2d` on y with the flipped,
+    transposed filters (padding K - 1 - p); _deconv_as_conv chooses by the memory traffic.
     """
     y, w, dt, (sh, sw), (ph, pw), (H, W) = _check_conv_transpose(y, w, stride, padding, output_size)
     N, F, Ho, Wo = y.shape
@@ -350,6 +352,12 @@ def conv_transpose2d(y, w, stride=1, padding=0, output_size=None):
     K = C * KH * KW
     wT = np.ascontiguousarray(w.reshape(F, K)).T        # (K, F) view; BLAS handles the transpose
     Hp, Wp = H + 2 * ph, W + 2 * pw
+    if sh == 1 and sw == 1 and ph < KH and pw < KW and _deconv_as_conv(N * Ho * Wp, C, F):
+        # stride 1: the transposed conv is a conv of y with the flipped filters, w[f, c, ::-1, ::-1]
+        # seen as (C, F, KH, KW), padded by K - 1 - p. Its im2col copies F*KH*KW rows where col2im
+        # adds C*KH*KW rows (an add moves 3 values, a copy 2); the price is one copy of w.
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        return conv2d(y, wt, None, 1, (KH - 1 - ph, KW - 1 - pw))
     flat = sh == 1 and sw == 1        # as in conv2d: flat padded planes, Wp columns per row
     Wc = Wp if flat else Wo
     xp = np.zeros((N, C, Hp * Wp + (KW - 1 if flat else 0)), dt)
@@ -378,6 +386,12 @@ def conv_transpose2d(y, w, stride=1, padding=0, output_size=None):
                     planes[n0:n0 + m, :, h0:h0 + sh * (r - 1) + 1:sh,
                            v:v + sw * (Wo - 1) + 1:sw] += cols_k[:, k].transpose(1, 0, 2, 3)
     return np.ascontiguousarray(planes[:, :, ph:ph + H, pw:pw + W])
+
+
+def _deconv_as_conv(positions, C, F):
+    """Memory-traffic model (values moved per kernel offset): conv of y with flipped filters
+    (copy F rows of im2col + copy w once) beats GEMM + col2im (add C rows) for large images."""
+    return 2 * F * positions + 2 * F * C < 3 * C * positions
 
 
 def conv_transpose2d_naive(y, w, stride=1, padding=0, output_size=None):
