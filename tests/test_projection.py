@@ -157,7 +157,7 @@ def test_every_layer_matches_autograd_and_crop_matches_full(case, request):
     (and the whole-map projection equal to the cropped one) and float64."""
     c = request.getfixturevalue(case)
     _check_layers(c, c.net.layer_names, image=c.x.shape[0] - 1)
-    _check_layers_64(c, c.net.layer_names)
+    _check_layers_64(c, c.net.layer_names if case == "fmnist" else c.net.layer_names[::2])
 
 
 def test_alexnet_every_conv_pool_and_fc_layer_matches_autograd(alexnet):
@@ -169,7 +169,7 @@ def test_alexnet_every_conv_pool_and_fc_layer_matches_autograd(alexnet):
 def test_vgg16_every_conv_and_pool_layer_matches_autograd(vgg16):
     names = vgg16.spatial_layers(("conv", "maxpool"))
     _check_layers(vgg16, names)
-    _check_layers_64(vgg16, names[1::2])
+    _check_layers_64(vgg16, names[1::4])
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -181,9 +181,9 @@ def test_guided_and_gradient_rules_match_autograd(case, request):
 
 
 def test_vgg16_rules_match_autograd(vgg16):
-    names = ["conv1_2", "pool2", "conv3_3", "conv4_2", "pool5"]
+    names = ["pool2", "conv4_2", "pool5"]
     _check_layers(vgg16, names, rules=("guided", "gradient"), full=False)
-    _check_layers_64(vgg16, names[1::2], rules=("guided", "gradient"))
+    _check_layers_64(vgg16, names[1:2], rules=("guided", "gradient"))
 
 
 def test_plain_gradient_is_torch_autograd_unmodified(fmnist):
@@ -283,9 +283,9 @@ def test_crop_matches_full_on_every_layer_of_every_architecture(fmnist, alexnet,
         rng = np.random.default_rng(11)
         layers = c.spatial_layers(("conv", "maxpool", "lrn", "adaptive_avgpool"))
         if c is vgg16:
-            layers = layers[::3]
+            layers = layers[::4]
         for name in layers:
-            imgs, feats, pos = _triples(c.net.activations(name), rng, 5)
+            imgs, feats, pos = _triples(c.net.activations(name), rng, 5 if c is not vgg16 else 4)
             rule = ["deconvnet", "guided", "gradient"][len(name) % 3]
             crop = c.net.project_batch(name, feats, imgs, pos, rule=rule)
             full = c.net.project_batch(name, feats, imgs, pos, rule=rule, crop=False)
@@ -393,9 +393,16 @@ def test_bad_requests_raise_clear_errors():
         net.project("conv1", 0, mode="all")
     with pytest.raises(ValueError, match="unknown rule 'backprop'"):
         net.project("conv1", 0, rule="backprop")
-    with pytest.raises(ValueError, match="features and images .* differ in length|differ in length"):
+    with pytest.raises(ValueError, match="one entry per item or a single one; got 3 features, 2 images"):
         net.project_batch("conv1", [0, 1, 2], images=[0, 1])
-    with pytest.raises(ValueError, match="positions must be"):
+    with pytest.raises(ValueError, match="got 2 features, 1 images, 3 positions"):
         net.project_batch("conv1", [0, 1], positions=[(0, 0), (1, 1), (2, 2)])
+    with pytest.raises(ValueError, match="positions must be"):
+        net.project_batch("conv1", [0, 1], positions=[(0.5, 0), (1, 1)])
+    # one position (or one feature) for every item
+    one = net.project_batch("conv1", [0, 5], positions=(3, 4))
+    assert np.array_equal(one[1], net.project("conv1", 5, position=(3, 4)))
+    two = net.project_batch("conv1", 5, positions=[(3, 4), (0, 0)])
+    assert two.shape == (2, 1, 28, 28) and np.array_equal(two[0], one[1])
     with pytest.raises(ValueError, match="features must be"):
         net.project_batch("conv1", [0.5])

@@ -280,9 +280,10 @@ class ReLU(Layer):
         return r * mask
 
     def inverse_window(self, r, cache, rule, win):
+        """Cropped inverse; may overwrite ``r`` (the projection's own intermediate signal)."""
         check_rule(rule)
         if rule == "deconvnet":                   # needs nothing from the forward pass
-            return ops.unrelu(r)
+            return np.maximum(r, 0, out=r) if r.flags.writeable and r.flags.owndata else ops.unrelu(r)
         return self.inverse(r, self.take_window(cache, win), rule)
 
 

@@ -198,13 +198,19 @@ class Network:
 
         features: K feature indices (an int is repeated to match the other arguments);
         images: None (image 0), an int, or K image indices into the last forward batch;
-        positions: None (each item's strongest activation) or K (row, col) pairs (spatial layers only).
+        positions: None (each item's strongest activation), one (row, col) pair for all items, or K
+            pairs (spatial layers only).
         Item k equals ``project(layer, features[k], images[k], positions[k], rule=rule, crop=crop)``.
         Items are processed in chunks whose intermediate arrays stay near ``max_bytes``.
         """
         L.check_rule(rule)
         items = self._resolve(layer, features, images, positions, "single")
         K = len(items["img"])
+        if crop and K == 1:                     # one projection: no chunking, no grouping
+            rec, top, (h, w) = self._project_cropped(items, rule)
+            out = np.zeros((1,) + tuple(self.trace.input.shape[1:]), self.dtype)
+            out[:, :, top[0, 0]:top[0, 0] + h, top[0, 1]:top[0, 1] + w] = rec
+            return out
         if not crop:
             chunk = max(1, int(max_bytes // max(1, self._bytes_per_item_full(items["layer"]))))
             return np.concatenate([self._project_full(self._slice(items, s, s + chunk), rule)
@@ -242,13 +248,18 @@ class Network:
         imgs = np.atleast_1d(np.asarray(0 if images is None else images))
         if imgs.ndim != 1 or imgs.dtype.kind not in "iu" or imgs.size == 0:
             raise ValueError(f"images must be an int or a non-empty 1-D sequence of ints, got {images!r}")
-        K = max(len(feats), len(imgs))
+        npos = 1
+        if positions is not None and spatial and mode == "single":
+            p = np.asarray(positions)
+            npos = p.shape[0] if p.ndim == 2 else 1
+        K = max(len(feats), len(imgs), npos)
+        if any(n not in (1, K) for n in (len(feats), len(imgs), npos)):
+            raise ValueError(f"features, images and positions need one entry per item or a single one; got "
+                             f"{len(feats)} features, {len(imgs)} images, {npos} positions")
         if len(feats) == 1:
             feats = np.repeat(feats, K)
         if len(imgs) == 1:
             imgs = np.repeat(imgs, K)
-        if len(feats) != len(imgs):
-            raise ValueError(f"features ({len(feats)}) and images ({len(imgs)}) differ in length")
         nfeat = act.shape[1]
         what = "feature maps" if spatial else "units"
         bad = (feats < 0) | (feats >= nfeat)
@@ -275,7 +286,7 @@ class Network:
                 pos = np.stack(np.divmod(flat, W), axis=1)
             else:
                 pos = np.asarray(positions)
-                if pos.shape == (2,) and K == 1:
+                if pos.shape == (2,):
                     pos = pos[None]
                 if pos.ndim == 2 and pos.shape[0] == 1 and K > 1:
                     pos = np.repeat(pos, K, axis=0)

@@ -1,0 +1,274 @@
+"""Speed of projection to pixels: zfcore (cropped, the default) against a PyTorch module pipeline in
+huybery/VisualizingCNN's style, VGG16 with random seeded weights, one 224x224 image.
+
+    python benchmarks/bench_project.py [--threads N] [--repeats R] [--batch K] [--image chelsea|random]
+
+Single projections: for each VGG16 conv layer, the strongest activation of the layer (over all its
+feature maps) is kept and projected to pixels. zfcore: ``net.project(layer, f, position=(r, c))``
+(cropped to the receptive field; also ``crop=False``, the whole-map numpy path). torch: the mirror
+network of ``MaxUnpool2d -> ReLU -> ConvTranspose2d`` (bias-free, the forward convs' weights shared),
+run from the layer down on whole maps, as huybery's ``Vgg16Deconv`` does, under ``torch.no_grad()``.
+The forward pass (and its switches) is done once beforehand on both sides and not timed.
+
+Batched: K projections (default 512, one per conv5_3 feature, each at its strongest position) in one
+``project_batch`` call; the torch pipeline runs them as batches of 16 along N (its whole-map
+pipeline needs the full maps for every item). Reported as projections per second.
+
+numpy and torch are timed in separate worker processes (their thread pools contend in one process),
+with the same thread count (default: all cores). Times are medians over R repeats after a warm-up.
+The parent prints the table and the agreement of the two projections (relative error; VGG16's 2x2
+pools do not overlap, so MaxUnpool2d's assignment equals zfcore's scatter-add).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def median_time(fn, repeats):
+    fn()                                                # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def setup(image):
+    """Spec (VGG16 convs and pools), seeded Kaiming weights and the input, numpy only."""
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from zfcore import models, network
+
+    spec = models.vgg16_spec()
+    spec = spec[:[n for n, _, _ in spec].index("pool5") + 1]
+    params = network.kaiming_params(spec, seed=0)
+    if image == "chelsea":
+        from skimage import data as skdata
+        from skimage.transform import resize
+
+        img = skdata.chelsea().astype(np.float32) / 255.0          # 300x451 RGB
+        h, w = img.shape[:2]
+        s = min(h, w)
+        img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        img = resize(img, (224, 224), anti_aliasing=True).astype(np.float32)
+        mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+        x = ((img - mean) / std).transpose(2, 0, 1)[None].copy()
+    else:
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    convs = [n for n, k, _ in spec if k == "conv"]
+    return spec, params, x, convs
+
+
+def strongest(a):
+    """(feature, row, col) of the largest value of a (C, H, W) activation."""
+    import numpy as np
+
+    f, r, c = np.unravel_index(int(a.argmax()), a.shape)
+    return int(f), int(r), int(c)
+
+
+# ------------------------------------------------------------------------------------------------
+def worker_numpy(args):
+    import numpy as np
+
+    spec, params, x, convs = setup(args.image)
+    from zfcore import network
+
+    net = network.build(spec, params)
+    t_fwd = median_time(lambda: net.forward(x), args.repeats)
+    out = {"forward_ms": 1e3 * t_fwd, "layers": {}}
+    recs = {}
+    for name in convs:
+        f, r, c = strongest(net.activations(name)[0])
+        t_crop = median_time(lambda: net.project(name, f, position=(r, c)), args.repeats)
+        t_full = median_time(lambda: net.project(name, f, position=(r, c), crop=False),
+                             max(1, args.repeats // 2))
+        recs[name] = net.project(name, f, position=(r, c))
+        box = net.input_box(name, (r, c))
+        out["layers"][name] = dict(unit=[f, r, c], crop_ms=1e3 * t_crop, full_ms=1e3 * t_full,
+                                   box=[int(v) for v in box])
+    np.savez(os.path.join(args.out, "numpy.npz"), **recs)
+    # batched: one projection per conv5_3 feature, each at its strongest position
+    K = args.batch
+    feats = np.arange(max(K, 16)) % net.activations("conv5_3").shape[1]
+    if K:
+        t0 = time.perf_counter()
+        net.project_batch("conv5_3", feats[:K])
+        t_batch = time.perf_counter() - t0
+        out["batch"] = dict(K=int(K), seconds=t_batch, per_second=K / t_batch)
+    t_16 = median_time(lambda: net.project_batch("conv5_3", feats[:16]), max(1, args.repeats // 2))
+    out["batch16"] = dict(K=16, seconds=t_16, per_second=16 / t_16)
+    print(json.dumps(out))
+
+
+def worker_torch(args):
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    torch.set_num_threads(args.threads)
+    spec, params, x, convs = setup(args.image)
+    # forward modules (with switches) and the huybery-style mirror: MaxUnpool2d -> ReLU -> ConvTranspose2d
+    fwd, mirror = [], {}
+    for name, kind, p in spec:
+        if kind == "conv":
+            conv = nn.Conv2d(p["in_channels"], p["out_channels"], 3, 1, 1)
+            conv.weight.data = torch.from_numpy(params[f"{name}.weight"])
+            conv.bias.data = torch.from_numpy(params[f"{name}.bias"])
+            deconv = nn.ConvTranspose2d(p["out_channels"], p["in_channels"], 3, 1, 1, bias=False)
+            deconv.weight = conv.weight                               # shared, no bias
+            fwd.append((name, kind, conv))
+            mirror[name] = deconv
+        elif kind == "relu":
+            fwd.append((name, kind, nn.ReLU()))
+            mirror[name] = nn.ReLU()
+        elif kind == "maxpool":
+            fwd.append((name, kind, nn.MaxPool2d(2, 2, return_indices=True)))
+            mirror[name] = nn.MaxUnpool2d(2, 2)
+
+    acts, switches, shapes = {}, {}, {}
+
+    def forward(inp):
+        h = inp
+        for name, kind, m in fwd:
+            shapes[name] = h.shape
+            if kind == "maxpool":
+                h, switches[name] = m(h)
+            else:
+                h = m(h)
+            acts[name] = h
+        return h
+
+    def project(name, f, r, c, n=1):
+        a = acts[name]
+        h = torch.zeros((n,) + tuple(a.shape[1:]))
+        if n == 1:
+            h[0, f, r, c] = a[0, f, r, c]
+        else:
+            h[torch.arange(n), f, r, c] = a[0, f, r, c]
+        start = [nm for nm, _, _ in fwd].index(name)
+        for nm, kind, _ in reversed(fwd[:start + 1]):
+            if kind == "maxpool":
+                sw = switches[nm].expand(n, -1, -1, -1)
+                h = mirror[nm](h, sw, output_size=shapes[nm][2:])
+            else:
+                h = mirror[nm](h)
+        return h
+
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        t_fwd = median_time(lambda: forward(xt), args.repeats)
+        forward(xt)
+        out = {"forward_ms": 1e3 * t_fwd, "layers": {}, "threads": torch.get_num_threads()}
+        recs = {}
+        for name in convs:
+            f, r, c = strongest(acts[name][0].numpy())
+            t = median_time(lambda: project(name, f, r, c), args.repeats)
+            recs[name] = project(name, f, r, c)[0].numpy()
+            out["layers"][name] = dict(unit=[f, r, c], ms=1e3 * t)
+        np.savez(os.path.join(args.out, "torch.npz"), **recs)
+        a = acts["conv5_3"][0]
+        feats = torch.arange(16)
+        flat = a[feats].reshape(16, -1).argmax(dim=1)
+        rows, cols = flat // a.shape[2], flat % a.shape[2]
+        t16 = median_time(lambda: project("conv5_3", feats, rows, cols, n=16), max(1, args.repeats // 2))
+    out["batch16"] = dict(K=16, seconds=t16, per_second=16 / t16)
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------------
+def _busy_seconds():
+    """CPU seconds spent busy by the whole machine so far (/proc/stat), or None where unavailable."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(t) for t in fh.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def run_worker(kind, args, out_dir):
+    """Run one worker; returns its JSON, plus how much CPU other processes used meanwhile (a timing
+    taken while the machine was busy is not a measurement of this code)."""
+    import resource
+
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(args.threads)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--threads", str(args.threads),
+           "--repeats", str(args.repeats), "--batch", str(args.batch), "--image", args.image, "--out", out_dir]
+    busy0, own0, t0 = _busy_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    busy1, own1, t1 = _busy_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    if res.returncode != 0:
+        sys.stderr.write(res.stderr)
+        raise SystemExit(f"{kind} worker failed")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
+    if busy0 is not None:
+        out["others_cpu_share"] = max(0.0, (busy1 - busy0) - own) / ((t1 - t0) * (os.cpu_count() or 1))
+    out["wall_s"] = t1 - t0
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=512, help="projections in the batched run (0: skip it)")
+    ap.add_argument("--image", choices=["chelsea", "random"], default="chelsea")
+    ap.add_argument("--worker", choices=["numpy", "torch"])
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    if args.worker == "numpy":
+        return worker_numpy(args)
+    if args.worker == "torch":
+        return worker_torch(args)
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = run_worker("torch", args, tmp)
+        nu = run_worker("numpy", args, tmp)
+        with np.load(os.path.join(tmp, "numpy.npz")) as a, np.load(os.path.join(tmp, "torch.npz")) as b:
+            errs = {k: float(np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(b[k]), 1e-30)) for k in a.files}
+    print(f"VGG16 (random seeded weights), one 224x224 image ({args.image}), {args.threads} threads, "
+          f"median of {args.repeats}")
+    for name, w in (("torch", tr), ("numpy", nu)):
+        if "others_cpu_share" in w:
+            print(f"other processes used {100 * w['others_cpu_share']:.0f}% of the machine's CPU during the {name} "
+                  f"worker ({w['wall_s']:.0f} s){'  <-- NOT QUIET: timings unreliable' if w['others_cpu_share'] > 0.05 else ''}")
+    print(f"forward pass (not part of the projections): zfcore {nu['forward_ms']:.0f} ms, "
+          f"torch {tr['forward_ms']:.0f} ms\n")
+    hdr = (f"{'layer':8s} {'unit (f, r, c)':>16s} {'input box':>20s} {'torch ms':>9s} {'zfcore ms':>10s} "
+           f"{'speed-up':>9s} {'numpy whole-map ms':>19s} {'rel. diff':>10s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for name, z in nu["layers"].items():
+        t = tr["layers"][name]
+        unit = tuple(z["unit"]) if z["unit"] == t["unit"] else f"{tuple(z['unit'])}!={tuple(t['unit'])}"
+        print(f"{name:8s} {str(unit):>16s} {str(tuple(z['box'])):>20s} {t['ms']:9.1f} {z['crop_ms']:10.1f} "
+              f"{t['ms'] / z['crop_ms']:8.1f}x {z['full_ms']:19.1f} {errs[name]:10.1e}")
+    b16, t16 = nu["batch16"], tr["batch16"]
+    if "batch" in nu:
+        b = nu["batch"]
+        print(f"\nbatched, conv5_3: zfcore {b['K']} projections in {b['seconds']:.1f} s = {b['per_second']:.2f}/s")
+    print(f"batched, conv5_3, 16 features: zfcore {b16['seconds']:.2f} s = {b16['per_second']:.2f}/s; torch pipeline "
+          f"(one batch of 16) {t16['seconds']:.2f} s = {t16['per_second']:.2f}/s")
+    print(json.dumps({"numpy": nu, "torch": tr, "rel_diff": errs}))
+
+
+if __name__ == "__main__":
+    main()
