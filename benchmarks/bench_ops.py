@@ -14,8 +14,12 @@ Tables:
                     ceiling for im2col + GEMM.
   conv_transpose2d  the same per layer, and for the whole deconvnet pass from pool5 down to pixels
                     (unpool + unrelu + conv_transpose2d, as the projection does).
-  memory            peak resident memory (ru_maxrss) of the numpy worker, and the tracemalloc peak
-                    of one conv-stack forward.
+  memory            peak resident memory (ru_maxrss) of a separate process that runs the conv
+                    stack forward and the deconv stack back once, and tracemalloc peaks.
+
+The machine may be shared: each worker measures how much CPU other processes used while it ran,
+every timing block is re-run when they were busy (see median_time), and the workers alternate
+(--rounds) so that a slow spell of the machine does not favour one library.
 """
 import argparse
 import json
@@ -62,7 +66,7 @@ def own_cpu_seconds():
 RETRIES = {"n": 0, "dirty": 0.0, "gave_up": 0}   # blocks re-timed because other processes were busy
 
 
-def median_time(fn, repeats, max_tries=30):
+def median_time(fn, repeats, max_tries=10):
     """Median wall time of fn over `repeats` calls, after one warm-up.
 
     The machine is shared: the whole block of calls is timed again (up to max_tries times) when
@@ -104,7 +108,6 @@ def weights(np, seed=0):
 
 # ----------------------------------------------------------------------------------------------
 def worker_numpy(repeats):
-    import resource
     import tracemalloc
 
     import numpy as np
@@ -175,7 +178,6 @@ def worker_numpy(repeats):
     stack_backward(out, list(sw), list(shp))
     res["tracemalloc_peak_deconv_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    res["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["retries"] = RETRIES
     res["numpy"] = np.__version__
     print(json.dumps(res))
@@ -246,36 +248,93 @@ def run_worker(kind, threads, repeats):
     wall = time.perf_counter() - t0
     busy1, own1 = busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
     res = json.loads(out.stdout.strip().splitlines()[-1])
+    res.setdefault("retries", {"n": 0, "dirty": 0.0, "gave_up": 0})
     own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
     res["wall_s"] = wall
     res["foreign_cpu_s"] = None if busy0 is None else max(0.0, (busy1 - busy0) - own)
     return res
 
 
+def worker_memory():
+    """Peak resident memory of a process that only runs the VGG16 conv stack forward and back."""
+    import resource
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from zfcore import ops
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ws, bs, x = weights(np)
+    switches, shapes, k = [], [], 0
+    for item in VGG16:
+        if item == "M":
+            shapes.append(x.shape)
+            x, s = ops.max_pool2d(x, 2)
+            switches.append(s)
+        else:
+            x = ops.relu(ops.conv2d(x, ws[k], bs[k], padding=1))
+            k += 1
+    fwd = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for item in reversed(VGG16):
+        if item == "M":
+            x = ops.max_unpool2d(x, switches.pop(), shapes.pop())
+        else:
+            k -= 1
+            x = ops.conv_transpose2d(ops.unrelu(x), ws[k], padding=1)
+    both = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"before_mb": base, "after_forward_mb": fwd, "after_deconv_mb": both}))
+
+
+def best_of(runs):
+    """Element-wise minimum over rounds of every timing (keys ending in _s) of the workers' results."""
+    out = json.loads(json.dumps(runs[0]))
+    for r in runs[1:]:
+        for k, v in r.items():
+            if k.endswith("_s") and k not in ("wall_s", "foreign_cpu_s"):
+                out[k] = min(out[k], v)
+        for lo, lr in zip(out["layers"], r["layers"]):
+            for k, v in lr.items():
+                if k.endswith("_s"):
+                    lo[k] = min(lo[k], v)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--worker", choices=["numpy", "torch"])
+    ap.add_argument("--repeats", type=int, default=7, help="timed calls per median")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="numpy and torch workers alternate this many times; each timing is the "
+                         "best (minimum) of its per-round medians, for both libraries alike")
+    ap.add_argument("--worker", choices=["numpy", "torch", "memory"])
     a = ap.parse_args()
     if a.worker == "numpy":
         return worker_numpy(a.repeats)
     if a.worker == "torch":
         return worker_torch(a.repeats, a.threads)
+    if a.worker == "memory":
+        return worker_memory()
 
-    npr = run_worker("numpy", a.threads, a.repeats)
-    tr = run_worker("torch", a.threads, a.repeats)
-    print(f"# zfcore.ops vs torch {tr['torch']} (CPU), VGG16 224x224 batch 1 float32, "
-          f"{a.threads} threads, median of {a.repeats}; numpy {npr['numpy']}, nproc {os.cpu_count()}")
+    runs = {"numpy": [], "torch": []}
+    for _ in range(a.rounds):
+        for kind in ("numpy", "torch"):
+            runs[kind].append(run_worker(kind, a.threads, a.repeats))
+    mem = run_worker("memory", a.threads, 1)
+    npr, tr = best_of(runs["numpy"]), best_of(runs["torch"])
+    print(f"# zfcore.ops vs torch {tr['torch']} (CPU), VGG16 224x224 batch 1 float32, {a.threads} threads; "
+          f"each time the best of {a.rounds} rounds of a median of {a.repeats}; numpy {npr['numpy']}, "
+          f"nproc {os.cpu_count()}")
     if npr.get("blas"):
         print("# BLAS: " + "; ".join(f"{b['internal_api']} {b['version']} {b['architecture']} "
                                       f"threads={b['num_threads']}" for b in npr["blas"]))
-    for name, r in (("numpy", npr), ("torch", tr)):
-        if r["foreign_cpu_s"] is not None:
-            print(f"# {name} worker: {r['wall_s']:.0f} s; other processes used {r['foreign_cpu_s']:.1f} CPU-s "
-                  f"meanwhile ({100 * r['foreign_cpu_s'] / r['wall_s']:.0f}% of one core); "
-                  f"{r['retries']['n']} timing blocks re-run because of them, {r['retries']['gave_up']} kept disturbed"
-                  + (f" (worst {100 * r['retries']['dirty']:.0f}% of one core)" if r['retries']['n'] else ""))
+    for name in ("numpy", "torch"):
+        for i, r in enumerate(runs[name]):
+            if r["foreign_cpu_s"] is not None:
+                print(f"# {name} worker, round {i + 1}: {r['wall_s']:.0f} s; other processes used "
+                      f"{r['foreign_cpu_s']:.1f} CPU-s meanwhile ({100 * r['foreign_cpu_s'] / r['wall_s']:.0f}% of one"
+                      f" core); {r['retries']['n']} timing blocks re-run because of them, "
+                      f"{r['retries']['gave_up']} kept disturbed")
     sq = 2 * npr["sgemm_square_n"] ** 3 / npr["sgemm_square_s"] / 1e9
     print(f"# numpy sgemm {npr['sgemm_square_n']}^3: {sq:.0f} GFLOP/s")
     for op, key, gkey, stack_key, stack_name in (
@@ -292,11 +351,13 @@ def main():
         ts = sum(ln[gkey] for ln in npr["layers"])
         print(f"| **{stack_name}** | {STACK_GFLOP:.2f} | **{npr[stack_key] * 1e3:.0f}** | "
               f"**{tr[stack_key] * 1e3:.0f}** | **{npr[stack_key] / tr[stack_key]:.2f}** | "
-              f"**{STACK_GFLOP / npr[stack_key]:.0f}** | {STACK_GFLOP / ts:.0f} (sum of the 13 GEMMs) |")
-    print(f"\n## memory (numpy worker)\n\npeak RSS (ru_maxrss, whole worker incl. all the per-layer runs): "
-          f"{npr['maxrss_mb']:.0f} MB; tracemalloc peak of one conv-stack forward: "
-          f"{npr['tracemalloc_peak_forward_mb']:.0f} MB, of one deconv-stack pass: "
-          f"{npr['tracemalloc_peak_deconv_mb']:.0f} MB")
+              f"**{STACK_GFLOP / npr[stack_key]:.0f}** | {STACK_GFLOP / ts:.0f} |")
+        print(f"\nThe 13 GEMMs alone (sgemm column, full-size operands) take {ts * 1e3:.0f} ms.")
+    print(f"\n## memory\n\npeak RSS (ru_maxrss) of a process running the conv stack forward: "
+          f"{mem['after_forward_mb']:.0f} MB, then the deconv stack: {mem['after_deconv_mb']:.0f} MB "
+          f"(python + numpy alone: {mem['before_mb']:.0f} MB; the float32 VGG16 conv weights are 59 MB). "
+          f"tracemalloc peak of one conv-stack forward: {npr['tracemalloc_peak_forward_mb']:.0f} MB, of one "
+          f"deconv-stack pass: {npr['tracemalloc_peak_deconv_mb']:.0f} MB.")
 
 
 if __name__ == "__main__":
