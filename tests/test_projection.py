@@ -269,6 +269,16 @@ def test_batch_equals_one_by_one_and_crop_equals_full(case, request):
         for k in range(len(feats)):
             assert close(batch[k], one[k], TOL_CROP), (name, k)          # shared windows
             assert close(batch[k], batch_full[k], TOL_CROP), (name, k)   # cropped == whole-map
+        # the batch kept together down to the input (one window size per layer for all items), and
+        # split into single items at the first layer: the same projections
+        for alone, waste in [(10 ** 12, 1e9), (1, 1.0)]:
+            c.net.ALONE, c.net.WASTE = alone, waste
+            try:
+                other = c.net.project_batch(name, feats, imgs, pos)
+            finally:
+                del c.net.ALONE, c.net.WASTE
+            for k in range(len(feats)):
+                assert close(other[k], one[k], TOL_CROP), (name, k, alone)
     # default positions in a batch are each item's strongest activation
     f = np.arange(5)
     batch = c.net.project_batch("conv3" if case != "vgg16" else "conv5_3", f)

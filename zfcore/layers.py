@@ -322,7 +322,15 @@ class MaxPool2d(Layer):
         rows, cols = np.divmod(sw, W)
         rows -= win.top_in[:, 0, None, None, None]
         cols -= win.top_in[:, 1, None, None, None]
-        local = rows * win.size_in[1] + cols
+        h, w = win.size_in
+        local = rows * w + cols
+        # an output window shared by a batch may reach past an item's own input window; the signal is
+        # zero there (it lies outside the item's receptive field), so those switches are parked at 0
+        outside = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
+        if outside.any():
+            if np.any(r[outside]):
+                raise AssertionError(f"layer {self.name!r}: non-zero signal outside the projection window")
+            local[outside] = 0
         return ops.max_unpool2d(r, local, tuple(win.size_in))
 
     def _describe(self):

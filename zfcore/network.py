@@ -206,32 +206,11 @@ class Network:
         L.check_rule(rule)
         items = self._resolve(layer, features, images, positions, "single")
         K = len(items["img"])
-        if crop and K == 1:                     # one projection: no chunking, no grouping
-            rec, top, (h, w) = self._project_cropped(items, rule)
-            out = np.zeros((1,) + tuple(self.trace.input.shape[1:]), self.dtype)
-            out[:, :, top[0, 0]:top[0, 0] + h, top[0, 1]:top[0, 1] + w] = rec
-            return out
         if not crop:
             chunk = max(1, int(max_bytes // max(1, self._bytes_per_item_full(items["layer"]))))
             return np.concatenate([self._project_full(self._slice(items, s, s + chunk), rule)
                                    for s in range(0, K, chunk)])
-        plan = self._plan(items)
-        out = np.zeros((K,) + tuple(self.trace.input.shape[1:]), self.dtype)
-        # group items with similar windows (those clipped at the same borders) into the same chunk
-        order = np.lexsort((plan["area"],)) if K > 1 else np.arange(K)
-        per_item = self._bytes_per_item_cropped(items["layer"], plan["sizes"])
-        chunk = max(1, int(max_bytes // max(1, per_item)))
-        for s in range(0, K, chunk):
-            sel = order[s:s + chunk]
-            sub = self._slice(items, sel)
-            rec, top, size = self._project_cropped(sub, rule)
-            h, w = size
-            if len(sel) == 1 or (top == top[0]).all():
-                out[sel, :, top[0, 0]:top[0, 0] + h, top[0, 1]:top[0, 1] + w] = rec
-            else:
-                for j, k in enumerate(sel):
-                    out[k, :, top[j, 0]:top[j, 0] + h, top[j, 1]:top[j, 1] + w] = rec[j]
-        return out
+        return self._project_cropped(items, rule, max_bytes)
 
     # --- projection internals -------------------------------------------------------------------------
     def _resolve(self, layer, features, images, positions, mode):
@@ -327,89 +306,118 @@ class Network:
             r = layer.inverse(r, layer.take(trace.caches[i], img), rule)
         return r
 
-    def _windows(self, li, top, K):
-        """Per layer from ``li`` down to 0, the windows of a cropped projection of K items starting at
-        positions ``top`` (K, 2) of layer ``li``'s output (None: a non-spatial layer): list of
-        (top_out, size_out, top_in, size_in); tops (K, 2) and sizes (h, w), None for non-spatial arrays.
-
-        The input window of a windowed layer is the union of the output window's kernel footprints,
-        clipped to the map; the batch shares the largest size, each item's window shifted back inside
-        the map where needed (it still contains everything the item's output window reaches)."""
+    def _own_windows(self, li, pos, K):
+        """Each item's minimal windows, layer by layer from ``li`` down to 0: a list of (lo, size) per
+        layer, the window of the layer's *input* that the item's signal can reach: lo (K, 2) and size
+        (K, 2) int arrays, or None where the input is not spatial. ``pos`` (K, 2): the items' positions
+        in layer ``li``'s output, or None for a non-spatial layer (then every spatial window is the whole
+        map). The input window of a windowed layer is the union of the kernel footprints of the output
+        window, clipped to the map; a pointwise layer keeps its window."""
         trace = self.trace
-        size = None if top is None else (1, 1)
-        wins = []
+        lo, size = (pos, np.ones_like(pos)) if pos is not None else (None, None)
+        out = []
         for i in range(li, -1, -1):
-            layer = self.layers[i]
             in_shape = trace.input_shapes[i]
-            if len(in_shape) != 4:                           # non-spatial input: no window
-                t_in = s_in = None
-            elif top is None:                                # spatial input below a non-spatial output
-                t_in, s_in = np.zeros((K, 2), np.intp), tuple(in_shape[2:])
+            if len(in_shape) != 4:
+                lo = size = None
             else:
-                g = layer.geometry(in_shape[2:])
-                if g is None:
-                    t_in, s_in = top, size
+                HW = np.asarray(in_shape[2:])
+                if lo is None:                                   # below a non-spatial layer: whole map
+                    lo, size = np.zeros((K, 2), np.intp), np.tile(HW, (K, 1))
                 else:
-                    k, s, p = (np.asarray(v) for v in g)
-                    HW = np.asarray(in_shape[2:])
-                    lo = top * s - p
-                    hi = (top + np.asarray(size) - 1) * s - p + k
-                    lo, hi = np.maximum(lo, 0), np.minimum(hi, HW)
-                    s_in = tuple(int(v) for v in (hi - lo).max(axis=0))
-                    t_in = np.minimum(lo, HW - s_in)
-            wins.append((top, size, t_in, s_in))
-            top, size = t_in, s_in
-        return wins
-
-    def _plan(self, items):
-        """Window sizes per layer for the whole batch (for chunking) and each item's input-window area
-        (to group items of similar windows)."""
-        li, pos = items["layer"], items["pos"]
-        if pos is None:
-            sizes = [None] * (li + 1)
-            return dict(sizes=sizes, area=np.zeros(len(items["img"])))
-        # each item alone: its final window area (clipped receptive field)
-        H, W = self.trace.input.shape[2:]
-        rf = self.receptive_field(self.layers[li].name)
-        t = np.asarray(rf.offset) + pos * np.asarray(rf.jump)
-        b = t + np.asarray(rf.size)
-        ext = np.minimum(b, [H, W]) - np.maximum(t, 0)
-        wins = self._windows(li, pos, len(pos))
-        return dict(sizes=[w[3] for w in wins], area=ext[:, 0] * ext[:, 1])
+                    g = self.layers[i].geometry(in_shape[2:])
+                    if g is not None:
+                        k, st, p = (np.asarray(v) for v in g)
+                        a = np.maximum(lo * st - p, 0)
+                        b = np.minimum((lo + size - 1) * st - p + k, HW)
+                        lo, size = a, b - a
+            out.append((lo, size))
+        return out
 
     def _bytes_per_item_full(self, li):
         itemsize = self.dtype.itemsize
         return 3 * itemsize * max(int(np.prod(s[1:])) for s in self.trace.input_shapes[:li + 1])
 
-    def _bytes_per_item_cropped(self, li, sizes):
-        itemsize = self.dtype.itemsize
-        worst = 0
-        for i, size in zip(range(li, -1, -1), sizes):
-            shape = self.trace.input_shapes[i]
-            n = int(np.prod(shape[1:])) if size is None or len(shape) != 4 else shape[1] * size[0] * size[1]
-            worst = max(worst, n)
-        return 3 * itemsize * worst
+    # A group of projections shares one window size per layer (the largest of the group), each item
+    # placed over its own minimal window (shifted back inside the map where the shared size overhangs):
+    # one GEMM per layer for the group where windows are small (the top of the network). The group is
+    # split, at the layer where it happens, when that wastes more than WASTE times the work of the
+    # items' own windows (items clipped at different borders), or when its arrays would pass max_bytes;
+    # each part then continues with windows fitted to its own items.
+    WASTE = 1.25
+    # ... and split into single items once one item's window holds this many values (C * h * w): from
+    # there on one item's transposed convolution is a large GEMM already, and sharing a window size
+    # would only add work.
+    ALONE = 2 ** 16
 
-    def _project_cropped(self, items, rule):
-        """Cropped projection of a batch: returns (K, C_in, h, w) windows, their tops (K, 2), (h, w)."""
+    def _project_cropped(self, items, rule, max_bytes=256 * 2**20):
+        """Cropped projection of a batch -> (K, C_in, H, W)."""
         li, img, feat = items["layer"], items["img"], items["feat"]
         trace = self.trace
         act = trace.outputs[li]
         K = len(img)
         k = np.arange(K)
-        if act.ndim == 4:
+        pos = items["pos"] if act.ndim == 4 else None
+        if pos is not None:
             r = np.zeros((K, act.shape[1], 1, 1), act.dtype)
             r[k, feat, 0, 0] = items["val"]
-            wins = self._windows(li, items["pos"], K)
         else:
             r = np.zeros((K,) + act.shape[1:], act.dtype)
             r[k, feat] = items["val"]
-            wins = self._windows(li, None, K)
-        for i, (t_out, s_out, t_in, s_in) in zip(range(li, -1, -1), wins):
-            win = L.Window(img, t_out, s_out, t_in, s_in)
-            r = self.layers[i].inverse_window(r, trace.caches[i], rule, win)
-        t_in, s_in = wins[-1][2], wins[-1][3]
-        return r, t_in, s_in
+        own = self._own_windows(li, pos, K)
+        out = np.zeros((K,) + tuple(trace.input.shape[1:]), self.dtype)
+        size = None if pos is None else (1, 1)
+        self._walk(k, r, 0, pos, size, own, rule, max_bytes, out, img)
+        return out
+
+    def _walk(self, g, r, j0, top, size, own, rule, max_bytes, out, img):
+        """Apply the inverses from step j0 (layer ``li - j0``) down for the items ``g`` (indices into the
+        batch), whose signal ``r`` lives on output windows ``top`` (|g|, 2) of ``size``; write the
+        results into ``out``."""
+        li = len(own) - 1
+        trace = self.trace
+        itemsize = self.dtype.itemsize
+        for j in range(j0, li + 1):
+            i = li - j
+            lo, sz = own[j]
+            if lo is None:
+                t_in = s_in = None
+            else:
+                lo, sz = lo[g], sz[g]
+                in_shape = trace.input_shapes[i]
+                s_in = tuple(int(v) for v in sz.max(axis=0))
+                t_in = np.minimum(lo, np.asarray(in_shape[2:]) - s_in)
+                if len(g) > 1:
+                    area = s_in[0] * s_in[1]
+                    if in_shape[1] * area >= self.ALONE:            # big enough alone: one by one
+                        parts = [[q] for q in range(len(g))]
+                    else:
+                        waste = len(g) * area / max(1, int((sz[:, 0] * sz[:, 1]).sum()))
+                        nbytes = 3 * itemsize * len(g) * in_shape[1] * area
+                        parts = []
+                        if waste > self.WASTE or nbytes > max_bytes:
+                            order = np.lexsort((sz[:, 1], sz[:, 0]))   # by window height, then width
+                            parts = [order[:len(g) // 2], order[len(g) // 2:]]
+                    if parts:
+                        for part in parts:
+                            part = np.asarray(part)
+                            self._walk(g[part], r[part], j, None if top is None else top[part], size,
+                                       own, rule, max_bytes, out, img)
+                        return
+            layer = self.layers[i]
+            if t_in is not None and top is not None and layer.geometry(trace.input_shapes[i][2:]) is None \
+                    and (s_in != tuple(size) or (t_in != top).any()):
+                # a pointwise layer keeps the window: re-cut the signal to this group's windows first
+                r, top, size = L.rewindow(r, top, t_in, s_in), t_in, s_in
+            win = L.Window(img[g], top, size, t_in, s_in)
+            r = layer.inverse_window(r, trace.caches[i], rule, win)
+            top, size = t_in, s_in
+        h, w = size
+        if len(g) == 1 or (top == top[0]).all():
+            out[g, :, top[0, 0]:top[0, 0] + h, top[0, 1]:top[0, 1] + w] = r
+        else:
+            for q, kk in enumerate(g):
+                out[kk, :, top[q, 0]:top[q, 0] + h, top[q, 1]:top[q, 1] + w] = r[q]
 
     # --- receptive fields -----------------------------------------------------------------------------
     def _spatial_shapes(self, input_size=None):
