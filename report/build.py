@@ -133,6 +133,7 @@ def main(argv=None):
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(tmp), str(out))
+    out.chmod(0o755)  # mkdtemp made it private
     print(f"report written to {out}/index.html and {out}/report.html ({len(pages)} chapters)")
     return 0
 
