@@ -17,8 +17,11 @@ below it is zero outside a window that grows layer by layer (``receptive_field``
 computes each inverse on that window alone (``Layer.inverse_window``): transposed convs on the crop,
 switches moved into the crop's coordinates, ReLU masks cut to it; the result is placed into a zero
 image. It equals the whole-map projection (``crop=False``) up to float rounding, and costs a fraction
-of it in the upper layers. A batch of projections shares one window size per layer (the largest of
-the batch), each item at its own position, and is processed in chunks that bound the memory.
+of it, the more so the lower the layer (at VGG16's conv5_3 about half: its fields span most of the
+image). A batch of projections shares one window size per layer (the largest of the batch, each item
+over its own window) while windows are small, so the upper layers run as one GEMM per layer for the
+whole batch; where sharing would waste work (items clipped at different borders) or memory, the batch
+splits, down to one item at a time at the bottom, where one item's GEMMs are large already.
 
 Axis letters: N images in the forward batch, K projections, C channels, H W height and width.
 """
@@ -201,7 +204,8 @@ class Network:
         positions: None (each item's strongest activation), one (row, col) pair for all items, or K
             pairs (spatial layers only).
         Item k equals ``project(layer, features[k], images[k], positions[k], rule=rule, crop=crop)``.
-        Items are processed in chunks whose intermediate arrays stay near ``max_bytes``.
+        The batch splits into parts where its intermediate arrays would pass ``max_bytes`` (see the
+        module docstring); the whole-map path (``crop=False``) runs in chunks of that size.
         """
         L.check_rule(rule)
         items = self._resolve(layer, features, images, positions, "single")
