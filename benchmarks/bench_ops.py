@@ -66,7 +66,7 @@ def own_cpu_seconds():
 RETRIES = {"n": 0, "dirty": 0.0, "gave_up": 0}   # blocks re-timed because other processes were busy
 
 
-def median_time(fn, repeats, max_tries=10):
+def median_time(fn, repeats, max_tries=5):
     """Median wall time of fn over `repeats` calls, after one warm-up.
 
     The machine is shared: the whole block of calls is timed again (up to max_tries times) when
