@@ -215,7 +215,8 @@ def _chunks(N, Ho, row_cols, K, F, itemsize):
     rows = max(_CHUNK_BYTES // bytes_per_row, -(-_MIN_COLS // max(row_cols, 1)), 1)
     if rows >= Ho:
         return max(1, min(N, rows // Ho)), Ho
-    return 1, rows
+    bands = -(-Ho // rows)
+    return 1, -(-Ho // bands)          # equal bands: no small GEMM left over at the bottom
 
 
 # ----------------------------------------------------------------------------------------------
