@@ -56,3 +56,60 @@ def test_renormalise_filters_matches_definition():
     rms = conv.weight.detach().pow(2).mean(dim=(1, 2, 3)).sqrt()
     np.testing.assert_allclose(rms.numpy(), [0.05, 0.1, 0.1], rtol=1e-6)
     assert float(conv.weight[2].detach().max()) < 0  # direction kept
+
+
+def test_batchnorm_folds_exactly_into_the_plain_network():
+    """fold_batchnorm: a conv net with BatchNorm (eval mode, non-trivial statistics) equals the plain
+    spec with folded weights, in torch and in zfcore's numpy network (the identity
+    gamma * (conv(x) - mean) / sqrt(var + eps) + beta = conv'(x))."""
+    from zfcore import models
+
+    gen = torch.Generator().manual_seed(1)
+    bn_net = train.torch_model(FMNIST_ZF, batchnorm=True).double()
+    train.kaiming_init(bn_net, gen)
+    with torch.no_grad():
+        for m in bn_net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.weight.uniform_(0.5, 2.0, generator=gen)
+                m.bias.normal_(0.0, 0.5, generator=gen)
+                m.running_mean.normal_(0.0, 1.0, generator=gen)
+                m.running_var.uniform_(0.2, 3.0, generator=gen)
+                assert c == m.running_var.numel()
+    bn_net.eval()
+    x = torch.rand(6, 1, 28, 28, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        ref = bn_net(x).numpy()
+    params = train.fold_batchnorm(bn_net)
+    assert set(params) == set(param_shapes(FMNIST_ZF))          # no _bn keys left: the plain spec
+    plain = train.torch_model(FMNIST_ZF).double()
+    plain.load_state_dict({k: torch.from_numpy(v).double() for k, v in params.items()})
+    plain.eval()
+    with torch.no_grad():
+        out_torch = plain(x).numpy()
+    out_numpy = models.build_model("fmnist_zf", weights=params).forward(x.numpy().astype(np.float32))
+    scale = np.abs(ref).max()
+    assert np.abs(out_torch - ref).max() <= 1e-5 * scale      # float32 rounding of the folded weights
+    assert np.abs(out_numpy - ref).max() <= 1e-5 * scale
+
+
+def test_batchnorm_bf16_run_exports_the_plain_spec(tiny_root, tmp_path):
+    hist = train.train(epochs=2, out=tmp_path, root=tiny_root, batch_size=32, threads=2, quiet=True,
+                       checkpoints=(1,), batchnorm=True, precision="bf16")
+    assert hist["config"]["batchnorm"] and hist["config"]["precision"] == "bf16"
+    assert hist["epochs"][-1]["test_loss"] < hist["initial"]["test_loss"]
+    params, arch, meta = load_npz(tmp_path / "fmnist_zf.npz")
+    assert {k: v.shape for k, v in params.items()} == param_shapes(FMNIST_ZF)
+    assert meta["test_acc"] == hist["final"]["test_acc"]
+    # the accuracy recorded for the export is that of the exported weights in the plain mirror
+    plain = train.torch_model(FMNIST_ZF)
+    plain.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    x, y = data.load_dataset("test", root=tiny_root)
+    _, acc = train.evaluate(plain, x, y, "cpu")
+    assert acc == hist["final"]["test_acc"]
+
+
+def test_unknown_precision_is_refused(tiny_root, tmp_path):
+    with pytest.raises(ValueError, match="precision"):
+        train.train(epochs=1, out=tmp_path, root=tiny_root, quiet=True, precision="fp8")
+    assert not any(tmp_path.iterdir())

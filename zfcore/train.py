@@ -30,9 +30,12 @@ CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30)  # and the last epoch
 RMS_RADIUS = 0.1
 
 
-def torch_model(spec):
+def torch_model(spec, batchnorm=False):
     """The PyTorch mirror of a zfcore spec: an ``nn.Sequential`` whose state-dict keys are the
-    zfcore parameter names (``conv1.weight`` ...)."""
+    zfcore parameter names (``conv1.weight`` ...).
+
+    ``batchnorm=True`` (training only) puts a ``BatchNorm2d`` named ``<conv>_bn`` after every conv;
+    ``fold_batchnorm`` folds them back into the convs, so the exported weights fit the plain spec."""
     import torch.nn as nn
 
     mods = OrderedDict()
@@ -40,6 +43,8 @@ def torch_model(spec):
         if kind == "conv":
             mods[name] = nn.Conv2d(p["in_channels"], p["out_channels"], p["kernel"], p["stride"],
                                    p["padding"])
+            if batchnorm:
+                mods[name + "_bn"] = nn.BatchNorm2d(p["out_channels"])
         elif kind == "relu":
             mods[name] = nn.ReLU()
         elif kind == "maxpool":
@@ -103,8 +108,36 @@ def augment(x, rng):
     return torch.stack([pad[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
+def fold_batchnorm(model) -> dict[str, np.ndarray]:
+    """The parameters of ``model`` as float32 numpy arrays, with every ``<conv>_bn`` BatchNorm2d
+    (inference form, running statistics) folded into the conv before it:
+
+        gamma * (W*x + b - mean) / sqrt(var + eps) + beta  =  (s W)*x + s (b - mean) + beta,
+        s = gamma / sqrt(var + eps)
+
+    so the result is a state dict of the plain spec (no ``_bn`` keys). Folding is done in float64."""
+    import torch.nn as nn
+
+    children = dict(model.named_children())
+    out = {}
+    for name, mod in children.items():
+        if isinstance(mod, nn.BatchNorm2d):
+            continue
+        for k, v in mod.state_dict().items():
+            out[f"{name}.{k}"] = v.detach().cpu().double().contiguous().numpy()
+        bn = children.get(name + "_bn")
+        if bn is not None:
+            s = (bn.weight.detach().double() / (bn.running_var.double() + bn.eps).sqrt()).cpu().numpy()
+            mean = bn.running_mean.detach().double().cpu().numpy()
+            beta = bn.bias.detach().double().cpu().numpy()
+            out[f"{name}.weight"] = out[f"{name}.weight"] * s[:, None, None, None]
+            out[f"{name}.bias"] = (out[f"{name}.bias"] - mean) * s + beta
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
 def state_to_numpy(model) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    """zfcore parameters (float32 numpy) of a torch mirror, BatchNorm folded in if it has any."""
+    return fold_batchnorm(model)
 
 
 def feature_params(model, arch) -> dict[str, np.ndarray]:
@@ -119,7 +152,8 @@ def feature_params(model, arch) -> dict[str, np.ndarray]:
     return {k: v for k, v in state_to_numpy(model).items() if k.split(".")[0] in names}
 
 
-def evaluate(model, x, y, device, batch=1000):
+def evaluate(model, x, y, device, batch=1000, channels_last=False):
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode, float32 (no autocast)."""
     import torch
 
     model.eval()
@@ -127,6 +161,8 @@ def evaluate(model, x, y, device, batch=1000):
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = torch.from_numpy(x[i:i + batch]).to(device)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(y[i:i + batch]).to(device)
             out = model(xb)
             loss += float(torch.nn.functional.cross_entropy(out, yb, reduction="sum"))
@@ -144,10 +180,17 @@ def _progress(epoch, epochs, step, steps, loss, t0, stream=sys.stderr):
 
 def train(epochs=30, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch_size=128, lr=1e-2,
           weight_decay=5e-4, subset=None, device="auto", root=None, threads=None, overwrite=False,
-          checkpoints=CHECKPOINT_EPOCHS, quiet=False):
-    """Train ``arch`` on the Fashion-MNIST training split and export the weights. Returns the history."""
+          checkpoints=CHECKPOINT_EPOCHS, quiet=False, batchnorm=False, precision="fp32"):
+    """Train ``arch`` on the Fashion-MNIST training split and export the weights. Returns the history.
+
+    ``batchnorm``: train with a BatchNorm2d after every conv, folded into the conv weights on export
+    (``fold_batchnorm``), so the shipped network is the plain spec. ``precision="bf16"``: the forward
+    and backward passes under bfloat16 autocast (weights, optimiser state and every evaluation stay
+    float32); about 2x faster on CPUs with AVX512-BF16. On the CPU, activations are channels-last."""
     import torch
 
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
     out = Path(out)
     final = out / f"{arch}.npz"
     existing = [p for p in [final, out / "history.json", *(out / "checkpoints").glob("epoch_*.npz")]
@@ -168,9 +211,11 @@ def train(epochs=30, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
     if subset:
         xte, yte = xte[:subset], yte[:subset]
 
-    model = torch_model(SPECS[arch])
+    channels_last = device == "cpu"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = torch_model(SPECS[arch], batchnorm=batchnorm)
     kaiming_init(model, gen)
-    model.to(device)
+    model.to(device, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps = math.ceil(len(xtr) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -178,18 +223,21 @@ def train(epochs=30, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
     history = {"arch": arch, "seed": seed, "epochs": [], "config": dict(
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, weight_decay=weight_decay,
         rms_radius=RMS_RADIUS, schedule="cosine", augmentation="hflip + translate<=2px",
-        init="kaiming_normal", subset=subset, device=device)}
+        init="kaiming_normal", subset=subset, device=device, batchnorm=batchnorm, precision=precision,
+        channels_last=channels_last)}
     ckpt_epochs = sorted(set(e for e in checkpoints if e <= epochs) | {epochs})
-    history["initial"] = dict(zip(("test_loss", "test_acc"), evaluate(model, xte, yte, device)))
+    history["initial"] = dict(zip(("test_loss", "test_acc"), evaluate(model, xte, yte, device, channels_last=channels_last)))
     for epoch in range(1, epochs + 1):
         model.train()
         perm = rng.permutation(len(xtr))
         t0, run_loss, renormed = time.time(), 0.0, 0
         for step in range(steps):
             idx = perm[step * batch_size:(step + 1) * batch_size]
-            xb = augment(torch.from_numpy(xtr[idx]), rng).to(device)
+            xb = augment(torch.from_numpy(xtr[idx]), rng).to(device).contiguous(memory_format=fmt)
             yb = torch.from_numpy(ytr[idx]).to(device)
-            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                enabled=precision == "bf16"):
+                loss = torch.nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -199,7 +247,7 @@ def train(epochs=30, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
             run_loss = 0.98 * run_loss + 0.02 * lv if step else lv
             if not quiet and (step % 20 == 0 or step == steps - 1):
                 _progress(epoch, epochs, step + 1, steps, run_loss, t0)
-        test_loss, test_acc = evaluate(model, xte, yte, device)
+        test_loss, test_acc = evaluate(model, xte, yte, device, channels_last=channels_last)
         rec = dict(epoch=epoch, train_loss=run_loss, test_loss=test_loss, test_acc=test_acc,
                    renormalised_filters=renormed, seconds=time.time() - t0)
         history["epochs"].append(rec)
@@ -211,8 +259,13 @@ def train(epochs=30, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
             save_npz(out / "checkpoints" / f"epoch_{epoch:02d}.npz", feature_params(model, arch), arch,
                      meta=dict(epoch=epoch, test_acc=test_acc, storage="float16", part="features"),
                      dtype=np.float16, overwrite=True)
-    save_npz(final, state_to_numpy(model), arch,
-             meta=dict(epoch=epochs, test_acc=history["epochs"][-1]["test_acc"], seed=seed),
-             overwrite=True)
+    # The exported (folded, float32) weights, evaluated in the plain mirror: the accuracy that ships.
+    params = state_to_numpy(model)
+    plain = torch_model(SPECS[arch])
+    plain.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    plain.to(device, memory_format=fmt)
+    test_loss, test_acc = evaluate(plain, xte, yte, device, channels_last=channels_last)
+    history["final"] = dict(test_loss=test_loss, test_acc=test_acc, batchnorm_folded=batchnorm)
+    save_npz(final, params, arch, meta=dict(epoch=epochs, test_acc=test_acc, seed=seed), overwrite=True)
     (out / "history.json").write_text(json.dumps(history, indent=1))
     return history
