@@ -43,12 +43,12 @@ def test_numpy_and_torch_agree_on_every_test_image(logits):
 def test_shipped_accuracy_is_the_stated_one(logits, test_split):
     _, y = test_split
     acc = float((logits[0].argmax(1) == y).mean())
-    # The README states 92.22%; issue 5's target of 93% is not reached by this model (see README).
-    assert acc >= 0.92
+    # The README states 93.10% (issue 5 asks for at least 93%).
+    assert acc >= 0.93
     _, _, meta = models.load_npz(ASSETS / "models" / "fmnist_zf.npz")
     assert abs(acc - meta["test_acc"]) < 1e-4         # the number recorded by the training run
     hist = json.loads((ASSETS / "models" / "history.json").read_text())
-    assert abs(hist["epochs"][-1]["test_acc"] - acc) < 1e-4
+    assert abs(hist["final"]["test_acc"] - acc) < 1e-4   # measured there on the exported weights
 
 
 def test_last_checkpoint_is_the_shipped_model():
