@@ -328,6 +328,71 @@ def test_chunking_covers_bands_and_groups_of_images():
 
 
 # ----------------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3): conv2d's path for 3x3 stride-1 convs on many channels
+# ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def winograd_everywhere(band_bytes=None):
+    """Send every 3x3 stride-1 conv through Winograd (it normally needs >= 128 channels), and
+    optionally split it into bands of ``band_bytes`` (1: one tile row per band)."""
+    old = ops._WINO_MIN_CHANNELS, ops._WINO_BAND_BYTES, ops._WINO_MIN_TILES
+    ops._WINO_MIN_CHANNELS = 1
+    if band_bytes is not None:
+        ops._WINO_BAND_BYTES, ops._WINO_MIN_TILES = band_bytes, 1
+    try:
+        yield
+    finally:
+        ops._WINO_MIN_CHANNELS, ops._WINO_BAND_BYTES, ops._WINO_MIN_TILES = old
+
+
+@st.composite
+def conv3x3_cases(draw):
+    c = draw(conv_cases())
+    c.update(K=(3, 3), s=(1, 1), H=max(c["H"], 3 - 2 * c["p"][0]), W=max(c["W"], 3 - 2 * c["p"][1]),
+             C=draw(st.integers(1, 9)), F=draw(st.integers(1, 9)), band=draw(st.sampled_from([None, 1, 5000])))
+    return c
+
+
+@hyp(1000)
+@given(conv3x3_cases())
+def test_conv2d_winograd_matches_torch(c):
+    _, x, w, b = conv_inputs(c)
+    ref = TF.conv2d(t(x), t(w), t(b), padding=c["p"]).numpy()
+    with winograd_everywhere(c["band"]):
+        y = ops.conv2d(x, w, b, padding=c["p"])
+        y2 = ops.conv2d_winograd(x, w, None, padding=c["p"])
+    assert y.dtype == c["dtype"] and y.shape == ref.shape and y.flags.c_contiguous
+    assert rel_err(y, ref) <= TOL[c["dtype"]]
+    assert rel_err(y2, ref - b[:, None, None]) <= TOL[c["dtype"]]
+
+
+@pytest.mark.parametrize("C,F,H", [(128, 128, 112), (256, 256, 56), (512, 512, 28), (512, 512, 14),
+                                   (128, 64, 9)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_on_vgg16_sized_layers(C, F, H, dtype):
+    """The sizes where conv2d takes Winograd by itself, against torch, forward and transposed
+    (conv_transpose2d at stride 1 runs a conv with the flipped filters)."""
+    rng = np.random.default_rng(C + H)
+    x = rng.standard_normal((1, C, H, H)).astype(dtype)
+    w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    assert rel_err(ops.conv2d(x, w, b, padding=1), TF.conv2d(t(x), t(w), t(b), padding=1).numpy()) <= TOL[dtype]
+    yr = rng.standard_normal((1, F, H, H)).astype(dtype)
+    assert rel_err(ops.conv_transpose2d(yr, w, padding=1),
+                   TF.conv_transpose2d(t(yr), t(w), padding=1).numpy()) <= TOL[dtype]
+
+
+def test_winograd_filters_by_hand():
+    """U = G g G^T for one filter, written out by hand from Lavin & Gray's G."""
+    g = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3) - 3.0
+    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    np.testing.assert_allclose(ops.winograd_filters(g).reshape(4, 4), G @ g[0, 0] @ G.T, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="3x3"):
+        ops.winograd_filters(np.zeros((1, 1, 5, 5)))
+    with pytest.raises(ValueError, match="3x3"):
+        ops.conv2d_winograd(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 2, 2)))
+
+
+# ----------------------------------------------------------------------------------------------
 # ties: first maximum in scan order, exactly as torch
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1), (3, 2, 0), (3, 1, 1), ((2, 3), (1, 2), (1, 1))])

@@ -20,8 +20,9 @@ Output size of a convolution or pooling window, per spatial axis::
 
 Each of conv2d, conv_transpose2d, max_pool2d and max_unpool2d has a naive twin (``*_naive``, same
 signature): explicit loops over output positions that read like the paper. The fast versions are
-im2col + one BLAS GEMM (conv), one GEMM + col2im by KH*KW slice-adds (deconv), KH*KW strided
-comparisons (pool) and a scatter-add (unpool). Tests check fast == naive == PyTorch.
+im2col + one BLAS GEMM per band of output rows (conv); one GEMM + col2im by KH*KW slice-adds, or at
+stride 1 on large images a conv with the flipped filters (deconv); KH*KW comparisons of contiguous
+window copies (pool); a scatter-add (unpool). Tests check fast == naive == PyTorch.
 
 Dtypes: float32 and float64 are preserved. When inputs mix dtypes the result is float64 if any input
 is float64, else float32; any other real dtype (bool, integers, float16) is computed in float32.
@@ -32,7 +33,7 @@ import numpy as np
 
 __all__ = [
     "conv_output_size",
-    "conv2d", "conv2d_naive",
+    "conv2d", "conv2d_naive", "conv2d_winograd", "winograd_filters",
     "conv_transpose2d", "conv_transpose2d_naive",
     "relu", "unrelu",
     "max_pool2d", "max_pool2d_naive",
@@ -236,10 +237,15 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     ``u*Wp + v``; the GEMM also computes KW - 1 throw-away columns per output row, dropped when
     the result is copied out. The bias is one more GEMM column of w against a row of ones. The
     image is processed in bands of output rows that stay in cache (see _chunks).
+
+    3x3 convolutions at stride 1 on many channels take Winograd's F(2x2, 3x3) instead
+    (:func:`conv2d_winograd`): 2.25 times fewer multiplications, same result to rounding.
     """
     x, w, b, dt, (sh, sw), (ph, pw), (Ho, Wo) = _check_conv(x, w, b, stride, padding)
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
+    if KH == KW == 3 and sh == sw == 1 and _winograd_pays(C, F, N * Ho * Wo):
+        return _conv3x3_winograd(x, w, b, ph, pw, Ho, Wo)
     K = C * KH * KW
     Kb = K + (b is not None)             # the bias joins the GEMM: one more column of w, a row of ones
     wb = np.empty((F, Kb), dt)
@@ -280,6 +286,115 @@ def conv2d(x, w, b=None, stride=1, padding=0):
             out = out_buf[:F * L].reshape(F, L)
             np.matmul(wb, cols, out=out)
             y[n0:n0 + m, :, r0:r0 + r] = out.reshape(F, m, r, Wc)[..., :Wo].transpose(1, 0, 2, 3)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3): the fast path of conv2d for 3x3 filters at stride 1
+# ----------------------------------------------------------------------------------------------
+# Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016). A 2x2 block of
+# outputs of a 3x3 filter g over a 4x4 input tile d is  Y = A^T [(G g G^T) * (B^T d B)] A  with
+#   G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+#   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+#   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+# and * elementwise: 16 multiplications per tile instead of 36. Summed over channels, each of the 16
+# tile positions (xi, nu) is one GEMM  M[xi,nu] (F x tiles) = U[xi,nu] (F x C) @ V[xi,nu] (C x tiles).
+# B and A hold only 0 and +-1, so the input and output transforms are additions of strided views.
+_WINO_BAND_BYTES = 4 * 2**20     # V + M of one band of tile rows (16 * (C + F) * tiles * itemsize)
+_WINO_MIN_TILES = 512            # ... but at least this many tiles per GEMM
+
+
+def winograd_filters(w):
+    """3x3 filters w (F, C, 3, 3) -> U (16, F, C), U[4*a + b] = (G w G^T)[a, b] (see above): one
+    GEMM with the 16x9 Kronecker product G (x) G, since (G g G^T)[a, b] = sum_uv G[a, u] G[b, v] g[u, v]."""
+    F, C, KH, KW = w.shape
+    if (KH, KW) != (3, 3):
+        raise ValueError(f"winograd_filters needs 3x3 filters, got {KH}x{KW}")
+    GG = np.kron(_WINO_G, _WINO_G).astype(w.dtype)
+    return (GG @ w.reshape(F * C, 9).T).reshape(16, F, C)
+
+
+_WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def _winograd_pays(C, F, positions):
+    """Winograd's transforms move about 16 * (C + F) values per 2x2 tile (numpy, one core, memory
+    bound); they pay off against the GEMM work they save (20 of 36 multiply-adds per output and
+    channel pair) only when C and F are large. Measured on VGG16's layers (2 cores, float32): with
+    512 channels at 28x28 23 -> 15 ms, at 256 channels 56x56 30 -> 24 ms; with 128 channels at
+    112x112 no gain, with 64 channels at 224x224 a loss (benchmarks/RESULTS.md)."""
+    return min(C, F) >= _WINO_MIN_CHANNELS and positions >= 16
+
+
+_WINO_MIN_CHANNELS = 256
+
+
+def conv2d_winograd(x, w, b=None, padding=1):
+    """:func:`conv2d` of 3x3 filters at stride 1 by Winograd's F(2x2, 3x3); any zero padding.
+
+    Same arguments, shapes and result (to rounding: the transforms add a few float32 roundings, the
+    tests hold it to the same tolerance against PyTorch) as ``conv2d(x, w, b, 1, padding)``."""
+    x, w, b, dt, (sh, sw), (ph, pw), (Ho, Wo) = _check_conv(x, w, b, 1, padding)
+    if w.shape[2:] != (3, 3):
+        raise ValueError(f"conv2d_winograd needs 3x3 filters, got {w.shape[2]}x{w.shape[3]}")
+    return _conv3x3_winograd(x, w, b, ph, pw, Ho, Wo)
+
+
+def _conv3x3_winograd(x, w, b, ph, pw, Ho, Wo):
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    dt = x.dtype
+    th, tw = -(-Ho // 2), -(-Wo // 2)                    # 2x2 output tiles
+    # padded input, channels first: (C, N, 2*th + 2, 2*tw + 2) (one more zero row/column if odd)
+    xp = np.zeros((C, N, 2 * th + 2, 2 * tw + 2), dt)
+    xp[:, :, ph:ph + H, pw:pw + W] = x.transpose(1, 0, 2, 3)
+    U = winograd_filters(w)
+    per_row = 16 * (C + F) * N * tw * dt.itemsize
+    rows = max(1, min(th, max(_WINO_BAND_BYTES // per_row, -(-_WINO_MIN_TILES // (N * tw)))))
+    rows = -(-th // -(-th // rows))                      # equal bands
+    y = np.empty((N, F, 2 * th, 2 * tw), dt)
+    yt = y.transpose(1, 0, 2, 3)                         # (F, N, ...) view, written in place
+    rbuf = np.empty((4, C, N, rows, 2 * tw + 2), dt)
+    vbuf = np.empty(16 * C * N * rows * tw, dt)
+    mbuf = np.empty(16 * F * N * rows * tw, dt)
+    for i0 in range(0, th, rows):
+        R = min(rows, th - i0)
+        # B^T d: the four row phases of the band's tiles (tile row i covers input rows 2i .. 2i+3)
+        d = [xp[:, :, 2 * i0 + k:2 * i0 + k + 2 * R:2] for k in range(4)]
+        r = rbuf[:, :, :, :R]
+        np.subtract(d[0], d[2], out=r[0])
+        np.add(d[1], d[2], out=r[1])
+        np.subtract(d[2], d[1], out=r[2])
+        np.subtract(d[1], d[3], out=r[3])
+        # (B^T d) B: the same on the column phases -> V (4, 4, C, tiles)
+        P = N * R * tw
+        V = vbuf[:16 * C * P].reshape(4, 4, C, N, R, tw)
+        for a in range(4):
+            e = [r[a][..., k:k + 2 * tw:2] for k in range(4)]
+            np.subtract(e[0], e[2], out=V[a, 0])
+            np.add(e[1], e[2], out=V[a, 1])
+            np.subtract(e[2], e[1], out=V[a, 2])
+            np.subtract(e[1], e[3], out=V[a, 3])
+        M = mbuf[:16 * F * P].reshape(16, F, P)
+        np.matmul(U, V.reshape(16, C, P), out=M)         # 16 GEMMs, summing over the channels
+        M = M.reshape(4, 4, F, N, R, tw)
+        # A^T M A: rows first, then columns, written at the tiles' four output phases
+        t0 = M[0] + M[1]
+        t0 += M[2]
+        t1 = M[1] - M[2]
+        t1 -= M[3]
+        ys = yt[:, :, 2 * i0:2 * i0 + 2 * R]
+        for a, t in enumerate((t0, t1)):
+            o = ys[:, :, a::2, 0::2]
+            np.add(t[0], t[1], out=o)
+            o += t[2]
+            o = ys[:, :, a::2, 1::2]
+            np.subtract(t[1], t[2], out=o)
+            o -= t[3]
+    if b is not None:
+        y += b[:, None, None]
+    if (Ho, Wo) != (2 * th, 2 * tw):
+        y = np.ascontiguousarray(y[:, :, :Ho, :Wo])
     return y
 
 
