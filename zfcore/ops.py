@@ -20,9 +20,11 @@ Output size of a convolution or pooling window, per spatial axis::
 
 Each of conv2d, conv_transpose2d, max_pool2d and max_unpool2d has a naive twin (``*_naive``, same
 signature): explicit loops over output positions that read like the paper. The fast versions are
-im2col + one BLAS GEMM per band of output rows (conv); one GEMM + col2im by KH*KW slice-adds, or at
-stride 1 on large images a conv with the flipped filters (deconv); KH*KW comparisons of contiguous
-window copies (pool); a scatter-add (unpool). Tests check fast == naive == PyTorch.
+im2col + one BLAS GEMM per band of output rows (conv; 3x3 stride-1 convs on 256 channels or more and
+maps up to 40x40 use Winograd's F(2x2, 3x3) instead, 16 GEMMs with 2.25x fewer multiplications); one GEMM + col2im by
+KH*KW slice-adds, or at stride 1 on large images a conv with the flipped filters (deconv); KH*KW
+comparisons of contiguous window copies (pool); a scatter-add (unpool). Tests check
+fast == naive == PyTorch.
 
 Dtypes: float32 and float64 are preserved. When inputs mix dtypes the result is float64 if any input
 is float64, else float32; any other real dtype (bool, integers, float16) is computed in float32.
@@ -320,12 +322,14 @@ _WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.
 def _winograd_pays(C, F, positions):
     """Winograd's transforms move about 16 * (C + F) values per 2x2 tile (numpy, one core, memory
     bound); they pay off against the GEMM work they save (20 of 36 multiply-adds per output and
-    channel pair) only when C and F are large. Measured on VGG16's layers (2 cores, float32): with
-    512 channels at 28x28 23 -> 15 ms, at 256 channels 56x56 30 -> 24 ms; with 128 channels at
-    112x112 no gain, with 64 channels at 224x224 a loss (benchmarks/RESULTS.md)."""
-    return min(C, F) >= _WINO_MIN_CHANNELS and positions >= 16
+    channel pair) when C and F are large and the maps small enough for the transformed tiles to stay
+    in cache. Measured on VGG16's layers (2 cores, float32, the two paths alternated call by call,
+    median time ratio Winograd / im2col over 30 pairs): 256->512 and 512->512 at 28x28 0.77 and 0.72,
+    512->512 at 14x14 0.92; but 256->256 at 56x56 1.11, and no gain with 128 channels or fewer."""
+    return min(C, F) >= _WINO_MIN_CHANNELS and 16 <= positions <= _WINO_MAX_POSITIONS
 
 
+_WINO_MAX_POSITIONS = 40 * 40
 _WINO_MIN_CHANNELS = 256
 
 
