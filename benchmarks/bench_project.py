@@ -1,7 +1,7 @@
 """Speed of projection to pixels: zfcore (cropped, the default) against a PyTorch module pipeline in
 huybery/VisualizingCNN's style, VGG16 with random seeded weights, one 224x224 image.
 
-    python benchmarks/bench_project.py [--threads N] [--repeats R] [--batch K] [--image chelsea|random]
+    python benchmarks/bench_project.py [--threads N] [--repeats R] [--rounds N] [--batch K] [--image chelsea|random]
 
 Single projections: for each VGG16 conv layer, the strongest activation of the layer (over all its
 feature maps) is kept and projected to pixels. zfcore: ``net.project(layer, f, position=(r, c))``
@@ -15,9 +15,12 @@ Batched: K projections (default 512, one per conv5_3 feature, each at its strong
 pipeline needs the full maps for every item). Reported as projections per second.
 
 numpy and torch are timed in separate worker processes (their thread pools contend in one process),
-with the same thread count (default: all cores). Times are medians over R repeats after a warm-up.
-The parent prints the table and the agreement of the two projections (relative error; VGG16's 2x2
-pools do not overlap, so MaxUnpool2d's assignment equals zfcore's scatter-add).
+with the same thread count (default: all cores), alternating over N rounds (torch, numpy, torch, ...);
+each worker reports medians over R repeats after a warm-up, and the table gives the medians over rounds
+with the range of the per-round speed-ups. A timed call during which other processes used more than 5%
+of the CPUs (/proc/stat) is re-run; each worker reports how much other processes ran meanwhile. The
+parent prints the table and the agreement of the two projections (relative error; VGG16's 2x2 pools do
+not overlap, so MaxUnpool2d's assignment equals zfcore's scatter-add).
 """
 from __future__ import annotations
 
@@ -261,6 +264,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="torch-then-numpy rounds (ratios per round)")
     ap.add_argument("--batch", type=int, default=512, help="projections in the batched run (0: skip it)")
     ap.add_argument("--image", choices=["chelsea", "random"], default="chelsea")
     ap.add_argument("--worker", choices=["numpy", "torch"])
@@ -273,37 +277,54 @@ def main():
 
     import numpy as np
 
+    # Rounds: torch worker, then numpy worker, R times. Speeds on this kind of VM drift over minutes by
+    # tens of percent (seen here: the same projection at 141 and 186 ms in two processes minutes apart),
+    # so each round's ratio compares neighbours in time, and the table gives medians over rounds.
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
-        tr = run_worker("torch", args, tmp)
-        nu = run_worker("numpy", args, tmp)
+        for i in range(args.rounds):
+            last = i == args.rounds - 1
+            sub = argparse.Namespace(**{**vars(args), "batch": args.batch if last else 0})
+            tr = run_worker("torch", sub, tmp)
+            nu = run_worker("numpy", sub, tmp)
+            rounds.append((tr, nu))
         with np.load(os.path.join(tmp, "numpy.npz")) as a, np.load(os.path.join(tmp, "torch.npz")) as b:
             errs = {k: float(np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(b[k]), 1e-30)) for k in a.files}
-    print(f"VGG16 (random seeded weights), one 224x224 image ({args.image}), {args.threads} threads, "
-          f"median of {args.repeats}")
-    for name, w in (("torch", tr), ("numpy", nu)):
-        if "others_cpu_share" in w:
-            print(f"{name} worker: {w['wall_s']:.0f} s; other processes used {100 * w['others_cpu_share']:.0f}% of the "
-                  f"CPUs meanwhile; {w['retimed']} timed calls re-run because others used > {100 * QUIET:.0f}%")
-    print(f"forward pass (not part of the projections): zfcore {nu['forward_ms']:.0f} ms, "
-          f"torch {tr['forward_ms']:.0f} ms\n")
+    med = lambda v: float(np.median(v))  # noqa: E731
+    print(f"VGG16 (random seeded weights), one 224x224 image ({args.image}), {args.threads} threads; "
+          f"{args.rounds} rounds (torch worker, then numpy worker), each time the median of {args.repeats}")
+    for i, (tr, nu) in enumerate(rounds, 1):
+        for name, w in (("torch", tr), ("numpy", nu)):
+            print(f"round {i}, {name} worker: {w['wall_s']:.0f} s; other processes used "
+                  f"{100 * w['others_cpu_share']:.0f}% of the CPUs meanwhile; {w['retimed']} timed calls re-run "
+                  f"because others used > {100 * QUIET:.0f}%")
+    tr, nu = rounds[-1]
+    print(f"forward pass (not part of the projections): zfcore {med([n['forward_ms'] for _, n in rounds]):.0f} ms, "
+          f"torch {med([t['forward_ms'] for t, _ in rounds]):.0f} ms\n")
     hdr = (f"{'layer':8s} {'unit (f, r, c)':>16s} {'input box':>20s} {'torch ms':>9s} {'zfcore ms':>10s} "
-           f"{'speed-up':>9s} {'numpy whole-map ms':>19s} {'rel. diff':>10s}")
+           f"{'speed-up':>9s} {'(rounds)':>12s} {'numpy whole-map ms':>19s} {'rel. diff':>10s}")
     print(hdr)
     print("-" * len(hdr))
     for name, z in nu["layers"].items():
         t = tr["layers"][name]
         unit = tuple(z["unit"]) if z["unit"] == t["unit"] else f"{tuple(z['unit'])}!={tuple(t['unit'])}"
-        print(f"{name:8s} {str(unit):>16s} {str(tuple(z['box'])):>20s} {t['ms']:9.1f} {z['crop_ms']:10.1f} "
-              f"{t['ms'] / z['crop_ms']:8.1f}x {z['full_ms']:19.1f} {errs[name]:10.1e}")
-    b16, t16 = nu["batch16"], tr["batch16"]
+        tms = med([t_["layers"][name]["ms"] for t_, _ in rounds])
+        zms = med([n_["layers"][name]["crop_ms"] for _, n_ in rounds])
+        ratios = [t_["layers"][name]["ms"] / n_["layers"][name]["crop_ms"] for t_, n_ in rounds]
+        rng = f"{min(ratios):.1f}-{max(ratios):.1f}"
+        full = med([n_["layers"][name]["full_ms"] for _, n_ in rounds])
+        print(f"{name:8s} {str(unit):>16s} {str(tuple(z['box'])):>20s} {tms:9.1f} {zms:10.1f} "
+              f"{med(ratios):8.1f}x {rng:>12s} {full:19.1f} {errs[name]:10.1e}")
     if "batch" in nu:
         b = nu["batch"]
         share = b.get("others_cpu_share")
         print(f"\nbatched, conv5_3: zfcore {b['K']} projections in {b['seconds']:.1f} s = {b['per_second']:.2f}/s"
               + (f" (other processes used {100 * share:.0f}% of the CPUs meanwhile)" if share is not None else ""))
-    print(f"batched, conv5_3, 16 features: zfcore {b16['seconds']:.2f} s = {b16['per_second']:.2f}/s; torch pipeline "
-          f"(one batch of 16) {t16['seconds']:.2f} s = {t16['per_second']:.2f}/s")
-    print(json.dumps({"numpy": nu, "torch": tr, "rel_diff": errs}))
+    b16 = med([n_["batch16"]["per_second"] for _, n_ in rounds])
+    t16 = med([t_["batch16"]["per_second"] for t_, _ in rounds])
+    print(f"batched, conv5_3, 16 features: zfcore {b16:.2f}/s; torch pipeline (one batch of 16) {t16:.2f}/s "
+          f"(medians over rounds)")
+    print(json.dumps({"rounds": [{"torch": t_, "numpy": n_} for t_, n_ in rounds], "rel_diff": errs}))
 
 
 if __name__ == "__main__":
