@@ -113,3 +113,16 @@ def test_unknown_precision_is_refused(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="precision"):
         train.train(epochs=1, out=tmp_path, root=tiny_root, quiet=True, precision="fp8")
     assert not any(tmp_path.iterdir())
+
+
+def test_same_seed_same_weights(tiny_root, tmp_path):
+    """Seeded runs are reproducible: the same command twice gives bit-identical weights (same machine
+    and thread count), with BatchNorm and bf16 autocast as the shipped model was trained."""
+    runs = []
+    for k in range(2):
+        train.train(epochs=2, out=tmp_path / str(k), root=tiny_root, batch_size=32, threads=2, quiet=True,
+                    checkpoints=(), batchnorm=True, precision="bf16", seed=3)
+        runs.append(load_npz(tmp_path / str(k) / "fmnist_zf.npz")[0])
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        np.testing.assert_array_equal(runs[0][key], runs[1][key])
