@@ -22,7 +22,7 @@ def tiny_root(tmp_path_factory):
 
 def test_short_run_lowers_loss_and_exports(tiny_root, tmp_path):
     hist = train.train(epochs=3, out=tmp_path, root=tiny_root, batch_size=32, lr=1e-2, threads=2,
-                       quiet=True, checkpoints=(1, 2))
+                       quiet=True, checkpoints=(1, 2), batchnorm=False, precision="fp32")
     assert hist["epochs"][-1]["test_loss"] < 0.8 * hist["initial"]["test_loss"]
     params, arch, meta = load_npz(tmp_path / "fmnist_zf.npz")
     assert arch == "fmnist_zf" and meta["epoch"] == 3
