@@ -304,6 +304,8 @@ def conv2d(x, w, b=None, stride=1, padding=0):
 # B and A hold only 0 and +-1, so the input and output transforms are additions of strided views.
 _WINO_BAND_BYTES = 4 * 2**20     # V + M of one band of tile rows (16 * (C + F) * tiles * itemsize)
 _WINO_MIN_TILES = 512            # ... but at least this many tiles per GEMM
+_WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+_WINO_GG = np.kron(_WINO_G, _WINO_G)     # (16, 9): GG[4a + b, 3u + v] = G[a, u] G[b, v]
 
 
 def winograd_filters(w):
@@ -312,11 +314,7 @@ def winograd_filters(w):
     F, C, KH, KW = w.shape
     if (KH, KW) != (3, 3):
         raise ValueError(f"winograd_filters needs 3x3 filters, got {KH}x{KW}")
-    GG = np.kron(_WINO_G, _WINO_G).astype(w.dtype)
-    return (GG @ w.reshape(F * C, 9).T).reshape(16, F, C)
-
-
-_WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+    return (_WINO_GG.astype(w.dtype) @ w.reshape(F * C, 9).T).reshape(16, F, C)
 
 
 def _winograd_pays(C, F, positions):
@@ -325,7 +323,8 @@ def _winograd_pays(C, F, positions):
     channel pair) when C and F are large and the maps small enough for the transformed tiles to stay
     in cache. Measured on VGG16's layers (2 cores, float32, the two paths alternated call by call,
     median time ratio Winograd / im2col over 30 pairs): 256->512 and 512->512 at 28x28 0.77 and 0.72,
-    512->512 at 14x14 0.92; but 256->256 at 56x56 1.11, and no gain with 128 channels or fewer."""
+    512->512 at 14x14 0.92; but 256->256 at 56x56 1.11, 64->64 at 224x224 1.19; with 128 channels
+    mixed (128->128 at 112x112 0.92, 128->256 at 56x56 1.03, in a slow spell of the VM), so left out."""
     return min(C, F) >= _WINO_MIN_CHANNELS and 16 <= positions <= _WINO_MAX_POSITIONS
 
 

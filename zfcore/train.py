@@ -230,7 +230,8 @@ def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
         init="kaiming_normal", subset=subset, device=device, batchnorm=batchnorm, precision=precision,
         channels_last=channels_last)}
     ckpt_epochs = sorted(set(e for e in checkpoints if e <= epochs) | {epochs})
-    history["initial"] = dict(zip(("test_loss", "test_acc"), evaluate(model, xte, yte, device, channels_last=channels_last)))
+    history["initial"] = dict(zip(("test_loss", "test_acc"),
+                                  evaluate(model, xte, yte, device, channels_last=channels_last)))
     for epoch in range(1, epochs + 1):
         model.train()
         perm = rng.permutation(len(xtr))
