@@ -106,6 +106,32 @@ def weights(np, seed=0):
     return ws, bs, x
 
 
+def numpy_stack_forward(ops, ws, bs, x):
+    """VGG16's conv stack in zfcore.ops: 13 conv + ReLU, 5 pools. Returns (output, switches, shapes)."""
+    switches, shapes, k = [], [], 0
+    for item in VGG16:
+        if item == "M":
+            shapes.append(x.shape)
+            x, s = ops.max_pool2d(x, 2)
+            switches.append(s)
+        else:
+            x = ops.relu(ops.conv2d(x, ws[k], bs[k], padding=1))
+            k += 1
+    return x, switches, shapes
+
+
+def numpy_stack_backward(ops, ws, r, switches, shapes):
+    """The deconvnet of numpy_stack_forward (unpool, unReLU, deconv); consumes switches and shapes."""
+    k = len(CONVS)
+    for item in reversed(VGG16):
+        if item == "M":
+            r = ops.max_unpool2d(r, switches.pop(), shapes.pop())
+        else:
+            k -= 1
+            r = ops.conv_transpose2d(ops.unrelu(r), ws[k], padding=1)
+    return r
+
+
 # ----------------------------------------------------------------------------------------------
 def worker_numpy(repeats):
     import tracemalloc
@@ -119,26 +145,10 @@ def worker_numpy(repeats):
     rng = np.random.default_rng(1)
 
     def stack_forward(x):
-        switches, shapes, k = [], [], 0
-        for item in VGG16:
-            if item == "M":
-                shapes.append(x.shape)
-                x, s = ops.max_pool2d(x, 2)
-                switches.append(s)
-            else:
-                x = ops.relu(ops.conv2d(x, ws[k], bs[k], padding=1))
-                k += 1
-        return x, switches, shapes
+        return numpy_stack_forward(ops, ws, bs, x)
 
     def stack_backward(r, switches, shapes):
-        k = len(CONVS)
-        for item in reversed(VGG16):
-            if item == "M":
-                r = ops.max_unpool2d(r, switches.pop(), shapes.pop())
-            else:
-                k -= 1
-                r = ops.conv_transpose2d(ops.unrelu(r), ws[k], padding=1)
-        return r
+        return numpy_stack_backward(ops, ws, r, switches, shapes)
 
     res = {"layers": [], "threads": None}
     try:
@@ -266,22 +276,9 @@ def worker_memory():
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ws, bs, x = weights(np)
-    switches, shapes, k = [], [], 0
-    for item in VGG16:
-        if item == "M":
-            shapes.append(x.shape)
-            x, s = ops.max_pool2d(x, 2)
-            switches.append(s)
-        else:
-            x = ops.relu(ops.conv2d(x, ws[k], bs[k], padding=1))
-            k += 1
+    x, switches, shapes = numpy_stack_forward(ops, ws, bs, x)
     fwd = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    for item in reversed(VGG16):
-        if item == "M":
-            x = ops.max_unpool2d(x, switches.pop(), shapes.pop())
-        else:
-            k -= 1
-            x = ops.conv_transpose2d(ops.unrelu(x), ws[k], padding=1)
+    numpy_stack_backward(ops, ws, x, switches, shapes)
     both = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"before_mb": base, "after_forward_mb": fwd, "after_deconv_mb": both}))
 
