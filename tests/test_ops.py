@@ -1,202 +1,29 @@
-"""zfcore.ops against independent references.
+"""zfcore.ops against torch-free references (runs with numpy, pytest and hypothesis alone).
 
-* torch.nn.functional (conv2d, conv_transpose2d, max_pool2d with indices, max_unpool2d, autograd
-  of max-pool, linear, softmax), property-based over random shapes with hypothesis;
-* torch-free identities: the adjoint identities <A x, y> == <x, A^T y> for conv/deconv and
-  pool/unpool with fixed switches;
-* the naive loop twins against the fast versions;
+* the adjoint identities <A x, y> == <x, A^T y> for conv/deconv, im2col/col2im and pool/unpool
+  with fixed switches;
+* the naive loop twins against the fast versions (every kernel path, forced where needed through
+  the kernels' test hook ``zfcore._kernels.tuning``);
 * small fixtures whose answers are written out by hand;
 * every ValueError the API promises.
+The comparisons with torch.nn.functional are in test_ops_torch.py.
 
 Relative error = max|a - b| / max(max|b|, tiny); float32 <= 1e-5, float64 <= 1e-10.
-Hypothesis runs derandomized (reproducible in CI) with no deadline; the torch comparisons run
-1,000 configurations per op, on small shapes.
+Hypothesis runs derandomized (reproducible in CI) with no deadline.
 """
-import contextlib
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as TF
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from opcases import (TOL, X16, chunk_bytes, conv3x3_cases, conv_cases, conv_inputs, distinct_inputs, hyp,
+                     pool_cases, rel_err, winograd_everywhere)
 
 from zfcore import ops
-
-torch.set_num_threads(1)
-
-TOL = {np.float32: 1e-5, np.float64: 1e-10}
-TORCH_DT = {np.float32: torch.float32, np.float64: torch.float64}
-
-
-def hyp(n):
-    return settings(max_examples=n, derandomize=True, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    if a.size == 0:
-        return 0.0
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), np.finfo(np.float64).tiny))
-
-
-def t(a):
-    return torch.from_numpy(np.ascontiguousarray(a))
-
-
-@contextlib.contextmanager
-def chunk_bytes(n):
-    """Force the fast convs to split their work in bands/groups of images (n bytes per chunk)."""
-    old = ops._CHUNK_BYTES, ops._POOL_CHUNK_BYTES, ops._MIN_COLS
-    if n is not None:
-        ops._CHUNK_BYTES = ops._POOL_CHUNK_BYTES = n
-        ops._MIN_COLS = 1
-    try:
-        yield
-    finally:
-        ops._CHUNK_BYTES, ops._POOL_CHUNK_BYTES, ops._MIN_COLS = old
-
-
-# ----------------------------------------------------------------------------------------------
-# strategies
-# ----------------------------------------------------------------------------------------------
-dtypes = st.sampled_from([np.float32, np.float64])
-# None: the default chunk (one chunk at these sizes); 1: one output row per chunk; 3000: a few rows
-# or a few images per chunk
-chunks = st.sampled_from([None, 1, 3000])
-
-
-@st.composite
-def conv_cases(draw):
-    N, C, F = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    KH, KW = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
-    H = draw(st.integers(max(1, KH - 2 * ph), max(1, KH - 2 * ph) + 9))
-    W = draw(st.integers(max(1, KW - 2 * pw), max(1, KW - 2 * pw) + 9))
-    return dict(N=N, C=C, F=F, H=H, W=W, K=(KH, KW), s=(sh, sw), p=(ph, pw),
-                dtype=draw(dtypes), seed=draw(st.integers(0, 2**32 - 1)), chunk=draw(chunks))
-
-
-@st.composite
-def pool_cases(draw, overlapping=None):
-    N, C = draw(st.integers(1, 3)), draw(st.integers(1, 4))
-    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    if overlapping is False:
-        sh, sw = draw(st.integers(KH, KH + 2)), draw(st.integers(KW, KW + 2))
-        ph = pw = 0
-    else:
-        sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-        ph, pw = draw(st.integers(0, KH // 2)), draw(st.integers(0, KW // 2))
-    H = draw(st.integers(max(1, KH - 2 * ph), max(1, KH - 2 * ph) + 9))
-    W = draw(st.integers(max(1, KW - 2 * pw), max(1, KW - 2 * pw) + 9))
-    return dict(N=N, C=C, H=H, W=W, K=(KH, KW), s=(sh, sw), p=(ph, pw),
-                dtype=draw(dtypes), seed=draw(st.integers(0, 2**32 - 1)), chunk=draw(chunks))
-
-
-def conv_inputs(c):
-    rng = np.random.default_rng(c["seed"])
-    x = rng.standard_normal((c["N"], c["C"], c["H"], c["W"])).astype(c["dtype"])
-    w = rng.standard_normal((c["F"], c["C"]) + c["K"]).astype(c["dtype"])
-    b = rng.standard_normal(c["F"]).astype(c["dtype"])
-    return rng, x, w, b
-
-
-def distinct_inputs(c):
-    """Random input whose values are all distinct (no ties), so the max is unique."""
-    rng = np.random.default_rng(c["seed"])
-    shape = (c["N"], c["C"], c["H"], c["W"])
-    x = rng.permutation(int(np.prod(shape))).reshape(shape) - 0.5 * np.prod(shape)
-    return rng, (x / 7.0).astype(c["dtype"])
-
-
-# ----------------------------------------------------------------------------------------------
-# against torch (1,000 configurations per op)
-# ----------------------------------------------------------------------------------------------
-@hyp(1000)
-@given(conv_cases())
-def test_conv2d_matches_torch(c):
-    _, x, w, b = conv_inputs(c)
-    with chunk_bytes(c["chunk"]):
-        y = ops.conv2d(x, w, b, stride=c["s"], padding=c["p"])
-    ref = TF.conv2d(t(x), t(w), t(b), stride=c["s"], padding=c["p"]).numpy()
-    assert y.dtype == c["dtype"] and y.shape == ref.shape
-    assert rel_err(y, ref) <= TOL[c["dtype"]]
-
-
-@hyp(1000)
-@given(conv_cases(), st.data())
-def test_conv_transpose2d_matches_torch(c, data):
-    rng, x, w, _ = conv_inputs(c)
-    (sh, sw), (ph, pw), (KH, KW) = c["s"], c["p"], c["K"]
-    Ho = ops.conv_output_size(c["H"], KH, sh, ph)
-    Wo = ops.conv_output_size(c["W"], KW, sw, pw)
-    y = rng.standard_normal((c["N"], c["F"], Ho, Wo)).astype(c["dtype"])
-    # every input size that maps to (Ho, Wo): output_padding 0 .. stride-1 (sizes >= 1)
-    Hmin, Wmin = (Ho - 1) * sh - 2 * ph + KH, (Wo - 1) * sw - 2 * pw + KW
-    oph = data.draw(st.integers(max(0, 1 - Hmin), sh - 1))
-    opw = data.draw(st.integers(max(0, 1 - Wmin), sw - 1))
-    size = (Hmin + oph, Wmin + opw)
-    with chunk_bytes(c["chunk"]):
-        x_rec = ops.conv_transpose2d(y, w, stride=c["s"], padding=c["p"], output_size=size)
-    ref = TF.conv_transpose2d(t(y), t(w), stride=c["s"], padding=c["p"], output_padding=(oph, opw)).numpy()
-    assert x_rec.dtype == c["dtype"] and x_rec.shape == ref.shape == (c["N"], c["C"]) + size
-    assert rel_err(x_rec, ref) <= TOL[c["dtype"]]
-    if oph == 0 and opw == 0:   # the default is the smallest size
-        assert ops.conv_transpose2d(y, w, stride=c["s"], padding=c["p"]).shape == ref.shape
-
-
-@hyp(1000)
-@given(pool_cases())
-def test_max_pool2d_matches_torch_values_and_switches(c):
-    _, x = distinct_inputs(c)
-    with chunk_bytes(c["chunk"]):
-        y, s = ops.max_pool2d(x, c["K"], c["s"], c["p"])
-    ref_y, ref_s = TF.max_pool2d(t(x), c["K"], c["s"], c["p"], return_indices=True)
-    assert y.dtype == c["dtype"] and s.dtype == np.int64
-    np.testing.assert_array_equal(y, ref_y.numpy())
-    np.testing.assert_array_equal(s, ref_s.numpy())
-
-
-@hyp(1000)
-@given(pool_cases())
-def test_max_unpool2d_is_the_gradient_of_max_pool(c):
-    """Overlapping windows and padding included: the gradient accumulates, so must unpool."""
-    rng, x = distinct_inputs(c)
-    xt = t(x).requires_grad_(True)
-    yt, st_ = TF.max_pool2d(xt, c["K"], c["s"], c["p"], return_indices=True)
-    g = rng.standard_normal(yt.shape).astype(c["dtype"])
-    yt.backward(t(g))
-    x_rec = ops.max_unpool2d(g, st_.numpy(), x.shape)
-    assert x_rec.dtype == c["dtype"] and x_rec.shape == x.shape
-    assert rel_err(x_rec, xt.grad.numpy()) <= TOL[c["dtype"]]
-
-
-@hyp(300)
-@given(pool_cases(overlapping=False))
-def test_max_unpool2d_matches_torch_unpool_without_overlap(c):
-    rng, x = distinct_inputs(c)
-    y, s = ops.max_pool2d(x, c["K"], c["s"], c["p"])
-    g = rng.standard_normal(y.shape).astype(c["dtype"])
-    ref = TF.max_unpool2d(t(g), t(s), c["K"], c["s"], c["p"], output_size=x.shape[2:]).numpy()
-    np.testing.assert_array_equal(ops.max_unpool2d(g, s, x.shape[2:]), ref)
-
-
-def test_unpool_differs_from_torch_where_windows_overlap():
-    """PyTorch's max_unpool2d assigns (last write wins); ours adds, as the gradient does."""
-    x = np.array([[[[0., 0., 0.], [0., 9., 0.], [0., 0., 0.]]]])
-    y, s = ops.max_pool2d(x, 2, 1)                 # every 2x2 window picks the centre (index 4)
-    assert (s == 4).all()
-    g = np.arange(1.0, 5.0).reshape(1, 1, 2, 2)
-    ours = ops.max_unpool2d(g, s, x.shape)
-    assert ours[0, 0, 1, 1] == 10.0 and ours.sum() == 10.0
-    theirs = TF.max_unpool2d(t(g), t(s), 2, 1, output_size=(3, 3)).numpy()
-    assert theirs[0, 0, 1, 1] != 10.0
+from zfcore._kernels import tuning
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +34,7 @@ def test_unpool_differs_from_torch_where_windows_overlap():
 def test_conv_transpose2d_is_the_adjoint_of_conv2d(c, data):
     """<conv2d(x, w), y> == <x, conv_transpose2d(y, w)> for every valid input size."""
     rng = np.random.default_rng(c["seed"])
-    (sh, sw), (ph, pw), (KH, KW) = c["s"], c["p"], c["K"]
+    KH, KW = c["K"]
     x = rng.standard_normal((c["N"], c["C"], c["H"], c["W"]))
     w = rng.standard_normal((c["F"], c["C"], KH, KW))
     with chunk_bytes(c["chunk"]):
@@ -295,10 +122,9 @@ def test_max_unpool2d_fast_equals_naive(c):
 
 
 @pytest.mark.parametrize("as_conv", [False, True])
-def test_conv_transpose2d_both_stride1_strategies(as_conv, monkeypatch):
+def test_conv_transpose2d_both_stride1_strategies(as_conv):
     """Stride 1 runs either GEMM + col2im or a conv with flipped filters (chosen by a cost
-    model): force each on cases that would otherwise take the other."""
-    monkeypatch.setattr(ops, "_deconv_as_conv", lambda *a: as_conv)
+    model): force each on cases that would otherwise take the other; the loop twin is the reference."""
     rng = np.random.default_rng(5)
     for (N, C, F, H, W, K, p) in [(2, 3, 5, 9, 7, 3, 1), (1, 4, 2, 6, 8, (3, 2), (2, 0)), (3, 2, 2, 5, 5, 1, 0),
                                  (1, 2, 3, 4, 6, 5, 2)]:
@@ -306,8 +132,9 @@ def test_conv_transpose2d_both_stride1_strategies(as_conv, monkeypatch):
         ph, pw = (p, p) if isinstance(p, int) else p
         w = rng.standard_normal((F, C, KH, KW)).astype(np.float32)
         y = rng.standard_normal((N, F, H + 2 * ph - KH + 1, W + 2 * pw - KW + 1)).astype(np.float32)
-        ref = TF.conv_transpose2d(t(y), t(w), padding=(ph, pw)).numpy()
-        assert rel_err(ops.conv_transpose2d(y, w, padding=(ph, pw)), ref) <= 1e-5
+        ref = ops.conv_transpose2d_naive(y, w, padding=(ph, pw))
+        with tuning(deconv_as_conv=as_conv):
+            assert rel_err(ops.conv_transpose2d(y, w, padding=(ph, pw)), ref) <= 1e-5
 
 
 def test_chunking_covers_bands_and_groups_of_images():
@@ -315,70 +142,66 @@ def test_chunking_covers_bands_and_groups_of_images():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 6, 13, 17)).astype(np.float32)
     w = rng.standard_normal((7, 6, 3, 3)).astype(np.float32)
-    ref = TF.conv2d(t(x), t(w), padding=1).numpy()
+    ref = ops.conv2d_naive(x, w, padding=1)
+    ref2 = ops.conv2d_naive(x, w, stride=2, padding=1)
     yref = rng.standard_normal(ref.shape).astype(np.float32)
-    ref_t = TF.conv_transpose2d(t(yref), t(w), padding=1).numpy()
+    ref_t = ops.conv_transpose2d_naive(yref, w, padding=1)
     row = (6 * 9 + 7) * 19 * 4           # bytes of one output row: (K + F) * Wp * itemsize
     for n in (1, 2 * row, 3 * row, 2 * 13 * row, 2**30):   # 1 row, 2 rows, 3 rows, 2 images, all
         with chunk_bytes(n):
             assert rel_err(ops.conv2d(x, w, padding=1), ref) <= 1e-5
             assert rel_err(ops.conv_transpose2d(yref, w, padding=1), ref_t) <= 1e-5
-            assert rel_err(ops.conv2d(x, w, stride=2, padding=1),
-                           TF.conv2d(t(x), t(w), stride=2, padding=1).numpy()) <= 1e-5
+            assert rel_err(ops.conv2d(x, w, stride=2, padding=1), ref2) <= 1e-5
+
+
+# ----------------------------------------------------------------------------------------------
+# im2col and col2im
+# ----------------------------------------------------------------------------------------------
+@hyp(200)
+@given(conv_cases())
+def test_im2col_gemm_is_the_naive_conv_and_col2im_its_adjoint(c):
+    """w @ im2col(x) reshaped == conv2d_naive(x, w); <im2col(x), Y> == <x, col2im(Y)>."""
+    rng, x, w, _ = conv_inputs(c)
+    cols = ops.im2col(x, c["K"], c["s"], c["p"])
+    ref = ops.conv2d_naive(x, w, None, c["s"], c["p"])
+    N, F, Ho, Wo = ref.shape
+    assert cols.shape == (c["C"] * c["K"][0] * c["K"][1], N * Ho * Wo) and cols.dtype == c["dtype"]
+    y = (w.reshape(F, -1) @ cols).reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)
+    assert rel_err(y, ref) <= TOL[c["dtype"]]
+    Y = rng.standard_normal(cols.shape)
+    back = ops.col2im(Y, x.shape, c["K"], c["s"], c["p"])
+    assert back.shape == x.shape
+    x64 = x.astype(np.float64)
+    lhs, rhs = np.vdot(ops.im2col(x64, c["K"], c["s"], c["p"]), Y), np.vdot(x64, back)
+    assert abs(lhs - rhs) <= 1e-10 * (np.abs(cols).sum() * np.abs(Y).max() + 1e-300)
+
+
+def test_im2col_col2im_by_hand():
+    """X16 (values 0..15), 2x2 windows at stride 2: each column is one window, row-major."""
+    cols = ops.im2col(X16, 2, 2)
+    assert cols.tolist() == [[0, 2, 8, 10], [1, 3, 9, 11], [4, 6, 12, 14], [5, 7, 13, 15]]
+    # 3x3 windows, padding 1, stride 2 on ones: col2im counts how many windows cover each pixel
+    ones = ops.im2col(np.ones((1, 1, 4, 4)), 3, 2, 1)
+    assert ops.col2im(ones, (1, 1, 4, 4), 3, 2, 1)[0, 0].tolist() == [[1, 2, 1, 1], [2, 4, 2, 2],
+                                                                     [1, 2, 1, 1], [1, 2, 1, 1]]
+    with pytest.raises(ValueError, match="cols must have shape"):
+        ops.col2im(np.zeros((4, 3)), (1, 1, 4, 4), 2, 2)
 
 
 # ----------------------------------------------------------------------------------------------
 # Winograd F(2x2, 3x3): conv2d's path for 3x3 stride-1 convs on many channels
 # ----------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def winograd_everywhere(band_bytes=None):
-    """Send every 3x3 stride-1 conv through Winograd (it normally needs >= 256 channels), and
-    optionally split it into bands of ``band_bytes`` (1: one tile row per band)."""
-    old = ops._winograd_pays, ops._WINO_BAND_BYTES, ops._WINO_MIN_TILES
-    ops._winograd_pays = lambda C, F, positions: True
-    if band_bytes is not None:
-        ops._WINO_BAND_BYTES, ops._WINO_MIN_TILES = band_bytes, 1
-    try:
-        yield
-    finally:
-        ops._winograd_pays, ops._WINO_BAND_BYTES, ops._WINO_MIN_TILES = old
-
-
-@st.composite
-def conv3x3_cases(draw):
-    c = draw(conv_cases())
-    c.update(K=(3, 3), s=(1, 1), H=max(c["H"], 3 - 2 * c["p"][0]), W=max(c["W"], 3 - 2 * c["p"][1]),
-             C=draw(st.integers(1, 9)), F=draw(st.integers(1, 9)), band=draw(st.sampled_from([None, 1, 5000])))
-    return c
-
-
-@hyp(1000)
+@hyp(200)
 @given(conv3x3_cases())
-def test_conv2d_winograd_matches_torch(c):
+def test_conv2d_winograd_equals_naive(c):
+    """Winograd forced on small 3x3 stride-1 convs (and split into bands) against the loop twin."""
     _, x, w, b = conv_inputs(c)
-    ref = TF.conv2d(t(x), t(w), t(b), padding=c["p"]).numpy()
+    ref = ops.conv2d_naive(x, w, b, padding=c["p"])
     with winograd_everywhere(c["band"]):
         y = ops.conv2d(x, w, b, padding=c["p"])
-        y2 = ops.conv2d_winograd(x, w, None, padding=c["p"])
     assert y.dtype == c["dtype"] and y.shape == ref.shape and y.flags.c_contiguous
     assert rel_err(y, ref) <= TOL[c["dtype"]]
-    assert rel_err(y2, ref - b[:, None, None]) <= TOL[c["dtype"]]
-
-
-@pytest.mark.parametrize("C,F,H", [(128, 128, 112), (256, 256, 56), (512, 512, 28), (512, 512, 14),
-                                   (128, 64, 9)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_winograd_on_vgg16_sized_layers(C, F, H, dtype):
-    """VGG16-sized layers on the path conv2d picks by itself (Winograd for 512 channels at 28x28 and
-    14x14, im2col for the others), against torch, forward and transposed."""
-    rng = np.random.default_rng(C + H)
-    x = rng.standard_normal((1, C, H, H)).astype(dtype)
-    w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(dtype)
-    b = rng.standard_normal(F).astype(dtype)
-    assert rel_err(ops.conv2d(x, w, b, padding=1), TF.conv2d(t(x), t(w), t(b), padding=1).numpy()) <= TOL[dtype]
-    yr = rng.standard_normal((1, F, H, H)).astype(dtype)
-    assert rel_err(ops.conv_transpose2d(yr, w, padding=1),
-                   TF.conv_transpose2d(t(yr), t(w), padding=1).numpy()) <= TOL[dtype]
+    assert rel_err(ops.conv2d_winograd(x, w, b, padding=c["p"]), ref) <= TOL[c["dtype"]]
 
 
 def test_winograd_filters_by_hand():
@@ -392,21 +215,6 @@ def test_winograd_filters_by_hand():
         ops.conv2d_winograd(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 2, 2)))
 
 
-# ----------------------------------------------------------------------------------------------
-# ties: first maximum in scan order, exactly as torch
-# ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1), (3, 2, 0), (3, 1, 1), ((2, 3), (1, 2), (1, 1))])
-@pytest.mark.parametrize("fill", [0.0, -2.5])
-def test_ties_pick_the_first_maximum_like_torch(kernel, stride, padding, fill):
-    x = np.full((2, 3, 7, 8), fill, np.float32)        # every window is all ties
-    x[0, 0, 3, 3] = fill + 1.0                          # and one window-crossing maximum
-    for fn in (ops.max_pool2d, ops.max_pool2d_naive):
-        y, s = fn(x, kernel, stride, padding)
-        ry, rs = TF.max_pool2d(t(x), kernel, stride, padding, return_indices=True)
-        np.testing.assert_array_equal(y, ry.numpy())
-        np.testing.assert_array_equal(s, rs.numpy())
-
-
 def test_tie_fixture_by_hand():
     # a 4x4 plane of zeros after ReLU, 2x2 pool: each window's switch is its top-left position
     _, s = ops.max_pool2d(np.zeros((1, 1, 4, 4)), 2)
@@ -416,42 +224,9 @@ def test_tie_fixture_by_hand():
     assert s[0, 0].tolist() == [[0, 1], [4, 5]]
 
 
-@hyp(300)
-@given(pool_cases())
-def test_max_pool2d_with_nan_and_infinities_matches_torch(c):
-    """Sprinkled NaN (torch: a NaN wins, the last one of a window) and -inf (all -inf windows
-    return their first real position, never a padding position)."""
-    rng, x = distinct_inputs(c)
-    x[rng.random(x.shape) < 0.1] = np.nan
-    x[rng.random(x.shape) < 0.3] = -np.inf
-    with chunk_bytes(c["chunk"]):
-        y, s = ops.max_pool2d(x, c["K"], c["s"], c["p"])
-    ref_y, ref_s = TF.max_pool2d(t(x), c["K"], c["s"], c["p"], return_indices=True)
-    np.testing.assert_array_equal(y, ref_y.numpy())       # NaN == NaN for assert_array_equal
-    np.testing.assert_array_equal(s, ref_s.numpy())
-
-
-def test_pool_with_infinities_and_nan_like_torch():
-    x = np.full((1, 1, 4, 5), -np.inf, np.float32)
-    x[0, 0, 2, 3] = 1.0
-    x[0, 0, 0, 4] = np.nan
-    for args in [(2, 2, 0), (3, 2, 1), (2, 1, 1)]:
-        y, s = ops.max_pool2d(x, *args)
-        ry, rs = TF.max_pool2d(t(x), *args, return_indices=True)
-        np.testing.assert_array_equal(y, ry.numpy())
-        np.testing.assert_array_equal(s, rs.numpy())
-
-
 # ----------------------------------------------------------------------------------------------
 # hand-checked fixtures
 # ----------------------------------------------------------------------------------------------
-X16 = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
-#   0  1  2  3
-#   4  5  6  7
-#   8  9 10 11
-#  12 13 14 15
-
-
 @pytest.mark.parametrize("pool", [ops.max_pool2d, ops.max_pool2d_naive])
 def test_pool_fixture(pool):
     y, s = pool(X16, 2)
@@ -516,12 +291,10 @@ def test_relu_unrelu_and_classifier_pieces():
     np.testing.assert_array_equal(ops.flatten(X16), X16.reshape(1, 16))
     z = np.array([[1000.0, 1001.0, 1002.0], [-5.0, 0.0, 5.0]])
     p = ops.softmax(z)
-    assert np.isfinite(p).all() and rel_err(p, torch.softmax(t(z), -1).numpy()) <= 1e-12
-    assert rel_err(ops.softmax(z, axis=0), torch.softmax(t(z), 0).numpy()) <= 1e-12
+    assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(p[0], np.exp([-2.0, -1.0, 0.0]) / np.exp([-2.0, -1.0, 0.0]).sum(), rtol=1e-15)
     rng = np.random.default_rng(0)
-    xi, w, b = rng.standard_normal((4, 6)), rng.standard_normal((3, 6)), rng.standard_normal(3)
-    assert rel_err(ops.linear(xi, w, b), TF.linear(t(xi), t(w), t(b)).numpy()) <= 1e-12
-    assert rel_err(ops.linear(xi, w), TF.linear(t(xi), t(w)).numpy()) <= 1e-12
+    w = rng.standard_normal((3, 6))
     yi = rng.standard_normal((4, 3))
     assert rel_err(ops.linear_transpose(yi, w), yi @ w) == 0.0
 

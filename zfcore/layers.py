@@ -46,11 +46,13 @@ F filters, KH KW kernel.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from . import ops
+from .ops import pair
+from .windows import Geometry, Window, gather_windows, rewindow  # noqa: F401  (re-exported)
+
+_pair = pair  # for network.kaiming_params / _expected_shape until they move to models.py; use ops.pair
 
 RULES = ("deconvnet", "guided", "gradient")
 
@@ -60,80 +62,6 @@ def check_rule(rule: str) -> str:
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}: expected one of {', '.join(map(repr, RULES))}")
     return rule
-
-
-def _pair(v, what: str) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{what} must be an int or an (H, W) pair, got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
-class Geometry(NamedTuple):
-    """Spatial footprint of a windowed layer, per axis (H, W): output position i reads input
-    positions ``[i*stride - padding, i*stride - padding + kernel)``."""
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-
-
-class Window(NamedTuple):
-    """Where a batch of K projections lives, for ``Layer.inverse_window``.
-
-    img (K,) int: each item's image in the forward batch (to read the cache);
-    top_out (K, 2) int, size_out (h, w): the item's window in the layer's output;
-    top_in (K, 2) int, size_in (h, w): the window wanted in the layer's input.
-    For non-spatial (2-D) signals the tops and sizes are None.
-    """
-    img: np.ndarray
-    top_out: np.ndarray | None
-    size_out: tuple[int, int] | None
-    top_in: np.ndarray | None
-    size_in: tuple[int, int] | None
-
-
-def gather_windows(a: np.ndarray, img: np.ndarray, top: np.ndarray, size) -> np.ndarray:
-    """Windows of a batch of maps: ``out[k] = a[img[k], :, t:t+h, l:l+w]`` with ``(t, l) = top[k]``.
-
-    a (N, C, H, W); img (K,); top (K, 2), each window inside the map; size (h, w) -> (K, C, h, w),
-    a new array. One fancy-indexing copy of a ``sliding_window_view``.
-    """
-    h, w = size
-    if a.shape[2] == h and a.shape[3] == w:
-        return a[img]
-    if len(img) == 1:
-        t, l = int(top[0, 0]), int(top[0, 1])
-        return a[int(img[0]), :, t:t + h, l:l + w][None].copy()
-    v = np.lib.stride_tricks.sliding_window_view(a, (h, w), axis=(2, 3))
-    return v[img, :, top[:, 0], top[:, 1]]
-
-
-def rewindow(ext: np.ndarray, ext_top: np.ndarray, top: np.ndarray, size) -> np.ndarray:
-    """Re-cut per-item windows: ``ext`` (K, C, mh, mw) holds item k's signal on the rectangle that
-    starts at ``ext_top[k]``; return (K, C, h, w) on the rectangles starting at ``top[k]`` (zero where
-    ``ext`` does not cover them). Coordinates are those of one map; ``size = (h, w)``."""
-    K, C, mh, mw = ext.shape
-    h, w = size
-    off = np.asarray(top) - np.asarray(ext_top)          # (K, 2): where each wanted window starts in ext
-    if (off == off[0]).all():
-        dh, dw = int(off[0, 0]), int(off[0, 1])
-        if dh == 0 and dw == 0 and (mh, mw) == (h, w):
-            return ext
-        if dh >= 0 and dw >= 0 and dh + h <= mh and dw + w <= mw:
-            return ext[:, :, dh:dh + h, dw:dw + w]
-        out = np.zeros((K, C, h, w), ext.dtype)
-        sh0, sh1 = max(dh, 0), min(dh + h, mh)
-        sw0, sw1 = max(dw, 0), min(dw + w, mw)
-        if sh1 > sh0 and sw1 > sw0:
-            out[:, :, sh0 - dh:sh1 - dh, sw0 - dw:sw1 - dw] = ext[:, :, sh0:sh1, sw0:sw1]
-        return out
-    # per-item offsets: pad ext so that every wanted window lies inside, then gather
-    lo = np.maximum(-off.min(axis=0), 0)
-    hi = np.maximum((off + [h, w]).max(axis=0) - [mh, mw], 0)
-    if lo.any() or hi.any():
-        ext = np.pad(ext, ((0, 0), (0, 0), (lo[0], hi[0]), (lo[1], hi[1])))
-    return gather_windows(ext, np.arange(K), off + lo, size)
 
 
 class Layer:
@@ -224,8 +152,8 @@ class Conv2d(Layer):
         if self.weight.ndim != 4:
             raise ValueError(f"layer {name!r}: conv weight must be (F, C, KH, KW), got {self.weight.shape}")
         self.bias = None if bias is None else np.asarray(bias)
-        self.stride = _pair(stride, f"layer {name!r}: stride")
-        self.padding = _pair(padding, f"layer {name!r}: padding")
+        self.stride = pair(stride, f"layer {name!r}: stride")
+        self.padding = pair(padding, f"layer {name!r}: padding")
 
     @property
     def params(self):
@@ -295,9 +223,9 @@ class MaxPool2d(Layer):
 
     def __init__(self, name, kernel, stride=None, padding=0):
         super().__init__(name)
-        self.kernel = _pair(kernel, f"layer {name!r}: kernel")
-        self.stride = self.kernel if stride is None else _pair(stride, f"layer {name!r}: stride")
-        self.padding = _pair(padding, f"layer {name!r}: padding")
+        self.kernel = pair(kernel, f"layer {name!r}: kernel")
+        self.stride = self.kernel if stride is None else pair(stride, f"layer {name!r}: stride")
+        self.padding = pair(padding, f"layer {name!r}: padding")
 
     def forward(self, x):
         y, switches = ops.max_pool2d(x, self.kernel, self.stride, self.padding)
@@ -317,9 +245,9 @@ class MaxPool2d(Layer):
     def inverse_window(self, r, cache, rule, win):
         # switches of the output window are flat indices into the whole input plane; every one lies
         # inside the input window (its pooling window does): move them into the window's coordinates
-        sw = gather_windows(cache["switches"], win.img, win.top_out, win.size_out)
+        switches = gather_windows(cache["switches"], win.img, win.top_out, win.size_out)
         W = cache["input_shape"][3]
-        rows, cols = np.divmod(sw, W)
+        rows, cols = np.divmod(switches, W)
         rows -= win.top_in[:, 0, None, None, None]
         cols -= win.top_in[:, 1, None, None, None]
         h, w = win.size_in
@@ -329,7 +257,8 @@ class MaxPool2d(Layer):
         outside = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
         if outside.any():
             if np.any(r[outside]):
-                raise AssertionError(f"layer {self.name!r}: non-zero signal outside the projection window")
+                raise RuntimeError(f"layer {self.name!r}: non-zero signal outside the projection window "
+                                   "(a bug in the window arithmetic)")
             local[outside] = 0
         return ops.max_unpool2d(r, local, tuple(win.size_in))
 
@@ -410,29 +339,6 @@ class Dropout(Layer):
         return f"p={self.p}"
 
 
-def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
-    """Local response normalisation across channels, as ``torch.nn.functional.local_response_norm``:
-
-    x (N, C, ...) -> ``x / (k + alpha / size * sum_{c' in window(c)} x[c']**2) ** beta``, the window
-    being channels ``[c - size//2, c + (size-1)//2]`` clipped to [0, C) (zeros beyond, still divided
-    by ``size``).
-    """
-    x = np.asarray(x)
-    C = x.shape[1]
-    sq = x * x
-    s = np.zeros_like(sq)
-    lo, hi = size // 2, (size - 1) // 2
-    for d in range(-lo, hi + 1):              # s[:, c] += sq[:, c + d] where 0 <= c + d < C
-        if d < 0:
-            s[:, -d:] += sq[:, :C + d]
-        elif d > 0:
-            s[:, :C - d] += sq[:, d:]
-        else:
-            s += sq
-    div = (s * (alpha / size) + k) ** beta
-    return x / div
-
-
 class LocalResponseNorm(Layer):
     """Local response (contrast) normalisation across channels, torch's semantics
     (``local_response_norm``). Inverse: the identity, as Zeiler & Fergus (module docstring)."""
@@ -445,7 +351,7 @@ class LocalResponseNorm(Layer):
     def forward(self, x):
         if x.ndim < 3:
             raise ValueError(f"layer {self.name!r}: lrn input must be (N, C, ...), got shape {x.shape}")
-        return local_response_norm(x, self.size, self.alpha, self.beta, self.k).astype(x.dtype), {}
+        return ops.local_response_norm(x, self.size, self.alpha, self.beta, self.k).astype(x.dtype), {}
 
     def inverse(self, r, cache, rule="deconvnet"):
         return r
@@ -472,35 +378,19 @@ class AdaptiveAvgPool2d(Layer):
         self.output_size = tuple(None if v is None else int(v) for v in o)
 
     def _blocks(self, in_hw):
-        H, W = int(in_hw[0]), int(in_hw[1])
-        oh = H if self.output_size[0] is None else self.output_size[0]
-        ow = W if self.output_size[1] is None else self.output_size[1]
-        if H % oh or W % ow:
-            raise ValueError(f"layer {self.name!r}: adaptive average pooling of a {H}x{W} map to "
-                             f"{oh}x{ow} is supported only when the output size divides the input size")
-        return (oh, ow), (H // oh, W // ow)
+        try:
+            return ops.adaptive_pool_size(in_hw, self.output_size)
+        except ValueError as e:
+            raise ValueError(f"layer {self.name!r}: {e}") from None
 
     def forward(self, x):
         if x.ndim != 4:
             raise ValueError(f"layer {self.name!r}: input must be (N, C, H, W), got shape {x.shape}")
-        N, C, H, W = x.shape
-        (oh, ow), (bh, bw) = self._blocks((H, W))
-        if bh == 1 and bw == 1:
-            return x, {"input_shape": x.shape}
-        y = x.reshape(N, C, oh, bh, ow, bw).mean(axis=(3, 5), dtype=x.dtype)
-        return y, {"input_shape": x.shape}
-
-    def _spread(self, r, blocks):
-        bh, bw = blocks
-        if bh == 1 and bw == 1:
-            return r
-        K, C, oh, ow = r.shape
-        r = r / (bh * bw)
-        return np.broadcast_to(r[:, :, :, None, :, None], (K, C, oh, bh, ow, bw)).reshape(
-            K, C, oh * bh, ow * bw)
+        self._blocks(x.shape[2:])
+        return ops.adaptive_avg_pool2d(x, self.output_size), {"input_shape": x.shape}
 
     def inverse(self, r, cache, rule="deconvnet"):
-        return self._spread(r, self._blocks(cache["input_shape"][2:])[1])
+        return ops.adaptive_avg_pool2d_transpose(r, cache["input_shape"][2:])
 
     def geometry(self, in_hw):
         _, b = self._blocks(in_hw)
@@ -512,7 +402,7 @@ class AdaptiveAvgPool2d(Layer):
 
     def inverse_window(self, r, cache, rule, win):
         blocks = self._blocks(cache["input_shape"][2:])[1]
-        ext = self._spread(r, blocks)
+        ext = ops.adaptive_avg_pool2d_transpose(r, (r.shape[2] * blocks[0], r.shape[3] * blocks[1]))
         return rewindow(ext, win.top_out * np.asarray(blocks), win.top_in, win.size_in)
 
     def _describe(self):

@@ -1,0 +1,353 @@
+"""The fast paths behind ``zfcore.ops`` (private): banded im2col + GEMM, col2im, Winograd F(2x2, 3x3),
+max-pooling by window offsets. ops.py checks the arguments and calls these; the tests hold every
+path to the naive loop twins and to PyTorch. Measurements behind the thresholds: benchmarks/RESULTS.md.
+
+Axis letters: N, C, H, W input; F filters; KH, KW kernel; Ho, Wo output; (sy, sx) stride, (ph, pw)
+padding along rows and columns.
+"""
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Tuning:
+    """Sizes of the chunks the kernels work in, and which path they take (None: by the rules below)."""
+    chunk_bytes: int = 2 * 2**20     # im2col columns + GEMM result of one conv chunk (stay in cache)
+    min_cols: int = 1024             # ... but at least this many GEMM columns per chunk
+    pool_chunk_bytes: int = 2**20    # max-pool window copies of one chunk of planes
+    wino_band_bytes: int = 4 * 2**20  # Winograd: V + M of one band of tile rows
+    wino_min_tiles: int = 512        # ... but at least this many tiles per GEMM
+    winograd: bool | None = None     # force Winograd on (True) / off (False) for 3x3 stride-1 convs
+    deconv_as_conv: bool | None = None  # force the stride-1 deconv strategy
+
+
+TUNING = Tuning()
+
+
+@contextlib.contextmanager
+def tuning(**changes):
+    """Test hook: run a block with some fields of ``TUNING`` changed (e.g. tiny chunks, forced paths)."""
+    old = dict(TUNING.__dict__)
+    try:
+        for k, v in changes.items():
+            if not hasattr(TUNING, k):
+                raise ValueError(f"unknown tuning field {k!r}")
+            setattr(TUNING, k, v)
+        yield TUNING
+    finally:
+        TUNING.__dict__.update(old)
+
+
+def chunks(N, Ho, row_cols, K, F, itemsize):
+    """Split a conv's GEMM into chunks: (images per chunk, output rows per chunk).
+
+    One output row of one image is ``row_cols`` GEMM columns of K im2col values and F outputs. A chunk
+    takes as many rows as keep (K + F) * columns * itemsize under ``chunk_bytes``, but at least
+    ``min_cols`` columns; whole images are grouped when one image is smaller.
+    """
+    bytes_per_row = max((K + F) * row_cols * itemsize, 1)
+    rows = max(TUNING.chunk_bytes // bytes_per_row, -(-TUNING.min_cols // max(row_cols, 1)), 1)
+    if rows >= Ho:
+        return max(1, min(N, rows // Ho)), Ho
+    bands = -(-Ho // rows)
+    return 1, -(-Ho // bands)          # equal bands: no small GEMM left over at the bottom
+
+
+def pad(x, ph, pw, value=0):
+    """(N, C, H, W) -> (N, C, H + 2*ph, W + 2*pw) with ``value`` around x (x itself if no padding)."""
+    if ph == 0 and pw == 0:
+        return x
+    N, C, H, W = x.shape
+    xp = np.full((N, C, H + 2 * ph, W + 2 * pw), value, x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+def pad_flat(x, ph, pw, extra):
+    """(N, C, H, W) -> zero-padded planes stored flat, (N, C, Hp*Wp + extra), zeros at the end too.
+    Only the border is zeroed; the interior is written once."""
+    N, C, H, W = x.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    xp = np.empty((N, C, Hp * Wp + extra), x.dtype)
+    xp[:, :, Hp * Wp:] = 0
+    planes = xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)
+    planes[:, :, :ph] = 0
+    planes[:, :, ph + H:] = 0
+    planes[:, :, ph:ph + H, :pw] = 0
+    planes[:, :, ph:ph + H, pw + W:] = 0
+    planes[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+# ----------------------------------------------------------------------------------------------
+# im2col / col2im of one band: output rows r0 .. r0 + r of images n0 .. n0 + m
+# ----------------------------------------------------------------------------------------------
+# Two layouts of the padded input xp. Strided: xp (N, C, Hp, Wp), Wc = Wo columns per output row.
+# Flat (stride 1 only): xp (N, C, Hp*Wp + KW - 1), planes stored flat, Wc = Wp columns per row: a
+# window offset (u, v) is then one contiguous slice starting at u*Wp + v, and each row carries
+# KW - 1 throw-away columns (dropped by the caller).
+def im2col_band(cols_k, xp, n0, r0, kernel, stride, Wp, Wo, flat):
+    """Fill cols_k (C, KH*KW, m, r, Wc) with the windows: cols_k[c, u*KW + v, n, i, j] =
+    xp[n0 + n, c, (r0 + i)*sy + u, j*sx + v] (one copy of a shifted slice per offset (u, v))."""
+    C, _, m, r, _ = cols_k.shape
+    (KH, KW), (sy, sx) = kernel, stride
+    for k in range(KH * KW):
+        u, v = divmod(k, KW)
+        if flat:
+            off = (r0 + u) * Wp + v
+            src = xp[n0:n0 + m, :, off:off + r * Wp].reshape(m, C, r, Wp)
+        else:
+            h0 = r0 * sy + u
+            src = xp[n0:n0 + m, :, h0:h0 + sy * (r - 1) + 1:sy, v:v + sx * (Wo - 1) + 1:sx]
+        cols_k[:, k] = src.transpose(1, 0, 2, 3)
+
+
+def col2im_band(xp, cols_k, n0, r0, kernel, stride, Wp, Wo, flat):
+    """The adjoint of :func:`im2col_band`: add each column back onto the window it came from."""
+    C, _, m, r, _ = cols_k.shape
+    (KH, KW), (sy, sx) = kernel, stride
+    for k in range(KH * KW):
+        u, v = divmod(k, KW)
+        if flat:
+            off = (r0 + u) * Wp + v
+            xp[n0:n0 + m, :, off:off + r * Wp] += cols_k[:, k].reshape(C, m, r * Wp).transpose(1, 0, 2)
+        else:
+            h0 = r0 * sy + u
+            xp[n0:n0 + m, :, h0:h0 + sy * (r - 1) + 1:sy,
+               v:v + sx * (Wo - 1) + 1:sx] += cols_k[:, k].transpose(1, 0, 2, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# convolution: im2col + one GEMM per band
+# ----------------------------------------------------------------------------------------------
+def conv2d(x, w, b, stride, padding, out_hw):
+    """y (N, F, Ho, Wo) = conv of checked float arrays; Winograd for large 3x3 stride-1 convs."""
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    (sy, sx), (ph, pw), (Ho, Wo) = stride, padding, out_hw
+    dt = x.dtype
+    if KH == KW == 3 and sy == sx == 1 and winograd_pays(C, F, N * Ho * Wo):
+        return conv3x3_winograd(x, w, b, ph, pw, Ho, Wo)
+    K = C * KH * KW
+    Kb = K + (b is not None)             # the bias joins the GEMM: one more column of w, a row of ones
+    wb = np.empty((F, Kb), dt)
+    wb[:, :K] = w.reshape(F, K)
+    if b is not None:
+        wb[:, K] = b
+    Wp = W + 2 * pw
+    flat = sy == 1 and sx == 1
+    xp = pad_flat(x, ph, pw, KW - 1) if flat else pad(x, ph, pw)
+    Wc = Wp if flat else Wo              # GEMM columns per output row
+    y = np.empty((N, F, Ho, Wo), dt)
+    nb, rb = chunks(N, Ho, Wc, Kb, F, dt.itemsize)
+    cols_buf = np.empty(Kb * nb * rb * Wc, dt)
+    out_buf = np.empty(F * nb * rb * Wc, dt)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        for r0 in range(0, Ho, rb):
+            r = min(rb, Ho - r0)
+            L = m * r * Wc
+            cols = cols_buf[:Kb * L].reshape(Kb, L)
+            if b is not None:
+                cols[K] = 1
+            im2col_band(cols[:K].reshape(C, KH * KW, m, r, Wc), xp, n0, r0, (KH, KW), (sy, sx), Wp, Wo, flat)
+            out = out_buf[:F * L].reshape(F, L)
+            np.matmul(wb, cols, out=out)
+            y[n0:n0 + m, :, r0:r0 + r] = out.reshape(F, m, r, Wc)[..., :Wo].transpose(1, 0, 2, 3)
+    return y
+
+
+def conv_transpose2d(y, w, stride, padding, in_hw):
+    """x (N, C, H, W) = transposed conv of checked float arrays: GEMM w.T @ y per band, then col2im;
+    at stride 1 on large images a conv with the flipped filters instead (deconv_as_conv)."""
+    N, F, Ho, Wo = y.shape
+    _, C, KH, KW = w.shape
+    (sy, sx), (ph, pw), (H, W) = stride, padding, in_hw
+    dt = y.dtype
+    K = C * KH * KW
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    if sy == 1 and sx == 1 and ph < KH and pw < KW and deconv_as_conv(N * Ho * Wp, C, F):
+        # the transposed conv is a conv of y with the flipped filters w[f, c, ::-1, ::-1] seen as
+        # (C, F, KH, KW), padded by K - 1 - p
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        pt = (KH - 1 - ph, KW - 1 - pw)
+        return conv2d(y, wt, None, (1, 1), pt, (H, W))
+    wT = np.ascontiguousarray(w.reshape(F, K)).T        # (K, F) view; BLAS handles the transpose
+    flat = sy == 1 and sx == 1        # as in conv2d: flat padded planes, Wp columns per row
+    Wc = Wp if flat else Wo
+    xp = np.zeros((N, C, Hp * Wp + (KW - 1 if flat else 0)), dt)
+    planes = xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)
+    nb, rb = chunks(N, Ho, Wc, K, F, dt.itemsize)
+    cols_buf = np.empty(K * nb * rb * Wc, dt)
+    y_buf = np.empty(F * nb * rb * Wc, dt)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        for r0 in range(0, Ho, rb):
+            r = min(rb, Ho - r0)
+            L = m * r * Wc
+            yb = y_buf[:F * L].reshape(F, m, r, Wc)
+            yb[..., :Wo] = y[n0:n0 + m, :, r0:r0 + r].transpose(1, 0, 2, 3)
+            yb[..., Wo:] = 0                  # throw-away columns (flat layout) contribute nothing
+            cols = cols_buf[:K * L].reshape(K, L)
+            np.matmul(wT, yb.reshape(F, L), out=cols)
+            col2im_band(xp if flat else planes, cols.reshape(C, KH * KW, m, r, Wc), n0, r0, (KH, KW),
+                        (sy, sx), Wp, Wo, flat)
+    return np.ascontiguousarray(planes[:, :, ph:ph + H, pw:pw + W])
+
+
+def deconv_as_conv(positions, C, F):
+    """Stride-1 deconv as a conv with flipped filters when that moves fewer values (copy F rows of
+    im2col + w once, against adding C rows in col2im)."""
+    if TUNING.deconv_as_conv is not None:
+        return TUNING.deconv_as_conv
+    return 2 * F * positions + 2 * F * C < 3 * C * positions
+
+
+# ----------------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3) (Lavin & Gray, CVPR 2016)
+# ----------------------------------------------------------------------------------------------
+# A 2x2 block of outputs of a 3x3 filter g over a 4x4 input tile d is  Y = A^T [(G g G^T) * (B^T d B)] A
+#   G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+#   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+#   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+# with * elementwise: 16 multiplications per tile instead of 36. Summed over channels, each of the 16
+# tile positions (xi, nu) is one GEMM  M[xi,nu] (F x tiles) = U[xi,nu] (F x C) @ V[xi,nu] (C x tiles).
+# B and A hold only 0 and +-1, so the input and output transforms are additions of strided views.
+WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+WINO_GG = np.kron(WINO_G, WINO_G)     # (16, 9): GG[4a + b, 3u + v] = G[a, u] G[b, v]
+WINO_MAX_POSITIONS = 40 * 40
+WINO_MIN_CHANNELS = 256
+
+
+def winograd_filters(w):
+    """w (F, C, 3, 3) -> U (16, F, C), U[4a + b] = (G w G^T)[a, b]: one GEMM with G (x) G."""
+    F, C = w.shape[:2]
+    return (WINO_GG.astype(w.dtype) @ w.reshape(F * C, 9).T).reshape(16, F, C)
+
+
+def winograd_pays(C, F, positions):
+    """Winograd when C and F are both >= 256 and the maps hold 16 to 40*40 positions (RESULTS.md)."""
+    if TUNING.winograd is not None:
+        return TUNING.winograd
+    return min(C, F) >= WINO_MIN_CHANNELS and 16 <= positions <= WINO_MAX_POSITIONS
+
+
+def conv3x3_winograd(x, w, b, ph, pw, Ho, Wo):
+    """y (N, F, Ho, Wo) = 3x3 stride-1 conv of x (N, C, H, W) by F(2x2, 3x3), in bands of tile rows."""
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    dt = x.dtype
+    th, tw = -(-Ho // 2), -(-Wo // 2)                    # 2x2 output tiles
+    # padded input, channels first: (C, N, 2*th + 2, 2*tw + 2) (one more zero row/column if odd)
+    xp = np.zeros((C, N, 2 * th + 2, 2 * tw + 2), dt)
+    xp[:, :, ph:ph + H, pw:pw + W] = x.transpose(1, 0, 2, 3)
+    U = winograd_filters(w)
+    per_row = 16 * (C + F) * N * tw * dt.itemsize
+    rows = max(1, min(th, max(TUNING.wino_band_bytes // per_row, -(-TUNING.wino_min_tiles // (N * tw)))))
+    rows = -(-th // -(-th // rows))                      # equal bands
+    y = np.empty((N, F, 2 * th, 2 * tw), dt)
+    yt = y.transpose(1, 0, 2, 3)                         # (F, N, ...) view, written in place
+    rbuf = np.empty((4, C, N, rows, 2 * tw + 2), dt)
+    vbuf = np.empty(16 * C * N * rows * tw, dt)
+    mbuf = np.empty(16 * F * N * rows * tw, dt)
+    for i0 in range(0, th, rows):
+        R = min(rows, th - i0)
+        P = N * R * tw
+        V = vbuf[:16 * C * P].reshape(4, 4, C, N, R, tw)
+        _winograd_input(xp[:, :, 2 * i0:2 * i0 + 2 * R + 2], rbuf[:, :, :, :R], V, R, tw)
+        M = mbuf[:16 * F * P].reshape(16, F, P)
+        np.matmul(U, V.reshape(16, C, P), out=M)         # 16 GEMMs, summing over the channels
+        _winograd_output(M.reshape(4, 4, F, N, R, tw), yt[:, :, 2 * i0:2 * i0 + 2 * R])
+    if b is not None:
+        y += b[:, None, None]
+    if (Ho, Wo) != (2 * th, 2 * tw):
+        y = np.ascontiguousarray(y[:, :, :Ho, :Wo])
+    return y
+
+
+def _winograd_input(band, r, V, R, tw):
+    """B^T d B of a band's tiles: rows first (into r (4, C, N, R, 2*tw + 2)), then columns -> V (4, 4, C, N, R, tw)."""
+    d = [band[:, :, k:k + 2 * R:2] for k in range(4)]     # tile row i covers input rows 2i .. 2i+3
+    np.subtract(d[0], d[2], out=r[0])
+    np.add(d[1], d[2], out=r[1])
+    np.subtract(d[2], d[1], out=r[2])
+    np.subtract(d[1], d[3], out=r[3])
+    for a in range(4):
+        e = [r[a][..., k:k + 2 * tw:2] for k in range(4)]
+        np.subtract(e[0], e[2], out=V[a, 0])
+        np.add(e[1], e[2], out=V[a, 1])
+        np.subtract(e[2], e[1], out=V[a, 2])
+        np.subtract(e[1], e[3], out=V[a, 3])
+
+
+def _winograd_output(M, ys):
+    """A^T M A: M (4, 4, F, N, R, tw) -> the tiles' four output phases of ys (F, N, 2R, 2*tw)."""
+    t0 = M[0] + M[1]
+    t0 += M[2]
+    t1 = M[1] - M[2]
+    t1 -= M[3]
+    for a, t in enumerate((t0, t1)):
+        o = ys[:, :, a::2, 0::2]
+        np.add(t[0], t[1], out=o)
+        o += t[2]
+        o = ys[:, :, a::2, 1::2]
+        np.subtract(t[1], t[2], out=o)
+        o -= t[3]
+
+
+# ----------------------------------------------------------------------------------------------
+# max-pooling
+# ----------------------------------------------------------------------------------------------
+def max_pool2d(x, kernel, stride, padding, out_hw):
+    """(y, switches) of checked x (N, C, H, W); see ops.max_pool2d for the rules."""
+    N, C, H, W = x.shape
+    (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    xp = pad(x, ph, pw, -np.inf).reshape(N * C, H + 2 * ph, W + 2 * pw)
+    y, sel = pool_offsets(xp, KH, KW, sy, sx, Ho, Wo, nan=False)
+    if np.isnan(y).any():          # rare: redo with NaN winning comparisons, as torch does
+        y, sel = pool_offsets(xp, KH, KW, sy, sx, Ho, Wo, nan=True)
+    top = np.arange(Ho)[:, None] * sy - ph        # window's first row, unpadded coordinates
+    left = np.arange(Wo)[None, :] * sx - pw
+    offset = np.array([u * W + v for u in range(KH) for v in range(KW)], np.int64)
+    switches = np.take(offset, sel)
+    switches += top * W + left
+    if ph or pw:
+        # a window whose real values are all -inf returns its first real position (as torch)
+        lost = y == -np.inf
+        if lost.any():
+            switches = np.where(lost, np.maximum(top, 0) * W + np.maximum(left, 0), switches)
+    return y.reshape(N, C, Ho, Wo), switches.reshape(N, C, Ho, Wo)
+
+
+def pool_offsets(xp, KH, KW, sy, sx, Ho, Wo, nan):
+    """xp (M, Hp, Wp) padded planes -> max (M, Ho, Wo) and winning window offset k = u*KW + v.
+
+    In chunks of planes: the KH*KW strided views are copied to contiguous arrays, then compared with
+    the running maximum; offset k wins where strictly larger (the first maximum is kept), so the
+    switch offset is a running ``maximum(sel, k * larger)``: no masked writes.
+    """
+    M, KK = xp.shape[0], KH * KW
+    y = np.empty((M, Ho, Wo), xp.dtype)
+    sel = np.zeros((M, Ho, Wo), np.uint8 if KK < 256 else np.int64)
+    mb = max(1, min(M, TUNING.pool_chunk_bytes // (KK * Ho * Wo * xp.dtype.itemsize)))
+    win = np.empty((KK, mb, Ho, Wo), xp.dtype)
+    larger = np.empty((mb, Ho, Wo), bool)
+    is_nan = np.empty((mb, Ho, Wo), bool)
+    k_larger = np.empty((mb, Ho, Wo), sel.dtype)
+    for m0 in range(0, M, mb):
+        m = min(mb, M - m0)
+        for k in range(KK):
+            u, v = divmod(k, KW)
+            win[k, :m] = xp[m0:m0 + m, u:u + sy * (Ho - 1) + 1:sy, v:v + sx * (Wo - 1) + 1:sx]
+        ym, sm, lg, kl = y[m0:m0 + m], sel[m0:m0 + m], larger[:m], k_larger[:m]
+        ym[...] = win[0, :m]
+        for k in range(1, KK):
+            np.greater(win[k, :m], ym, out=lg)
+            if nan:
+                lg |= np.isnan(win[k, :m], out=is_nan[:m])
+            np.maximum(ym, win[k, :m], out=ym)          # NaN propagates, as torch
+            np.multiply(lg, sel.dtype.type(k), out=kl)
+            np.maximum(sm, kl, out=sm)
+    return y, sel
