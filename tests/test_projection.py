@@ -1,260 +1,25 @@
-"""Projection: equal to autograd with the deconvnet's ReLU rule, to captum, to hand-checked fixtures;
-cropped == whole-map; batched == one by one; bad requests fail clearly.
+"""Projection without torch: cropped == whole-map on every architecture, batched == one by one,
+the signal stays inside the receptive field's box, hand-checked fixtures, clear errors for bad
+requests. (Agreement with autograd and captum: test_projection_torch.py.)
 
-References (``zfcore.reference``) are torch models of the same spec and weights: the gradient of the
-chosen activation w.r.t. the input, seeded with the activation's value, every ReLU's backward replaced
-by the rule; and captum's ``NeuronDeconvolution`` times the activation. Random seeded weights, random
-normal images (no flat regions and so no exactly tied pooling windows).
-
-Two comparisons per architecture:
-- float64 on both sides, the reference entirely torch's own (its own switches and ReLU signs):
-  agreement to ~1e-12 shows the method is computed exactly;
-- float32 on both sides (the issue's criterion, relative error <= 1e-5). Independent float32 forward
-  passes differ by rounding (~1e-6), so at a pooling window whose two largest inputs are that close
-  (there are a few among VGG16's millions of windows) each side may pick a different switch, and a
-  projection crossing it then differs at O(1). The float32 reference therefore takes zfcore's
-  discrete decisions (switches, ReLU signs; ``reference.TorchDeconvnet(pinned=...)``) and computes
-  everything else itself; ``test_float32_decisions_differ_only_at_ties`` checks that torch's own
-  decisions differ from zfcore's only at such ties.
+Random seeded weights, random normal images (no flat regions and so no exactly tied pooling windows);
+the networks come from conftest.py.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from projcases import CASES, TOL_CROP, close, triples as _triples
 
-from zfcore import models, network
-
-torch = pytest.importorskip("torch")
-from zfcore import reference  # noqa: E402
-
-TOL_REF = 1e-5      # float32 projection vs torch autograd (relative, 2-norm)
-TOL_64 = 1e-10      # float64 projection vs torch autograd
-TOL_CROP = 1e-6     # cropped vs whole-map (relative)
-TOL_TIE = 1e-5      # a float32 "tie": decision inputs this close, relative to the layer's largest input
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def close(a, b, tol) -> bool:
-    """rel(a, b) <= tol, or both exactly zero (a unit whose activation is 0 projects to nothing)."""
-    if not np.any(b):
-        return not np.any(a)
-    return rel(a, b) <= tol
-
-
-def strongest_feature(net, layer, image=0):
-    """The feature map (or unit) holding the layer's largest activation in ``image``."""
-    a = net.activations(layer)[image]
-    return int(a.reshape(a.shape[0], -1).max(axis=1).argmax()) if a.ndim == 3 else int(a.argmax())
-
-
-def decisions(net) -> dict:
-    """zfcore's discrete forward decisions: pool switches and ReLU input signs, by layer name."""
-    out = {}
-    for name, layer, cache in zip(net.trace.names, net.layers, net.trace.caches):
-        if layer.kind == "maxpool":
-            out[name] = cache["switches"]
-        elif layer.kind == "relu":
-            out[name] = cache["x"] > 0
-    return out
-
-
-class Case:
-    """One architecture: float32 network after forward and its pinned float32 torch reference;
-    float64 network and unpinned float64 reference on first use."""
-
-    def __init__(self, spec, shape, n=1, seed=0):
-        self.spec = spec
-        self.net = network.build(spec, seed=seed)
-        self.x = np.random.default_rng(seed + 100).standard_normal((n,) + shape).astype(np.float32)
-        self.net.forward(self.x)
-        self.ref = reference.TorchDeconvnet(spec, self.net.params, "float32")
-        self.ref.forward(self.x, pinned=decisions(self.net))
-        self._64 = None
-
-    @property
-    def f64(self):
-        if self._64 is None:
-            net = network.build(self.spec, params=self.net.params, dtype=np.float64)
-            net.forward(self.x)
-            ref = reference.TorchDeconvnet(self.spec, self.net.params, "float64")
-            ref.forward(self.x.astype(np.float64))
-            self._64 = (net, ref)
-        return self._64
-
-    def spatial_layers(self, kinds=("conv", "relu", "maxpool", "lrn", "adaptive_avgpool")):
-        return [n for n, k, _ in self.spec if k in kinds]
-
-
-def _vgg16_features():
-    spec = models.vgg16_spec()
-    return spec[:[n for n, _, _ in spec].index("pool5") + 1]
-
-
-@pytest.fixture(scope="module")
-def fmnist():
-    return Case(models.FMNIST_ZF, (1, 28, 28), n=3, seed=1)
-
-
-@pytest.fixture(scope="module")
-def alexnet():
-    return Case(models.alexnet_spec(num_classes=100), (3, 224, 224), seed=2)
-
-
-@pytest.fixture(scope="module")
-def zfnet():
-    return Case(models.zfnet_spec(num_classes=100), (3, 224, 224), seed=3)
-
-
-@pytest.fixture(scope="module")
-def vgg16():
-    # the 13 convs and 5 pools (the classifier plays no part in projections from these layers)
-    return Case(_vgg16_features(), (3, 224, 224), seed=4)
-
-
-CASES = ["fmnist", "alexnet", "zfnet"]
-
-
-# --------------------------------------------------------------------------------------------------
-# against autograd
-
-@pytest.mark.parametrize("case", CASES + ["vgg16"])
-def test_float32_decisions_differ_only_at_ties(case, request):
-    gaps = request.getfixturevalue(case).ref.decision_gaps()
-    assert gaps and all(gap <= TOL_TIE for _, gap in gaps.values()), gaps
-
-
-def _check_layers(c, names, rules=("deconvnet",), image=0, full=True):
-    for name in names:
-        f = strongest_feature(c.net, name, image)
-        pos = c.net.strongest(name, f, image)
-        for rule in rules:
-            rec = c.net.project(name, f, image=image, rule=rule)
-            ref = c.ref.project(name, f, image=image, position=pos, rule=rule)
-            assert rec.shape == c.x.shape[1:] and np.linalg.norm(ref) > 0, name
-            assert rel(rec, ref) <= TOL_REF, (name, rule, rel(rec, ref))
-            if full:
-                assert rel(rec, c.net.project(name, f, image=image, rule=rule, crop=False)) <= TOL_CROP, name
-
-
-def _check_layers_64(c, names, rules=("deconvnet",)):
-    net, ref = c.f64
-    for name in names:
-        f = strongest_feature(net, name)
-        assert ref.strongest(name, f) == net.strongest(name, f)   # both find the same activation
-        for rule in rules:
-            rec = net.project(name, f, rule=rule)
-            assert rec.dtype == np.float64
-            assert rel(rec, ref.project(name, f, rule=rule)) <= TOL_64, (name, rule)
-
-
-@pytest.mark.parametrize("case", ["fmnist", "zfnet"])
-def test_every_layer_matches_autograd_and_crop_matches_full(case, request):
-    """Every layer of the small net and of ZFNet (overlapping 3x3/2 pools, LRN, fc layers), float32
-    (and the whole-map projection equal to the cropped one) and float64."""
-    c = request.getfixturevalue(case)
-    _check_layers(c, c.net.layer_names, image=c.x.shape[0] - 1)
-    _check_layers_64(c, c.net.layer_names if case == "fmnist" else c.net.layer_names[::2])
-
-
-def test_alexnet_every_conv_pool_and_fc_layer_matches_autograd(alexnet):
-    names = alexnet.spatial_layers(("conv", "maxpool", "adaptive_avgpool", "linear"))
-    _check_layers(alexnet, names)
-    _check_layers_64(alexnet, names[::2])
-
-
-def test_vgg16_every_conv_and_pool_layer_matches_autograd(vgg16):
-    names = vgg16.spatial_layers(("conv", "maxpool"))
-    _check_layers(vgg16, names)
-    _check_layers_64(vgg16, names[1::4])
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_guided_and_gradient_rules_match_autograd(case, request):
-    c = request.getfixturevalue(case)
-    names = c.net.layer_names if case == "fmnist" else ["pool1", "conv2", "pool2", "conv5", "pool5", "fc6"]
-    _check_layers(c, names, rules=("guided", "gradient"), full=case == "fmnist")
-    _check_layers_64(c, names[1::3], rules=("guided", "gradient"))
-
-
-def test_vgg16_rules_match_autograd(vgg16):
-    names = ["pool2", "conv4_2", "pool5"]
-    _check_layers(vgg16, names, rules=("guided", "gradient"), full=False)
-    _check_layers_64(vgg16, names[1:2], rules=("guided", "gradient"))
-
-
-def test_plain_gradient_is_torch_autograd_unmodified(fmnist):
-    """rule="gradient" against torch's own backward (no custom function anywhere), float64."""
-    c = fmnist
-    net, _ = c.f64
-    model = reference.torch_model(c.spec, c.net.params, "float64")
-    x = torch.from_numpy(c.x[:1].astype(np.float64)).requires_grad_(True)
-    h = x
-    for name, m in model.named_children():
-        h = m(h)
-        if name == "conv4":
-            break
-    f = strongest_feature(net, "conv4")
-    r, col = net.strongest("conv4", f)
-    (g,) = torch.autograd.grad(h[0, f, r, col], x)
-    expected = g[0].numpy() * float(h[0, f, r, col].detach())
-    assert rel(net.project("conv4", f, rule="gradient"), expected) <= TOL_64
-
-
-@pytest.mark.parametrize("case", ["fmnist", "zfnet"])
-def test_whole_map_mode_matches_autograd(case, request):
-    c = request.getfixturevalue(case)
-    for name in ["conv1", "pool2", "conv5", "pool5"]:
-        f = strongest_feature(c.net, name)
-        for rule in ("deconvnet", "guided"):
-            rec = c.net.project(name, f, mode="map", rule=rule)
-            ref = c.ref.project(name, f, mode="map", rule=rule)
-            assert rel(rec, ref) <= TOL_REF, (name, rule)
-    # a map is the sum of its single activations only for the linear rule
-    H, W = c.net.activations("conv1").shape[2:]
-    if H * W <= 28 * 28:
-        one = [c.net.project("conv1", 0, position=(i, j), rule="gradient") for i in range(H) for j in range(W)]
-        assert rel(np.sum(one, axis=0), c.net.project("conv1", 0, mode="map", rule="gradient")) < 1e-5
-
-
-# --------------------------------------------------------------------------------------------------
-# against captum
-
-@pytest.mark.parametrize("case,layers", [
-    ("fmnist", ["pool1", "conv3", "pool5", "fc7"]),
-    ("alexnet", ["pool2", "conv5", "pool5", "fc6"]),
-    ("vgg16", ["pool3", "conv5_3"]),
-])
-def test_captum_neuron_deconvolution_agrees(case, layers, request):
-    """captum's own hooks, its own forward (own switches): float64, so no float32 ties."""
-    pytest.importorskip("captum")
-    c = request.getfixturevalue(case)
-    net, _ = c.f64
-    for name in layers:
-        f = strongest_feature(net, name)
-        pos = net.strongest(name, f)
-        expected = reference.captum_deconvolution(c.spec, c.net.params, c.x.astype(np.float64), name, f,
-                                                  position=pos, dtype="float64")
-        assert rel(net.project(name, f), expected) <= TOL_64, name
+from zfcore import models, network, projection
 
 
 # --------------------------------------------------------------------------------------------------
 # cropping and batching
 
-def _triples(act, rng, k):
-    """k (image, feature, position) triples including the four corners and random interior units."""
-    N, C, H, W = act.shape
-    pos = [(0, 0), (0, W - 1), (H - 1, 0), (H - 1, W - 1)]
-    pos += [(int(rng.integers(H)), int(rng.integers(W))) for _ in range(k - len(pos))]
-    return rng.integers(N, size=k), rng.integers(C, size=k), np.array(pos[:k])
-
-
-@pytest.mark.parametrize("case", CASES + ["vgg16"])
+@pytest.mark.parametrize("case", CASES + [pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_batch_equals_one_by_one_and_crop_equals_full(case, request):
-    c = request.getfixturevalue(case)
+    c = request.getfixturevalue(case + "_net")
     rng = np.random.default_rng(7)
     names = ["pool1", "conv3", "pool5"] if case != "vgg16" else ["pool2", "conv4_3"]
     for name in names:
@@ -272,11 +37,7 @@ def test_batch_equals_one_by_one_and_crop_equals_full(case, request):
         # the batch kept together down to the input (one window size per layer for all items), and
         # split into single items at the first layer: the same projections
         for alone, waste in [(10 ** 12, 1e9), (1, 1.0)]:
-            c.net.ALONE, c.net.WASTE = alone, waste
-            try:
-                other = c.net.project_batch(name, feats, imgs, pos)
-            finally:
-                del c.net.ALONE, c.net.WASTE
+            other = projection.project_batch(c.net, name, feats, imgs, pos, alone=alone, waste=waste)
             for k in range(len(feats)):
                 assert close(other[k], one[k], TOL_CROP), (name, k, alone)
     # default positions in a batch are each item's strongest activation
@@ -286,10 +47,12 @@ def test_batch_equals_one_by_one_and_crop_equals_full(case, request):
         assert close(batch[k], c.net.project("conv3" if case != "vgg16" else "conv5_3", int(k)), TOL_CROP)
 
 
-def test_crop_matches_full_on_every_layer_of_every_architecture(fmnist, alexnet, zfnet, vgg16):
+@pytest.mark.slow
+def test_crop_matches_full_on_every_layer_of_every_architecture(fmnist_net, alexnet_net, zfnet_net, vgg16_net):
     """Corner and interior units of every spatial layer, rule by rule (the windows are clipped
     differently at each border)."""
-    for c in (fmnist, alexnet, zfnet, vgg16):
+    vgg16 = vgg16_net
+    for c in (fmnist_net, alexnet_net, zfnet_net, vgg16_net):
         rng = np.random.default_rng(11)
         layers = c.spatial_layers(("conv", "maxpool", "lrn", "adaptive_avgpool"))
         if c is vgg16:
@@ -303,8 +66,8 @@ def test_crop_matches_full_on_every_layer_of_every_architecture(fmnist, alexnet,
                 assert close(crop[k], full[k], TOL_CROP), (name, k)
 
 
-def test_projection_stays_inside_the_input_box(alexnet):
-    c = alexnet
+def test_projection_stays_inside_the_input_box(alexnet_net):
+    c = alexnet_net
     for name in ["conv2", "pool2", "conv4"]:
         for pos in [(0, 0), (5, 7)]:
             f = int(c.net.activations(name)[0, :, pos[0], pos[1]].argmax())   # an active unit
@@ -313,6 +76,15 @@ def test_projection_stays_inside_the_input_box(alexnet):
             outside = rec.copy()
             outside[:, top:bottom + 1, left:right + 1] = 0
             assert not outside.any() and rec[:, top:bottom + 1, left:right + 1].any()
+
+
+def test_receptive_field_box_by_hand():
+    """size 5, jump 2, offset -2 (two 3x3 stride-1 convs... then a stride-2 pool, say): unit (3, 1)
+    sees rows -2 + 6 .. +4 = 4..8 and columns 0..4; clipped to a 6x6 image: rows 4..5."""
+    rf = network.ReceptiveField((5, 5), (2, 2), (-2, -2))
+    assert rf.box(3, 1) == (4, 0, 8, 4)
+    assert rf.box(3, 1, clip=(6, 6)) == (4, 0, 5, 4)
+    assert rf.box(0, 0, clip=(6, 6)) == (0, 0, 2, 2)
 
 
 # --------------------------------------------------------------------------------------------------

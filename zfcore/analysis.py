@@ -137,23 +137,21 @@ def top_k(net, images, layer: str, k: int = 9, features=None, batch_size: int = 
     feats = np.repeat(features, k)
     proj = net.project_batch(layer, feats, images=inv.reshape(-1), positions=pos.reshape(-1, 2), rule=rule)
     proj = proj.reshape((len(features), k) + proj.shape[1:])
-    rf = net.receptive_field(layer)
-    boxes = np.array([[net.input_box(layer, tuple(p)) for p in row] for row in pos])
+    rf = net.receptive_field(layer)                      # once: every box below comes from it
+    H, W = images.shape[2:]
+    boxes = np.array([[rf.box(r, c, clip=(H, W)) for r, c in row] for row in pos]).reshape(pos.shape[:2] + (4,))
     patches = _patches(images, img_idx, pos, rf)
     return TopK(layer, features, img_idx, pos, val, proj, boxes, patches)
 
 
 def _patches(images, img_idx, pos, rf):
     """Cut the receptive field of each (image, position) out of ``images``, zero-padded at borders."""
-    (sh, sw), (jh, jw), (oh, ow) = rf.size, rf.jump, rf.offset
     C, H, W = images.shape[1:]
-    out = np.zeros(img_idx.shape + (C, sh, sw), images.dtype)
+    out = np.zeros(img_idx.shape + (C,) + tuple(rf.size), images.dtype)
     for idx in np.ndindex(img_idx.shape):
-        r, c = pos[idx]
-        top, left = oh + r * jh, ow + c * jw
-        t0, l0 = max(top, 0), max(left, 0)
-        t1, l1 = min(top + sh, H), min(left + sw, W)
-        out[idx][:, t0 - top:t1 - top, l0 - left:l1 - left] = images[img_idx[idx], :, t0:t1, l0:l1]
+        top, left, _, _ = rf.box(*pos[idx])
+        t0, l0, b, r = rf.box(*pos[idx], clip=(H, W))
+        out[idx][:, t0 - top:b + 1 - top, l0 - left:r + 1 - left] = images[img_idx[idx], :, t0:b + 1, l0:r + 1]
     return out
 
 

@@ -6,22 +6,9 @@ feature back to pixels (Zeiler & Fergus, ECCV 2014); receptive-field arithmetic;
     rec = net.project("conv5", feature=17) # (C, H, W): the strongest activation of map 17, in pixels
     recs = net.project_batch("conv5", features=range(128))   # (128, C, H, W) in one pass
 
-Projection keeps one activation of one feature map (or, ``mode="map"``, the whole map), sets the rest of
-the layer to zero, starts from the activation's own value and walks the recorded layers in reverse,
-applying each layer's inverse (``zfcore.layers``): unpool at the recorded switches, rectify the signal
-(the ``rule``), transposed conv without bias, down to the input. Which inverse follows which is read
-from the trace of the forward pass, never from a hand-written index map.
-
-Cropped projection (the default). A single activation reaches only its receptive field, so the signal
-below it is zero outside a window that grows layer by layer (``receptive_field``). The cropped path
-computes each inverse on that window alone (``Layer.inverse_window``): transposed convs on the crop,
-switches moved into the crop's coordinates, ReLU masks cut to it; the result is placed into a zero
-image. It equals the whole-map projection (``crop=False``) up to float rounding, and costs a fraction
-of it, the more so the lower the layer (at VGG16's conv5_3 about half: its fields span most of the
-image). A batch of projections shares one window size per layer (the largest of the batch, each item
-over its own window) while windows are small, so the upper layers run as one GEMM per layer for the
-whole batch; where sharing would waste work (items clipped at different borders) or memory, the batch
-splits, down to one item at a time at the bottom, where one item's GEMMs are large already.
+Projection (``project``, ``project_batch``, ``strongest``) is implemented in ``zfcore.projection``;
+the methods here delegate to it. Receptive fields: ``receptive_field(s)``, ``ReceptiveField.box`` and
+``input_box``.
 
 Axis letters: N images in the forward batch, K projections, C channels, H W height and width.
 """
@@ -32,8 +19,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layers as L
-
-MODES = ("single", "map")
+from . import projection
+from .projection import MODES  # noqa: F401  (re-exported)
 
 
 class ReceptiveField(NamedTuple):
@@ -47,6 +34,16 @@ class ReceptiveField(NamedTuple):
     size: tuple[int, int]
     jump: tuple[int, int]
     offset: tuple[int, int]
+
+    def box(self, r: int, c: int, clip=None) -> tuple[int, int, int, int]:
+        """Input pixels seen by unit (r, c): (top, left, bottom, right), inclusive; ``clip=(H, W)``
+        clips the box to an H x W image (without it the box may reach into the padding)."""
+        top, left = self.offset[0] + r * self.jump[0], self.offset[1] + c * self.jump[1]
+        bottom, right = top + self.size[0] - 1, left + self.size[1] - 1
+        if clip is None:
+            return (top, left, bottom, right)
+        H, W = clip
+        return (max(top, 0), max(left, 0), min(bottom, H - 1), min(right, W - 1))
 
 
 class Trace:
@@ -165,12 +162,11 @@ class Network:
                              f"{self.layers[i].name!r}: run forward further (upto={self.layers[i].name!r} or later)")
         return self.trace
 
-    # --- projection -----------------------------------------------------------------------------------
+    # --- projection (zfcore.projection) -------------------------------------------------------------
     def strongest(self, layer: str, feature: int, image: int = 0):
         """Position (row, col) of the largest activation of map ``feature`` of ``layer`` in ``image``
         (the first in row-major order on ties); for a non-spatial layer, None."""
-        items = self._resolve(layer, [feature], [image], None, "single")
-        return None if items["pos"] is None else tuple(int(v) for v in items["pos"][0])
+        return projection.strongest(self, layer, feature, image)
 
     def project(self, layer: str, feature: int, image: int = 0, position=None, mode: str = "single",
                 rule: str = "deconvnet", crop: bool = True) -> np.ndarray:
@@ -185,15 +181,7 @@ class Network:
         rule: ``"deconvnet"``, ``"guided"`` or ``"gradient"`` (see ``zfcore.layers``).
         crop: compute through the receptive field only (default; equal to ``crop=False``).
         """
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(map(repr, MODES))}")
-        if mode == "map":
-            if position is not None:
-                raise ValueError("position does not apply to mode='map' (the whole feature map is kept)")
-            items = self._resolve(layer, [feature], [image], None, "map")
-            return self._project_full(items, rule, whole_map=True)[0]
-        positions = None if position is None else [position]
-        return self.project_batch(layer, [feature], [image], positions, rule=rule, crop=crop)[0]
+        return projection.project(self, layer, feature, image, position, mode, rule, crop)
 
     def project_batch(self, layer: str, features, images=None, positions=None, rule: str = "deconvnet",
                       crop: bool = True, max_bytes: int = 256 * 2**20) -> np.ndarray:
@@ -204,224 +192,10 @@ class Network:
         positions: None (each item's strongest activation), one (row, col) pair for all items, or K
             pairs (spatial layers only).
         Item k equals ``project(layer, features[k], images[k], positions[k], rule=rule, crop=crop)``.
-        The batch splits into parts where its intermediate arrays would pass ``max_bytes`` (see the
-        module docstring); the whole-map path (``crop=False``) runs in chunks of that size.
+        The batch splits into parts where its intermediate arrays would pass ``max_bytes`` (see
+        ``zfcore.projection``); the whole-map path (``crop=False``) runs in chunks of that size.
         """
-        L.check_rule(rule)
-        items = self._resolve(layer, features, images, positions, "single")
-        K = len(items["img"])
-        if not crop:
-            chunk = max(1, int(max_bytes // max(1, self._bytes_per_item_full(items["layer"]))))
-            return np.concatenate([self._project_full(self._slice(items, s, s + chunk), rule)
-                                   for s in range(0, K, chunk)])
-        return self._project_cropped(items, rule, max_bytes)
-
-    # --- projection internals -------------------------------------------------------------------------
-    def _resolve(self, layer, features, images, positions, mode):
-        """Validate a projection request; returns dict(layer index, img (K,), feat (K,), pos (K, 2) or
-        None, val (K,) starting values)."""
-        li = self.index(layer)
-        trace = self._trace_upto(li)
-        act = trace.outputs[li]
-        N = act.shape[0]
-        spatial = act.ndim == 4
-        feats = np.atleast_1d(np.asarray(features))
-        if feats.ndim != 1 or feats.dtype.kind not in "iu" or feats.size == 0:
-            raise ValueError(f"features must be an int or a non-empty 1-D sequence of ints, got {features!r}")
-        imgs = np.atleast_1d(np.asarray(0 if images is None else images))
-        if imgs.ndim != 1 or imgs.dtype.kind not in "iu" or imgs.size == 0:
-            raise ValueError(f"images must be an int or a non-empty 1-D sequence of ints, got {images!r}")
-        npos = 1
-        if positions is not None and spatial and mode == "single":
-            p = np.asarray(positions)
-            npos = p.shape[0] if p.ndim == 2 else 1
-        K = max(len(feats), len(imgs), npos)
-        if any(n not in (1, K) for n in (len(feats), len(imgs), npos)):
-            raise ValueError(f"features, images and positions need one entry per item or a single one; got "
-                             f"{len(feats)} features, {len(imgs)} images, {npos} positions")
-        if len(feats) == 1:
-            feats = np.repeat(feats, K)
-        if len(imgs) == 1:
-            imgs = np.repeat(imgs, K)
-        nfeat = act.shape[1]
-        what = "feature maps" if spatial else "units"
-        bad = (feats < 0) | (feats >= nfeat)
-        if bad.any():
-            raise ValueError(f"feature {int(feats[bad][0])} out of range: layer {layer!r} has {nfeat} {what} "
-                             f"(0 to {nfeat - 1})")
-        bad = (imgs < 0) | (imgs >= N)
-        if bad.any():
-            raise ValueError(f"image {int(imgs[bad][0])} out of range: the last forward batch has {N} "
-                             f"image{'s' if N != 1 else ''} (0 to {N - 1})")
-        feats, imgs = feats.astype(np.intp), imgs.astype(np.intp)
-        pos = None
-        if not spatial:
-            if positions is not None:
-                raise ValueError(f"layer {layer!r} is not spatial (output {act.shape[1:]}): position does not "
-                                 "apply; the unit is the feature index")
-            val = act[imgs, feats]
-        elif mode == "map":
-            val = None
-        else:
-            H, W = act.shape[2:]
-            if positions is None:
-                flat = act[imgs, feats].reshape(K, -1).argmax(axis=1)
-                pos = np.stack(np.divmod(flat, W), axis=1)
-            else:
-                pos = np.asarray(positions)
-                if pos.shape == (2,):
-                    pos = pos[None]
-                if pos.ndim == 2 and pos.shape[0] == 1 and K > 1:
-                    pos = np.repeat(pos, K, axis=0)
-                if pos.shape != (K, 2) or pos.dtype.kind not in "iu":
-                    raise ValueError(f"positions must be (row, col) pairs of ints, one per item ({K}), "
-                                     f"got {positions!r}")
-                bad = (pos[:, 0] < 0) | (pos[:, 0] >= H) | (pos[:, 1] < 0) | (pos[:, 1] >= W)
-                if bad.any():
-                    r, c = pos[bad][0]
-                    raise ValueError(f"position {(int(r), int(c))} out of range: layer {layer!r} maps are "
-                                     f"{H}x{W} (rows 0 to {H - 1}, columns 0 to {W - 1})")
-            pos = pos.astype(np.intp)
-            val = act[imgs, feats, pos[:, 0], pos[:, 1]]
-        return dict(layer=li, img=imgs, feat=feats, pos=pos, val=val)
-
-    @staticmethod
-    def _slice(items, a, b=None):
-        sel = slice(a, b) if b is not None else a
-        return {k: (v[sel] if isinstance(v, np.ndarray) else v) for k, v in items.items()}
-
-    def _project_full(self, items, rule, whole_map=False):
-        """Whole-map projection: start signal of the layer's full output shape, each layer's ``inverse``."""
-        L.check_rule(rule)
-        li, img, feat = items["layer"], items["img"], items["feat"]
-        trace = self.trace
-        act = trace.outputs[li]
-        K = len(img)
-        r = np.zeros((K,) + act.shape[1:], act.dtype)
-        k = np.arange(K)
-        if whole_map:
-            r[k, feat] = act[img, feat]
-        elif act.ndim == 4:
-            r[k, feat, items["pos"][:, 0], items["pos"][:, 1]] = items["val"]
-        else:
-            r[k, feat] = items["val"]
-        for i in range(li, -1, -1):
-            layer = self.layers[i]
-            r = layer.inverse(r, layer.take(trace.caches[i], img), rule)
-        return r
-
-    def _own_windows(self, li, pos, K):
-        """Each item's minimal windows, layer by layer from ``li`` down to 0: a list of (lo, size) per
-        layer, the window of the layer's *input* that the item's signal can reach: lo (K, 2) and size
-        (K, 2) int arrays, or None where the input is not spatial. ``pos`` (K, 2): the items' positions
-        in layer ``li``'s output, or None for a non-spatial layer (then every spatial window is the whole
-        map). The input window of a windowed layer is the union of the kernel footprints of the output
-        window, clipped to the map; a pointwise layer keeps its window."""
-        trace = self.trace
-        lo, size = (pos, np.ones_like(pos)) if pos is not None else (None, None)
-        out = []
-        for i in range(li, -1, -1):
-            in_shape = trace.input_shapes[i]
-            if len(in_shape) != 4:
-                lo = size = None
-            else:
-                HW = np.asarray(in_shape[2:])
-                if lo is None:                                   # below a non-spatial layer: whole map
-                    lo, size = np.zeros((K, 2), np.intp), np.tile(HW, (K, 1))
-                else:
-                    g = self.layers[i].geometry(in_shape[2:])
-                    if g is not None:
-                        k, st, p = (np.asarray(v) for v in g)
-                        a = np.maximum(lo * st - p, 0)
-                        b = np.minimum((lo + size - 1) * st - p + k, HW)
-                        lo, size = a, b - a
-            out.append((lo, size))
-        return out
-
-    def _bytes_per_item_full(self, li):
-        itemsize = self.dtype.itemsize
-        return 3 * itemsize * max(int(np.prod(s[1:])) for s in self.trace.input_shapes[:li + 1])
-
-    # A group of projections shares one window size per layer (the largest of the group), each item
-    # placed over its own minimal window (shifted back inside the map where the shared size overhangs):
-    # one GEMM per layer for the group where windows are small (the top of the network). The group is
-    # split, at the layer where it happens, when that wastes more than WASTE times the work of the
-    # items' own windows (items clipped at different borders), or when its arrays would pass max_bytes;
-    # each part then continues with windows fitted to its own items.
-    WASTE = 1.25
-    # ... and split into single items once one item's window holds this many values (C * h * w): from
-    # there on one item's transposed convolution is a large GEMM already, and sharing a window size
-    # would only add work.
-    ALONE = 2 ** 16
-
-    def _project_cropped(self, items, rule, max_bytes=256 * 2**20):
-        """Cropped projection of a batch -> (K, C_in, H, W)."""
-        li, img, feat = items["layer"], items["img"], items["feat"]
-        trace = self.trace
-        act = trace.outputs[li]
-        K = len(img)
-        k = np.arange(K)
-        pos = items["pos"] if act.ndim == 4 else None
-        if pos is not None:
-            r = np.zeros((K, act.shape[1], 1, 1), act.dtype)
-            r[k, feat, 0, 0] = items["val"]
-        else:
-            r = np.zeros((K,) + act.shape[1:], act.dtype)
-            r[k, feat] = items["val"]
-        own = self._own_windows(li, pos, K)
-        out = np.zeros((K,) + tuple(trace.input.shape[1:]), self.dtype)
-        size = None if pos is None else (1, 1)
-        self._walk(k, r, 0, pos, size, own, rule, max_bytes, out, img)
-        return out
-
-    def _walk(self, g, r, j0, top, size, own, rule, max_bytes, out, img):
-        """Apply the inverses from step j0 (layer ``li - j0``) down for the items ``g`` (indices into the
-        batch), whose signal ``r`` lives on output windows ``top`` (|g|, 2) of ``size``; write the
-        results into ``out``."""
-        li = len(own) - 1
-        trace = self.trace
-        itemsize = self.dtype.itemsize
-        for j in range(j0, li + 1):
-            i = li - j
-            lo, sz = own[j]
-            if lo is None:
-                t_in = s_in = None
-            else:
-                lo, sz = lo[g], sz[g]
-                in_shape = trace.input_shapes[i]
-                s_in = tuple(int(v) for v in sz.max(axis=0))
-                t_in = np.minimum(lo, np.asarray(in_shape[2:]) - s_in)
-                if len(g) > 1:
-                    area = s_in[0] * s_in[1]
-                    if in_shape[1] * area >= self.ALONE:            # big enough alone: one by one
-                        parts = [[q] for q in range(len(g))]
-                    else:
-                        waste = len(g) * area / max(1, int((sz[:, 0] * sz[:, 1]).sum()))
-                        nbytes = 3 * itemsize * len(g) * in_shape[1] * area
-                        parts = []
-                        if waste > self.WASTE or nbytes > max_bytes:
-                            order = np.lexsort((sz[:, 1], sz[:, 0]))   # by window height, then width
-                            parts = [order[:len(g) // 2], order[len(g) // 2:]]
-                    if parts:
-                        for part in parts:
-                            part = np.asarray(part)
-                            self._walk(g[part], r[part], j, None if top is None else top[part], size,
-                                       own, rule, max_bytes, out, img)
-                        return
-            layer = self.layers[i]
-            if t_in is not None and top is not None and layer.geometry(trace.input_shapes[i][2:]) is None \
-                    and (s_in != tuple(size) or (t_in != top).any()):
-                # a pointwise layer keeps the window: re-cut the signal to this group's windows first
-                r, top, size = L.rewindow(r, top, t_in, s_in), t_in, s_in
-            win = L.Window(img[g], top, size, t_in, s_in)
-            r = layer.inverse_window(r, trace.caches[i], rule, win)
-            top, size = t_in, s_in
-        h, w = size
-        if len(g) == 1 or (top == top[0]).all():
-            out[g, :, top[0, 0]:top[0, 0] + h, top[0, 1]:top[0, 1] + w] = r
-        else:
-            for q, kk in enumerate(g):
-                out[kk, :, top[q, 0]:top[q, 0] + h, top[q, 1]:top[q, 1] + w] = r[q]
+        return projection.project_batch(self, layer, features, images, positions, rule, crop, max_bytes)
 
     # --- receptive fields -----------------------------------------------------------------------------
     def _spatial_shapes(self, input_size=None):
@@ -497,10 +271,7 @@ class Network:
         if not (0 <= r < out_shape[1] and 0 <= c < out_shape[2]):
             raise ValueError(f"position {(r, c)} out of range: layer {layer!r} maps are "
                              f"{out_shape[1]}x{out_shape[2]}")
-        rf = rfs[layer]
-        top, left = rf.offset[0] + r * rf.jump[0], rf.offset[1] + c * rf.jump[1]
-        bottom, right = top + rf.size[0] - 1, left + rf.size[1] - 1
-        return (max(top, 0), max(left, 0), min(bottom, H - 1), min(right, W - 1))
+        return rfs[layer].box(r, c, clip=(H, W))
 
 
 def kaiming_params(spec, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
