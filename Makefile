@@ -6,7 +6,7 @@ STAMP := $(VENV)/.zfcore-installed
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: env report test test-code test-notebooks bench clean
+.PHONY: env report test test-fast test-code test-notebooks bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ report: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
+
+# Development: the package's tests without those marked slow (the 1,000-example property runs against
+# torch, the VGG16-sized cases); a few minutes instead of the full run.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import plotting
+from .layers import RULES
 
 
 def spatial_layers(net, input_shape) -> list[str]:
@@ -59,7 +60,7 @@ def explorer(net, images, layer: str | None = None):
     w_img = W.IntSlider(0, 0, len(images) - 1, description="image")
     w_layer = W.Dropdown(options=layers, value=layer, description="layer")
     w_feat = W.IntSlider(0, 0, n_feat[layer] - 1, description="feature")
-    w_rule = W.Dropdown(options=["deconvnet", "guided", "gradient"], value="deconvnet", description="rule")
+    w_rule = W.Dropdown(options=list(RULES), value="deconvnet", description="rule")
     out = W.Output()
     with out:
         fig = plt.figure(figsize=(7.5, 2.6))
