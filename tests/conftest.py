@@ -1,24 +1,14 @@
 """Test networks shared by the projection tests (built once per session; none of the tests runs a
-new forward pass on them)."""
+new forward pass on them): fixtures ``fmnist_net``, ``alexnet_net``, ``zfnet_net``, ``vgg16_net``."""
 import pytest
 from projcases import make
 
 
-@pytest.fixture(scope="session")
-def fmnist_net():
-    return make("fmnist")
+def _net_fixture(name):
+    @pytest.fixture(scope="session", name=f"{name}_net")
+    def fixture():
+        return make(name)
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def alexnet_net():
-    return make("alexnet")
-
-
-@pytest.fixture(scope="session")
-def zfnet_net():
-    return make("zfnet")
-
-
-@pytest.fixture(scope="session")
-def vgg16_net():
-    return make("vgg16")
+fmnist_net, alexnet_net, zfnet_net, vgg16_net = (_net_fixture(n) for n in ("fmnist", "alexnet", "zfnet", "vgg16"))

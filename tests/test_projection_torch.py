@@ -73,24 +73,14 @@ class Case:
         return self._64
 
 
-@pytest.fixture(scope="module")
-def fmnist(fmnist_net):
-    return Case(fmnist_net)
+def _case_fixture(name):
+    @pytest.fixture(scope="module", name=name)
+    def fixture(request):
+        return Case(request.getfixturevalue(f"{name}_net"))
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def alexnet(alexnet_net):
-    return Case(alexnet_net)
-
-
-@pytest.fixture(scope="module")
-def zfnet(zfnet_net):
-    return Case(zfnet_net)
-
-
-@pytest.fixture(scope="module")
-def vgg16(vgg16_net):
-    return Case(vgg16_net)
+fmnist, alexnet, zfnet, vgg16 = (_case_fixture(n) for n in ("fmnist", "alexnet", "zfnet", "vgg16"))
 
 
 # --------------------------------------------------------------------------------------------------

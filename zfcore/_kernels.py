@@ -40,6 +40,13 @@ def tuning(**changes):
         TUNING.__dict__.update(old)
 
 
+def bands(N, Ho, nb, rb):
+    """The chunks of a conv's output: (n0, m, r0, r) = images n0 .. n0 + m, output rows r0 .. r0 + r."""
+    for n0 in range(0, N, nb):
+        for r0 in range(0, Ho, rb):
+            yield n0, min(nb, N - n0), r0, min(rb, Ho - r0)
+
+
 def chunks(N, Ho, row_cols, K, F, itemsize):
     """Split a conv's GEMM into chunks: (images per chunk, output rows per chunk).
 
@@ -88,35 +95,38 @@ def pad_flat(x, ph, pw, extra):
 # Flat (stride 1 only): xp (N, C, Hp*Wp + KW - 1), planes stored flat, Wc = Wp columns per row: a
 # window offset (u, v) is then one contiguous slice starting at u*Wp + v, and each row carries
 # KW - 1 throw-away columns (dropped by the caller).
-def im2col_band(cols_k, xp, n0, r0, kernel, stride, Wp, Wo, flat):
-    """Fill cols_k (C, KH*KW, m, r, Wc) with the windows: cols_k[c, u*KW + v, n, i, j] =
-    xp[n0 + n, c, (r0 + i)*sy + u, j*sx + v] (one copy of a shifted slice per offset (u, v))."""
-    C, _, m, r, _ = cols_k.shape
+def window_slices(n0, m, r0, r, kernel, stride, Wp, Wo, flat):
+    """For each kernel offset k = u*KW + v: k and the index of xp holding that offset's input for
+    output rows r0 .. r0 + r of images n0 .. n0 + m (basic slices: a view)."""
     (KH, KW), (sy, sx) = kernel, stride
     for k in range(KH * KW):
         u, v = divmod(k, KW)
         if flat:
             off = (r0 + u) * Wp + v
-            src = xp[n0:n0 + m, :, off:off + r * Wp].reshape(m, C, r, Wp)
+            yield k, (slice(n0, n0 + m), slice(None), slice(off, off + r * Wp))
         else:
             h0 = r0 * sy + u
-            src = xp[n0:n0 + m, :, h0:h0 + sy * (r - 1) + 1:sy, v:v + sx * (Wo - 1) + 1:sx]
+            yield k, (slice(n0, n0 + m), slice(None), slice(h0, h0 + sy * (r - 1) + 1, sy),
+                      slice(v, v + sx * (Wo - 1) + 1, sx))
+
+
+def im2col_band(cols_k, xp, n0, r0, kernel, stride, Wp, Wo, flat):
+    """Fill cols_k (C, KH*KW, m, r, Wc) with the windows: cols_k[c, u*KW + v, n, i, j] =
+    xp[n0 + n, c, (r0 + i)*sy + u, j*sx + v] (one copy of a shifted slice per offset (u, v))."""
+    C, _, m, r, _ = cols_k.shape
+    for k, idx in window_slices(n0, m, r0, r, kernel, stride, Wp, Wo, flat):
+        src = xp[idx].reshape(m, C, r, Wp) if flat else xp[idx]
         cols_k[:, k] = src.transpose(1, 0, 2, 3)
 
 
 def col2im_band(xp, cols_k, n0, r0, kernel, stride, Wp, Wo, flat):
     """The adjoint of :func:`im2col_band`: add each column back onto the window it came from."""
     C, _, m, r, _ = cols_k.shape
-    (KH, KW), (sy, sx) = kernel, stride
-    for k in range(KH * KW):
-        u, v = divmod(k, KW)
+    for k, idx in window_slices(n0, m, r0, r, kernel, stride, Wp, Wo, flat):
         if flat:
-            off = (r0 + u) * Wp + v
-            xp[n0:n0 + m, :, off:off + r * Wp] += cols_k[:, k].reshape(C, m, r * Wp).transpose(1, 0, 2)
+            xp[idx] += cols_k[:, k].reshape(C, m, r * Wp).transpose(1, 0, 2)
         else:
-            h0 = r0 * sy + u
-            xp[n0:n0 + m, :, h0:h0 + sy * (r - 1) + 1:sy,
-               v:v + sx * (Wo - 1) + 1:sx] += cols_k[:, k].transpose(1, 0, 2, 3)
+            xp[idx] += cols_k[:, k].transpose(1, 0, 2, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,18 +154,15 @@ def conv2d(x, w, b, stride, padding, out_hw):
     nb, rb = chunks(N, Ho, Wc, Kb, F, dt.itemsize)
     cols_buf = np.empty(Kb * nb * rb * Wc, dt)
     out_buf = np.empty(F * nb * rb * Wc, dt)
-    for n0 in range(0, N, nb):
-        m = min(nb, N - n0)
-        for r0 in range(0, Ho, rb):
-            r = min(rb, Ho - r0)
-            L = m * r * Wc
-            cols = cols_buf[:Kb * L].reshape(Kb, L)
-            if b is not None:
-                cols[K] = 1
-            im2col_band(cols[:K].reshape(C, KH * KW, m, r, Wc), xp, n0, r0, (KH, KW), (sy, sx), Wp, Wo, flat)
-            out = out_buf[:F * L].reshape(F, L)
-            np.matmul(wb, cols, out=out)
-            y[n0:n0 + m, :, r0:r0 + r] = out.reshape(F, m, r, Wc)[..., :Wo].transpose(1, 0, 2, 3)
+    for n0, m, r0, r in bands(N, Ho, nb, rb):
+        L = m * r * Wc
+        cols = cols_buf[:Kb * L].reshape(Kb, L)
+        if b is not None:
+            cols[K] = 1
+        im2col_band(cols[:K].reshape(C, KH * KW, m, r, Wc), xp, n0, r0, (KH, KW), (sy, sx), Wp, Wo, flat)
+        out = out_buf[:F * L].reshape(F, L)
+        np.matmul(wb, cols, out=out)
+        y[n0:n0 + m, :, r0:r0 + r] = out.reshape(F, m, r, Wc)[..., :Wo].transpose(1, 0, 2, 3)
     return y
 
 
@@ -182,18 +189,15 @@ def conv_transpose2d(y, w, stride, padding, in_hw):
     nb, rb = chunks(N, Ho, Wc, K, F, dt.itemsize)
     cols_buf = np.empty(K * nb * rb * Wc, dt)
     y_buf = np.empty(F * nb * rb * Wc, dt)
-    for n0 in range(0, N, nb):
-        m = min(nb, N - n0)
-        for r0 in range(0, Ho, rb):
-            r = min(rb, Ho - r0)
-            L = m * r * Wc
-            yb = y_buf[:F * L].reshape(F, m, r, Wc)
-            yb[..., :Wo] = y[n0:n0 + m, :, r0:r0 + r].transpose(1, 0, 2, 3)
-            yb[..., Wo:] = 0                  # throw-away columns (flat layout) contribute nothing
-            cols = cols_buf[:K * L].reshape(K, L)
-            np.matmul(wT, yb.reshape(F, L), out=cols)
-            col2im_band(xp if flat else planes, cols.reshape(C, KH * KW, m, r, Wc), n0, r0, (KH, KW),
-                        (sy, sx), Wp, Wo, flat)
+    for n0, m, r0, r in bands(N, Ho, nb, rb):
+        L = m * r * Wc
+        yb = y_buf[:F * L].reshape(F, m, r, Wc)
+        yb[..., :Wo] = y[n0:n0 + m, :, r0:r0 + r].transpose(1, 0, 2, 3)
+        yb[..., Wo:] = 0                  # throw-away columns (flat layout) contribute nothing
+        cols = cols_buf[:K * L].reshape(K, L)
+        np.matmul(wT, yb.reshape(F, L), out=cols)
+        col2im_band(xp if flat else planes, cols.reshape(C, KH * KW, m, r, Wc), n0, r0, (KH, KW),
+                    (sy, sx), Wp, Wo, flat)
     return np.ascontiguousarray(planes[:, :, ph:ph + H, pw:pw + W])
 
 
