@@ -1,11 +1,10 @@
-"""Analyses: confusion matrices by hand, top-k and occlusion against PyTorch computations."""
+"""Analyses: confusion matrices by hand, top-k's boxes and patches against input_box and the image
+(numpy only); top-k and occlusion against PyTorch computations (skipped without torch)."""
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from zfcore import analysis, data, models, ops, reference, train  # noqa: E402
-from zfcore.network import kaiming_params  # noqa: E402
+from zfcore import analysis, data, models
+from zfcore.network import kaiming_params
 
 
 def test_confusion_matrix_hand_checked():
@@ -18,15 +17,41 @@ def test_confusion_matrix_hand_checked():
 
 
 @pytest.fixture(scope="module")
-def setup():
+def numpy_setup():
     x, y = data.load_dataset("test", limit=64)
     params = kaiming_params(models.FMNIST_ZF, seed=3)
     net = models.build_model("fmnist_zf", weights=params)
-    tm = reference.torch_model(models.FMNIST_ZF, params)
-    return x, y, params, net, tm
+    return x, y, params, net
+
+
+@pytest.fixture(scope="module")
+def setup(numpy_setup):
+    pytest.importorskip("torch")
+    from zfcore import reference
+    x, y, params, net = numpy_setup
+    return x, y, params, net, reference.torch_model(models.FMNIST_ZF, params)
+
+
+def test_top_k_boxes_and_patches(numpy_setup):
+    """Every box equals net.input_box of its unit; every patch holds the image under its box, placed
+    where the (unclipped) receptive field starts, and zeros elsewhere."""
+    x, _, _, net = numpy_setup
+    t = analysis.top_k(net, x[:12], "conv3", k=3, features=[0, 7], batch_size=6)
+    rf = net.receptive_field("conv3")
+    for idx in np.ndindex(t.images.shape):
+        r, c = (int(v) for v in t.positions[idx])
+        top, left, bottom, right = t.boxes[idx]
+        assert (top, left, bottom, right) == net.input_box("conv3", (r, c))
+        t0, l0 = rf.offset[0] + r * rf.jump[0], rf.offset[1] + c * rf.jump[1]
+        patch = t.patches[idx].copy()
+        np.testing.assert_array_equal(patch[:, top - t0:bottom - t0 + 1, left - l0:right - l0 + 1],
+                                      x[t.images[idx]][:, top:bottom + 1, left:right + 1])
+        patch[:, top - t0:bottom - t0 + 1, left - l0:right - l0 + 1] = 0
+        assert not patch.any()
 
 
 def _torch_acts(tm, x, upto):
+    import torch
     h = torch.from_numpy(x)
     with torch.no_grad():
         for name, m in tm.named_children():
@@ -36,6 +61,7 @@ def _torch_acts(tm, x, upto):
 
 
 def test_predict_matches_torch(setup):
+    import torch
     x, _, _, net, tm = setup
     with torch.no_grad():
         ref = tm(torch.from_numpy(x)).numpy()
@@ -55,6 +81,7 @@ def test_top_k_against_torch_activations(setup):
         r, c = t.positions[i, 0]
         assert act[order[0], f, r, c] == act[order[0], f].max()
     # the first projection equals the autograd deconvnet reference of that image and activation
+    from zfcore import reference
     ref = reference.deconvnet_reference(models.FMNIST_ZF, params, x[t.images[1, 0]][None], "conv5",
                                         feature=5, position=tuple(t.positions[1, 0]))
     err = np.abs(t.projections[1, 0] - ref).max() / np.abs(ref).max()
@@ -70,6 +97,7 @@ def test_top_k_against_torch_activations(setup):
 
 
 def test_occlusion_against_torch(setup):
+    import torch
     x, y, _, net, tm = setup
     occ = analysis.occlusion(net, x[0], int(y[0]), size=7, stride=3, layer="conv5", feature=2)
     assert occ.rows.tolist() == [0, 3, 6, 9, 12, 15, 18, 21] and occ.rows[-1] + 7 == 28
@@ -83,8 +111,8 @@ def test_occlusion_against_torch(setup):
     assert abs(occ.feature_activity[i, j] - a) <= 1e-4 * abs(a)
 
 
-def test_bad_input(setup):
-    x, _, _, net, _ = setup
+def test_bad_input(numpy_setup):
+    x, _, _, net = numpy_setup
     with pytest.raises(ValueError, match="features must be in 0..127"):
         analysis.top_k(net, x[:4], "conv5", k=2, features=[128])
     with pytest.raises(ValueError, match="k must be in 1..4"):
