@@ -39,7 +39,8 @@ and returns the signal on a rectangle of its input, ``[top_in[k], top_in[k] + si
 caller chose to contain everything the output window can reach (``geometry`` gives the footprint).
 Because every inverse is local (a transposed conv spreads a value over its kernel window, unpooling
 places it at a switch inside its pooling window, the rest act pointwise), this is exact.
-``zfcore.network`` uses it to project a single activation through its receptive field only.
+``zfcore.projection`` uses it to project a single activation through its receptive field only; the
+window records and their arithmetic (``Window``, ``Geometry``, ``rewindow``) live in ``zfcore.windows``.
 
 Axis letters: N batch, K projections in a batch, C channels, H W input size, Ho Wo output size,
 F filters, KH KW kernel.
