@@ -303,7 +303,8 @@ def test_input_box_bad_position():
 # packaging
 
 def test_core_modules_do_not_import_torch():
-    code = ("import sys, numpy as np; import zfcore.projection, zfcore.windows, zfcore.layers, zfcore.network, zfcore.reference; "
+    code = ("import sys, numpy as np; import zfcore.projection, zfcore.windows, zfcore.layers, zfcore.network; "
+            "import zfcore.reference; "
             "from zfcore import models, network; net = network.build(models.FMNIST_ZF); "
             "net.forward(np.zeros((1, 1, 28, 28), np.float32)); net.project('conv5', 0); "
             "print('torch' in sys.modules)")
