@@ -20,51 +20,17 @@ import json
 import math
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from . import data
-from .models import SPECS, save_npz
+from .models import SPECS, features_spec
+from .reference import torch_model
+from .weights import save_npz
 
 CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30)  # and the last epoch
 RMS_RADIUS = 0.1
-
-
-def torch_model(spec, batchnorm=False):
-    """The PyTorch mirror of a zfcore spec: an ``nn.Sequential`` whose state-dict keys are the
-    zfcore parameter names (``conv1.weight`` ...).
-
-    ``batchnorm=True`` (training only) puts a ``BatchNorm2d`` named ``<conv>_bn`` after every conv;
-    ``fold_batchnorm`` folds them back into the convs, so the exported weights fit the plain spec."""
-    import torch.nn as nn
-
-    mods = OrderedDict()
-    for name, kind, p in spec:
-        if kind == "conv":
-            mods[name] = nn.Conv2d(p["in_channels"], p["out_channels"], p["kernel"], p["stride"],
-                                   p["padding"])
-            if batchnorm:
-                mods[name + "_bn"] = nn.BatchNorm2d(p["out_channels"])
-        elif kind == "relu":
-            mods[name] = nn.ReLU()
-        elif kind == "maxpool":
-            mods[name] = nn.MaxPool2d(p["kernel"], p["stride"], p["padding"])
-        elif kind == "flatten":
-            mods[name] = nn.Flatten()
-        elif kind == "linear":
-            mods[name] = nn.Linear(p["in_features"], p["out_features"])
-        elif kind == "dropout":
-            mods[name] = nn.Dropout(p["p"])
-        elif kind == "lrn":
-            mods[name] = nn.LocalResponseNorm(p["size"], p["alpha"], p["beta"], p["k"])
-        elif kind == "adaptive_avgpool":
-            o = p["output_size"]
-            mods[name] = nn.AdaptiveAvgPool2d(tuple(o) if isinstance(o, (list, tuple)) else o)
-        else:
-            raise ValueError(f"layer {name!r}: unknown kind {kind!r}")
-    return nn.Sequential(mods)
 
 
 def kaiming_init(model, generator):
@@ -137,21 +103,11 @@ def fold_batchnorm(model) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def state_to_numpy(model) -> dict[str, np.ndarray]:
-    """zfcore parameters (float32 numpy) of a torch mirror, BatchNorm folded in if it has any."""
-    return fold_batchnorm(model)
-
-
 def feature_params(model, arch) -> dict[str, np.ndarray]:
-    """The parameters of the feature extractor (the layers before ``flatten``): what a checkpoint keeps.
-    The feature-evolution figure projects conv features only, and the classifier's weights would
+    """The parameters of the feature extractor (``zfcore.models.features_spec``): what a checkpoint
+    keeps. The feature-evolution figure projects conv features only, and the classifier's weights would
     triple the size of the shipped checkpoints; each epoch's accuracy is kept in history.json."""
-    names = []
-    for name, kind, _ in SPECS[arch]:
-        if kind == "flatten":
-            break
-        names.append(name)
-    return {k: v for k, v in state_to_numpy(model).items() if k.split(".")[0] in names}
+    return features_spec(arch, fold_batchnorm(model))[1]
 
 
 def evaluate(model, x, y, device, batch=1000, channels_last=False):
@@ -265,10 +221,8 @@ def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
                      meta=dict(epoch=epoch, test_acc=test_acc, storage="float16", part="features"),
                      dtype=np.float16, overwrite=True)
     # The exported (folded, float32) weights, evaluated in the plain mirror: the accuracy that ships.
-    params = state_to_numpy(model)
-    plain = torch_model(SPECS[arch])
-    plain.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
-    plain.to(device, memory_format=fmt)
+    params = fold_batchnorm(model)
+    plain = torch_model(SPECS[arch], params).to(device, memory_format=fmt)
     test_loss, test_acc = evaluate(plain, xte, yte, device, channels_last=channels_last)
     history["final"] = dict(test_loss=test_loss, test_acc=test_acc, batchnorm_folded=batchnorm)
     save_npz(final, params, arch, meta=dict(epoch=epochs, test_acc=test_acc, seed=seed), overwrite=True)
