@@ -250,7 +250,8 @@ def median_time(fn, repeat: int = 5, warmup: int = 1, quiet: float | None = None
     times, tries, ncpu = [], 0, os.cpu_count() or 1
     while len(times) < repeat:
         tries += 1
-        b0, o0, t0 = (busy_cpu_seconds(), _own_cpu_seconds()) if guard else (0.0, 0.0), time.perf_counter()
+        b0, o0 = (busy_cpu_seconds(), _own_cpu_seconds()) if guard else (0.0, 0.0)
+        t0 = time.perf_counter()
         for _ in range(n):
             fn()
         t1 = time.perf_counter()
