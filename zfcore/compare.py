@@ -224,7 +224,8 @@ def busy_cpu_seconds() -> float | None:
     return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu_seconds() -> float:
+def own_cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used so far."""
     t = os.times()
     return t.user + t.system
 
@@ -250,13 +251,13 @@ def median_time(fn, repeat: int = 5, warmup: int = 1, quiet: float | None = None
     times, tries, ncpu = [], 0, os.cpu_count() or 1
     while len(times) < repeat:
         tries += 1
-        b0, o0 = (busy_cpu_seconds(), _own_cpu_seconds()) if guard else (0.0, 0.0)
+        b0, o0 = (busy_cpu_seconds(), own_cpu_seconds()) if guard else (0.0, 0.0)
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         t1 = time.perf_counter()
         if guard:
-            others = max(0.0, (busy_cpu_seconds() - b0) - (_own_cpu_seconds() - o0)) / ((t1 - t0) * ncpu)
+            others = max(0.0, (busy_cpu_seconds() - b0) - (own_cpu_seconds() - o0)) / ((t1 - t0) * ncpu)
             if others > quiet and tries < 10 * repeat:
                 stats["retimed"] = stats.get("retimed", 0) + 1
                 time.sleep(1.0)  # let the other work pass

@@ -297,7 +297,8 @@ class Recreation:
 
     def deconv_from(self, start, layer):
         """Walk the mirror from the transposed conv (or unpool / ReLU) of ``layer`` down to the input:
-        (1, C_layer, H, W) tensor -> (1, C_in, H_in, W_in) tensor."""
+        (N, C_layer, H, W) tensor -> (N, C_in, H_in, W_in) tensor; N > 1 runs N starts on the one image's
+        switches (a batch of projections)."""
         import torch
         from torch import nn
 
@@ -306,10 +307,12 @@ class Recreation:
         with torch.no_grad():
             for d in range(len(self.names) - 1 - i, len(self.deconv)):
                 m, fwd = self.deconv[d], len(self.names) - 1 - d
-                if isinstance(m, nn.MaxUnpool2d) and self.unpool == "add":
-                    x = _unpool_add(x, self.pool_locs[self.unpool2pool[d]], self._in_sizes[fwd])
-                elif isinstance(m, nn.MaxUnpool2d):
-                    x = m(x, self.pool_locs[self.unpool2pool[d]], output_size=self._in_sizes[fwd])
+                if isinstance(m, nn.MaxUnpool2d):
+                    sw = self.pool_locs[self.unpool2pool[d]].expand(x.shape[0], -1, -1, -1)
+                    if self.unpool == "add":
+                        x = _unpool_add(x, sw, self._in_sizes[fwd])
+                    else:
+                        x = m(x, sw, output_size=self._in_sizes[fwd])
                 elif isinstance(m, nn.ConvTranspose2d):
                     x = m(x, output_size=self._in_sizes[fwd])
                 else:

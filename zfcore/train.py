@@ -136,6 +136,42 @@ def _progress(epoch, epochs, step, steps, loss, t0, stream=sys.stderr):
     stream.flush()
 
 
+def _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt, precision, progress=None):
+    """One pass over the training split in ``rng``'s order, with augmentation, a step of ``opt`` and
+    ``sched`` and the filter renormalisation per batch. Returns (running loss, renormalised filters);
+    ``progress = (epoch, epochs, start time)`` draws the progress bar."""
+    import torch
+
+    model.train()
+    perm = rng.permutation(len(xtr))
+    steps = math.ceil(len(xtr) / batch_size)
+    run_loss, renormed = 0.0, 0
+    for step in range(steps):
+        idx = perm[step * batch_size:(step + 1) * batch_size]
+        xb = augment(torch.from_numpy(xtr[idx]), rng).to(device).contiguous(memory_format=fmt)
+        yb = torch.from_numpy(ytr[idx]).to(device)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        renormed += renormalise_filters(model)
+        lv = loss.item()
+        run_loss = 0.98 * run_loss + 0.02 * lv if step else lv
+        if progress is not None and (step % 20 == 0 or step == steps - 1):
+            _progress(progress[0], progress[1], step + 1, steps, run_loss, progress[2])
+    return run_loss, renormed
+
+
+def _record(model, xte, yte, device, channels_last, epoch, run_loss, renormed, t0) -> dict:
+    """The history entry of an epoch: its training loss, the test loss and accuracy, the filters
+    renormalised and the seconds since ``t0``."""
+    test_loss, test_acc = evaluate(model, xte, yte, device, channels_last=channels_last)
+    return dict(epoch=epoch, train_loss=run_loss, test_loss=test_loss, test_acc=test_acc,
+                renormalised_filters=renormed, seconds=time.time() - t0)
+
+
 def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch_size=128, lr=1e-2,
           weight_decay=5e-4, subset=None, device="auto", root=None, threads=None, overwrite=False,
           checkpoints=CHECKPOINT_EPOCHS, quiet=False, batchnorm=True, precision="bf16"):
@@ -189,36 +225,18 @@ def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
     history["initial"] = dict(zip(("test_loss", "test_acc"),
                                   evaluate(model, xte, yte, device, channels_last=channels_last)))
     for epoch in range(1, epochs + 1):
-        model.train()
-        perm = rng.permutation(len(xtr))
-        t0, run_loss, renormed = time.time(), 0.0, 0
-        for step in range(steps):
-            idx = perm[step * batch_size:(step + 1) * batch_size]
-            xb = augment(torch.from_numpy(xtr[idx]), rng).to(device).contiguous(memory_format=fmt)
-            yb = torch.from_numpy(ytr[idx]).to(device)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                                enabled=precision == "bf16"):
-                loss = torch.nn.functional.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            renormed += renormalise_filters(model)
-            lv = loss.item()
-            run_loss = 0.98 * run_loss + 0.02 * lv if step else lv
-            if not quiet and (step % 20 == 0 or step == steps - 1):
-                _progress(epoch, epochs, step + 1, steps, run_loss, t0)
-        test_loss, test_acc = evaluate(model, xte, yte, device, channels_last=channels_last)
-        rec = dict(epoch=epoch, train_loss=run_loss, test_loss=test_loss, test_acc=test_acc,
-                   renormalised_filters=renormed, seconds=time.time() - t0)
+        t0 = time.time()
+        run_loss, renormed = _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt, precision,
+                                    None if quiet else (epoch, epochs, t0))
+        rec = _record(model, xte, yte, device, channels_last, epoch, run_loss, renormed, t0)
         history["epochs"].append(rec)
         if not quiet:
             sys.stderr.write(f"\repoch {epoch}/{epochs} train loss {run_loss:.4f} test loss "
-                             f"{test_loss:.4f} test acc {100 * test_acc:.2f}% "
+                             f"{rec['test_loss']:.4f} test acc {100 * rec['test_acc']:.2f}% "
                              f"({rec['seconds']:.0f} s, {renormed} renorms)\n")
         if epoch in ckpt_epochs:
             save_npz(out / "checkpoints" / f"epoch_{epoch:02d}.npz", feature_params(model, arch), arch,
-                     meta=dict(epoch=epoch, test_acc=test_acc, storage="float16", part="features"),
+                     meta=dict(epoch=epoch, test_acc=rec["test_acc"], storage="float16", part="features"),
                      dtype=np.float16, overwrite=True)
     # The exported (folded, float32) weights, evaluated in the plain mirror: the accuracy that ships.
     params = fold_batchnorm(model)
