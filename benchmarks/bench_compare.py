@@ -1,4 +1,4 @@
-"""zfcore against the re-creation of huybery/VisualizingCNN's pipeline and captum: VGG16, one photo.
+"""zfcore against the re-creation of huybery/VisualizingCNN's pipeline (``zfcore.huybery``) and captum: VGG16, one photo.
 
     python benchmarks/bench_compare.py [--threads N] [--repeats R] [--size S]
 
@@ -38,20 +38,20 @@ def setup(size):
     sys.path.insert(0, ROOT)
     import skimage.data
 
-    from zfcore import compare, models
+    from zfcore import huybery, models
 
     net = models.build_model("vgg16", seed=0)
-    img = compare.resize_bilinear(skimage.data.chelsea(), size)
-    return net, compare.prepare_input(img, "BGR")
+    img = huybery.resize_bilinear(skimage.data.chelsea(), size)
+    return net, huybery.prepare_input(img, "BGR")
 
 
 def worker(kind, repeats, threads, size):
     warnings.filterwarnings("ignore")
     net, x = setup(size)
-    from zfcore import compare
+    from zfcore import compare, huybery, models
 
-    convs = compare.conv_layers("vgg16")
-    demo = compare.layer_names("vgg16")
+    convs = huybery.conv_layers("vgg16")
+    demo = huybery.layer_names("vgg16")
     res = {"impl": kind, "python": platform.python_version()}
     if kind == "zfcore":
         import numpy as np
@@ -65,14 +65,14 @@ def worker(kind, repeats, threads, size):
         res["torch"] = torch.__version__
         res["torch_threads"] = torch.get_num_threads()
         if kind == "recreation":
-            rec = compare.Recreation(net.spec, net.params, deconv_bias="random", bias_seed=0)
+            rec = huybery.Recreation(net.spec, net.params, deconv_bias="random", bias_seed=0)
             times = compare.time_recreation(rec, x, convs, demo, repeats)
         else:
             import captum
 
             res["captum"] = captum.__version__
-            spec, params = compare.features_only(net.spec, net.params)
-            rec = compare.Recreation(spec, params, deconv_bias="zero")
+            spec, params = models.features_spec(net.spec, net.params)
+            rec = huybery.Recreation(spec, params, deconv_bias="zero")
             rec.forward(x)
             units = {}
             for name in convs:

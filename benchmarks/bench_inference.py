@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -22,7 +21,7 @@ def worker(kind, repeats, batch):
     sys.path.insert(0, ROOT)
     import numpy as np
 
-    from zfcore import data, models
+    from zfcore import compare, data, models
 
     x, y = data.load_dataset("test")
     if kind == "numpy":
@@ -35,27 +34,20 @@ def worker(kind, repeats, batch):
     else:
         import torch
 
-        from zfcore import train
+        from zfcore.reference import torch_model
 
         params, _, _ = models.load_npz(models.ASSETS / "fmnist_zf.npz")
-        tm = train.torch_model(models.FMNIST_ZF)
-        tm.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
-        tm.eval()
+        tm = torch_model(models.FMNIST_ZF, params)
         xt = torch.from_numpy(x)
 
         def run():
             with torch.no_grad():
                 return torch.cat([tm(xt[i:i + batch]) for i in range(0, len(xt), batch)]).numpy()
 
-    out = run()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        ts.append(time.perf_counter() - t0)
-    ts.sort()
+    out = run()                                                   # the warm-up
+    seconds = compare.median_time(run, repeats, warmup=0)
     pred = out.argmax(1)
-    print(json.dumps(dict(seconds=ts[len(ts) // 2], accuracy=float((pred == y).mean()),
+    print(json.dumps(dict(seconds=seconds, accuracy=float((pred == y).mean()),
                           pred=pred.tolist())))
 
 

@@ -18,7 +18,7 @@ Tables:
                     stack forward and the deconv stack back once, and tracemalloc peaks.
 
 The machine may be shared: each worker measures how much CPU other processes used while it ran,
-every timing block is re-run when they were busy (see median_time), and the workers alternate
+every timing is re-taken when they were busy (see median_time), and the workers alternate
 (--rounds) so that a slow spell of the machine does not favour one library.
 """
 import argparse
@@ -46,56 +46,17 @@ def flops(c_in, c_out, h):
 STACK_GFLOP = sum(flops(*c) for c in CONVS) / 1e9      # 30.69
 
 
-def busy_cpu_seconds():
-    """CPU seconds all processes of the machine spent busy so far (/proc/stat, 10 ms ticks), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return None
-    idle = fields[3] + fields[4]                        # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from zfcore import compare  # noqa: E402  (numpy only)
+
+QUIET = 0.05                            # a timing counts only if other processes used less than this
+RETRIES = {"retimed": 0, "gave_up": 0}  # share of the CPUs meanwhile; else it is re-taken (or kept)
 
 
-def own_cpu_seconds():
-    import resource
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-RETRIES = {"n": 0, "dirty": 0.0, "gave_up": 0}   # blocks re-timed because other processes were busy
-
-
-def median_time(fn, repeats, max_tries=5):
-    """Median wall time of fn over `repeats` calls, after one warm-up.
-
-    The machine is shared: the whole block of calls is timed again (up to max_tries times) when
-    other processes used more than 30 ms + 3% of the CPU capacity meanwhile (measured from
-    /proc/stat minus this process's own CPU time). RETRIES counts the re-timed blocks; the last
-    block's foreign load is kept when every try was disturbed.
-    """
-    fn()                                                # warm-up
-    ncpu = os.cpu_count()
-    for _ in range(max_tries):
-        busy0, own0 = busy_cpu_seconds(), own_cpu_seconds()
-        w0 = time.perf_counter()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        wall = time.perf_counter() - w0
-        if busy0 is None:
-            break
-        foreign = (busy_cpu_seconds() - busy0) - (own_cpu_seconds() - own0)
-        if foreign <= 0.03 + 0.03 * ncpu * wall:
-            break
-        RETRIES["n"] += 1
-        RETRIES["dirty"] = max(RETRIES["dirty"], foreign / wall)
-    else:
-        RETRIES["gave_up"] += 1
-    ts.sort()
-    return ts[len(ts) // 2]
+def median_time(fn, repeats):
+    """Median wall time of fn over `repeats` calls after one warm-up: ``zfcore.compare.median_time``
+    with its shared-machine guard (``QUIET``), counting re-taken timings into RETRIES."""
+    return compare.median_time(fn, repeats, quiet=QUIET, stats=RETRIES)
 
 
 def weights(np, seed=0):
@@ -250,15 +211,15 @@ def run_worker(kind, threads, repeats):
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    busy0, own0 = busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, own0 = compare.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind,
                           "--threads", str(threads), "--repeats", str(repeats)],
                          env=env, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
-    busy1, own1 = busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy1, own1 = compare.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    res.setdefault("retries", {"n": 0, "dirty": 0.0, "gave_up": 0})
+    res.setdefault("retries", {"retimed": 0, "gave_up": 0})
     own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
     res["wall_s"] = wall
     res["foreign_cpu_s"] = None if busy0 is None else max(0.0, (busy1 - busy0) - own)
@@ -330,7 +291,7 @@ def main():
             if r["foreign_cpu_s"] is not None:
                 print(f"# {name} worker, round {i + 1}: {r['wall_s']:.0f} s; other processes used "
                       f"{r['foreign_cpu_s']:.1f} CPU-s meanwhile ({100 * r['foreign_cpu_s'] / r['wall_s']:.0f}% of one"
-                      f" core); {r['retries']['n']} timing blocks re-run because of them, "
+                      f" core); {r['retries']['retimed']} timings re-taken because of them, "
                       f"{r['retries']['gave_up']} kept disturbed")
     sq = 2 * npr["sgemm_square_n"] ** 3 / npr["sgemm_square_s"] / 1e9
     print(f"# numpy sgemm {npr['sgemm_square_n']}^3: {sq:.0f} GFLOP/s")

@@ -7,7 +7,8 @@ Single projections: for each VGG16 conv layer, the strongest activation of the l
 feature maps) is kept and projected to pixels. zfcore: ``net.project(layer, f, position=(r, c))``
 (cropped to the receptive field; also ``crop=False``, the whole-map numpy path). torch: the mirror
 network of ``MaxUnpool2d -> ReLU -> ConvTranspose2d`` (bias-free, the forward convs' weights shared),
-run from the layer down on whole maps, as huybery's ``Vgg16Deconv`` does, under ``torch.no_grad()``.
+run from the layer down on whole maps, as huybery's ``Vgg16Deconv`` does, under ``torch.no_grad()``
+(``zfcore.huybery.Recreation`` with ``deconv_bias="zero"``).
 The forward pass (and its switches) is done once beforehand on both sides and not timed.
 
 Batched: K projections (default 512, one per conv5_3 feature, each at its strongest position) in one
@@ -33,67 +34,28 @@ import tempfile
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from zfcore import compare  # noqa: E402  (numpy only)
 
 
 QUIET = 0.05          # a repeat counts only if other processes used less than this share of the CPUs
-DISTURBED = {"repeats": 0}
+STATS = {}            # re-timed calls (compare.median_time)
 
 
-def _busy_seconds():
-    """CPU seconds spent busy by the whole machine so far (/proc/stat), or None where unavailable."""
-    try:
-        with open("/proc/stat") as fh:
-            v = [int(t) for t in fh.readline().split()[1:]]
-    except OSError:
-        return None
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds():
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def median_time(fn, repeats, max_tries=None):
-    """Median wall time of ``repeats`` undisturbed calls after a warm-up. A call during which other
-    processes used more than ``QUIET`` of the machine's CPUs is re-timed (up to ``max_tries`` calls in
-    all); the count of re-timed calls is kept in ``DISTURBED``."""
-    t0 = time.perf_counter()
-    fn()                                                # warm-up
-    # short calls are timed in blocks of n calls lasting >= 0.1 s (/proc/stat counts in 10 ms ticks)
-    n = max(1, int(0.1 / max(time.perf_counter() - t0, 1e-6)))
-    ts, tries = [], 0
-    max_tries = max_tries or 10 * repeats
-    ncpu = os.cpu_count() or 1
-    while len(ts) < repeats and tries < max_tries:
-        tries += 1
-        b0, o0, t0 = _busy_seconds(), _own_seconds(), time.perf_counter()
-        for _ in range(n):
-            fn()
-        t1, b1, o1 = time.perf_counter(), _busy_seconds(), _own_seconds()
-        others = None if b0 is None else max(0.0, (b1 - b0) - (o1 - o0)) / ((t1 - t0) * ncpu)
-        if others is not None and others > QUIET and tries < max_tries:
-            DISTURBED["repeats"] += 1
-            time.sleep(1.0)                              # let the other work pass
-            continue
-        ts.append((t1 - t0) / n)
-    ts.sort()
-    return ts[len(ts) // 2]
+def median_time(fn, repeats):
+    """``zfcore.compare.median_time`` with its shared-machine guard (``QUIET``), counting into ``STATS``."""
+    return compare.median_time(fn, repeats, quiet=QUIET, stats=STATS)
 
 
 def setup(image):
     """Spec (VGG16 convs and pools), seeded Kaiming weights and the input, numpy only."""
     import numpy as np
 
-    sys.path.insert(0, ROOT)
-    from zfcore import models, network
+    from zfcore import data, models
 
-    spec = models.vgg16_spec()
-    spec = spec[:[n for n, _, _ in spec].index("pool5") + 1]
-    params = network.kaiming_params(spec, seed=0)
+    spec = models.features_spec("vgg16")                          # conv1_1 ... pool5
+    params = models.kaiming_params(spec, seed=0)
     if image == "chelsea":
         from skimage import data as skdata
         from skimage.transform import resize
@@ -103,8 +65,7 @@ def setup(image):
         s = min(h, w)
         img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
         img = resize(img, (224, 224), anti_aliasing=True).astype(np.float32)
-        mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-        x = ((img - mean) / std).transpose(2, 0, 1)[None].copy()
+        x = data.imagenet_normalize(img.transpose(2, 0, 1)[None].copy())
     else:
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     convs = [n for n, k, _ in spec if k == "conv"]
@@ -124,9 +85,9 @@ def worker_numpy(args):
     import numpy as np
 
     spec, params, x, convs = setup(args.image)
-    from zfcore import network
+    from zfcore import models
 
-    net = network.build(spec, params)
+    net = models.build(spec, params)
     t_fwd = median_time(lambda: net.forward(x), args.repeats)
     out = {"forward_ms": 1e3 * t_fwd, "layers": {}}
     recs = {}
@@ -145,9 +106,9 @@ def worker_numpy(args):
     feats = np.arange(max(K, 16)) % net.activations("conv5_3").shape[1]
     if K:
         for attempt in range(3):                         # one long call: re-run it if disturbed
-            b0, o0, t0 = _busy_seconds(), _own_seconds(), time.perf_counter()
+            b0, o0, t0 = compare.busy_cpu_seconds(), compare.own_cpu_seconds(), time.perf_counter()
             net.project_batch("conv5_3", feats[:K])
-            t1, b1, o1 = time.perf_counter(), _busy_seconds(), _own_seconds()
+            t1, b1, o1 = time.perf_counter(), compare.busy_cpu_seconds(), compare.own_cpu_seconds()
             others = None if b0 is None else max(0.0, (b1 - b0) - (o1 - o0)) / ((t1 - t0) * (os.cpu_count() or 1))
             if others is None or others <= QUIET:
                 break
@@ -155,83 +116,45 @@ def worker_numpy(args):
                             attempts=attempt + 1)
     t_16 = median_time(lambda: net.project_batch("conv5_3", feats[:16]), max(1, args.repeats // 2))
     out["batch16"] = dict(K=16, seconds=t_16, per_second=16 / t_16)
-    out["retimed"] = DISTURBED["repeats"]
+    out["retimed"] = STATS.get("retimed", 0)
     print(json.dumps(out))
 
 
 def worker_torch(args):
     import numpy as np
     import torch
-    import torch.nn as nn
+
+    from zfcore.huybery import Recreation
 
     torch.set_num_threads(args.threads)
     spec, params, x, convs = setup(args.image)
-    # forward modules (with switches) and the huybery-style mirror: MaxUnpool2d -> ReLU -> ConvTranspose2d
-    fwd, mirror = [], {}
-    for name, kind, p in spec:
-        if kind == "conv":
-            conv = nn.Conv2d(p["in_channels"], p["out_channels"], 3, 1, 1)
-            conv.weight.data = torch.from_numpy(params[f"{name}.weight"])
-            conv.bias.data = torch.from_numpy(params[f"{name}.bias"])
-            deconv = nn.ConvTranspose2d(p["out_channels"], p["in_channels"], 3, 1, 1, bias=False)
-            deconv.weight = conv.weight                               # shared, no bias
-            fwd.append((name, kind, conv))
-            mirror[name] = deconv
-        elif kind == "relu":
-            fwd.append((name, kind, nn.ReLU()))
-            mirror[name] = nn.ReLU()
-        elif kind == "maxpool":
-            fwd.append((name, kind, nn.MaxPool2d(2, 2, return_indices=True)))
-            mirror[name] = nn.MaxUnpool2d(2, 2)
-
-    acts, switches, shapes = {}, {}, {}
-
-    def forward(inp):
-        h = inp
-        for name, kind, m in fwd:
-            shapes[name] = h.shape
-            if kind == "maxpool":
-                h, switches[name] = m(h)
-            else:
-                h = m(h)
-            acts[name] = h
-        return h
+    # huybery's pipeline (zfcore.huybery): forward modules with switches, and the mirror
+    # MaxUnpool2d -> ReLU -> ConvTranspose2d sharing the convs' weights, no deconv bias
+    rec = Recreation(spec, params, deconv_bias="zero")
 
     def project(name, f, r, c, n=1):
-        a = acts[name]
+        a = rec.feature_maps[rec.index[name]]
         h = torch.zeros((n,) + tuple(a.shape[1:]))
-        if n == 1:
-            h[0, f, r, c] = a[0, f, r, c]
-        else:
-            h[torch.arange(n), f, r, c] = a[0, f, r, c]
-        start = [nm for nm, _, _ in fwd].index(name)
-        for nm, kind, _ in reversed(fwd[:start + 1]):
-            if kind == "maxpool":
-                sw = switches[nm].expand(n, -1, -1, -1)
-                h = mirror[nm](h, sw, output_size=shapes[nm][2:])
-            else:
-                h = mirror[nm](h)
-        return h
+        h[torch.arange(n), f, r, c] = a[0, f, r, c]
+        return rec.deconv_from(h, name)
 
-    xt = torch.from_numpy(x)
-    with torch.no_grad():
-        t_fwd = median_time(lambda: forward(xt), args.repeats)
-        forward(xt)
-        out = {"forward_ms": 1e3 * t_fwd, "layers": {}, "threads": torch.get_num_threads()}
-        recs = {}
-        for name in convs:
-            f, r, c = strongest(acts[name][0].numpy())
-            t = median_time(lambda: project(name, f, r, c), args.repeats)
-            recs[name] = project(name, f, r, c)[0].numpy()
-            out["layers"][name] = dict(unit=[f, r, c], ms=1e3 * t)
-        np.savez(os.path.join(args.out, "torch.npz"), **recs)
-        a = acts["conv5_3"][0]
-        feats = torch.arange(16)
-        flat = a[feats].reshape(16, -1).argmax(dim=1)
-        rows, cols = flat // a.shape[2], flat % a.shape[2]
-        t16 = median_time(lambda: project("conv5_3", feats, rows, cols, n=16), max(1, args.repeats // 2))
+    t_fwd = median_time(lambda: rec.forward(x), args.repeats)
+    rec.forward(x)
+    out = {"forward_ms": 1e3 * t_fwd, "layers": {}, "threads": torch.get_num_threads()}
+    recs = {}
+    for name in convs:
+        f, r, c = strongest(rec.feature_maps[rec.index[name]][0].numpy())
+        t = median_time(lambda: project(name, f, r, c), args.repeats)
+        recs[name] = project(name, f, r, c)[0].numpy()
+        out["layers"][name] = dict(unit=[f, r, c], ms=1e3 * t)
+    np.savez(os.path.join(args.out, "torch.npz"), **recs)
+    a = rec.feature_maps[rec.index["conv5_3"]][0]
+    feats = torch.arange(16)
+    flat = a[feats].reshape(16, -1).argmax(dim=1)
+    rows, cols = flat // a.shape[2], flat % a.shape[2]
+    t16 = median_time(lambda: project("conv5_3", feats, rows, cols, n=16), max(1, args.repeats // 2))
     out["batch16"] = dict(K=16, seconds=t16, per_second=16 / t16)
-    out["retimed"] = DISTURBED["repeats"]
+    out["retimed"] = STATS.get("retimed", 0)
     print(json.dumps(out))
 
 
@@ -246,9 +169,9 @@ def run_worker(kind, args, out_dir):
         env[var] = str(args.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--threads", str(args.threads),
            "--repeats", str(args.repeats), "--batch", str(args.batch), "--image", args.image, "--out", out_dir]
-    busy0, own0, t0 = _busy_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    busy0, own0, t0 = compare.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    busy1, own1, t1 = _busy_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    busy1, own1, t1 = compare.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     if res.returncode != 0:
         sys.stderr.write(res.stderr)
         raise SystemExit(f"{kind} worker failed")

@@ -1,4 +1,4 @@
-"""The comparison with huybery/VisualizingCNN and captum (zfcore.compare, notebook 06).
+"""The comparison with huybery/VisualizingCNN and captum (zfcore.huybery, zfcore.compare, notebook 06).
 
 References: the original's own published facts (its hand-written index maps, its demo layers), captum's
 ``NeuronDeconvolution`` (through ``zfcore.reference``), torch's own ops (``F.conv2d``, ``F.interpolate``,
@@ -10,35 +10,44 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("captum")
-skdata = pytest.importorskip("skimage.data")
-
-from zfcore import compare, models, network, ops  # noqa: E402
+from zfcore import compare, huybery, models, ops
 
 pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")
 
-VGG_CONVS = compare.conv_layers("vgg16")
+VGG_CONVS = huybery.conv_layers("vgg16")
+
+
+@pytest.fixture(scope="module")
+def torch():
+    """The torch references (torch, captum); a test that takes this fixture is skipped without them."""
+    pytest.importorskip("captum")
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def skdata():
+    return pytest.importorskip("skimage.data")
 
 
 def vgg_features(seed=0, dtype=np.float32):
-    spec = compare.features_only("vgg16")
-    params = network.kaiming_params(spec, seed=seed)
+    spec = models.features_spec("vgg16")
+    params = models.kaiming_params(spec, seed=seed)
     rng = np.random.default_rng(seed + 1)
     for k in params:
         if k.endswith(".bias"):
             params[k] = (0.05 * rng.standard_normal(params[k].shape)).astype(np.float32)
-    return network.build(spec, params, dtype=dtype)
+    return models.build(spec, params, dtype=dtype)
 
 
 @pytest.fixture(scope="module")
-def photo():
+def photo(skdata):
     """chelsea (a cat, like the original's demo image) resized to 224 x 224, uint8 RGB."""
-    return compare.resize_bilinear(skdata.chelsea(), 224)
+    return huybery.resize_bilinear(skdata.chelsea(), 224)
 
 
 @pytest.fixture(scope="module")
@@ -47,25 +56,25 @@ def vgg32():
 
 
 @pytest.fixture(scope="module")
-def agreement32(vgg32, photo):
-    rows, _ = compare.agreement(vgg32, compare.prepare_input(photo, "BGR"), VGG_CONVS)
+def agreement32(torch, vgg32, photo):
+    rows, _ = compare.agreement(vgg32, huybery.prepare_input(photo, "BGR"), VGG_CONVS)
     return {r["layer"]: r for r in rows}
 
 
 @pytest.fixture(scope="module")
-def agreement64():
+def agreement64(torch, skdata):
     """float64 at 112 x 112 (a quarter of the cost; conv5_3's field then spans the whole image)."""
     net = vgg_features(dtype=np.float64)
-    small = compare.resize_bilinear(skdata.chelsea(), 112)
-    rows, _ = compare.agreement(net, compare.prepare_input(small, "BGR"), VGG_CONVS)
+    small = huybery.resize_bilinear(skdata.chelsea(), 112)
+    rows, _ = compare.agreement(net, huybery.prepare_input(small, "BGR"), VGG_CONVS)
     return {r["layer"]: r for r in rows}
 
 
 # ------------------------------------------------------------------------------------------------
 # the re-creation's structure against the original's published facts
 
-def test_index_maps_equal_the_originals_hand_written_ones(vgg32):
-    rec = compare.Recreation(vgg32.spec, vgg32.params, deconv_bias="zero")
+def test_index_maps_equal_the_originals_hand_written_ones(torch, vgg32):
+    rec = huybery.Recreation(vgg32.spec, vgg32.params, deconv_bias="zero")
     # huybery/VisualizingCNN, models/vgg16_deconv.py: conv2deconv_indices and unpool2pool_indices
     assert rec.conv2deconv == {0: 30, 2: 28, 5: 25, 7: 23, 10: 20, 12: 18, 14: 16, 17: 13, 19: 11,
                                21: 9, 24: 6, 26: 4, 28: 2}
@@ -73,7 +82,7 @@ def test_index_maps_equal_the_originals_hand_written_ones(vgg32):
     kinds = [type(m).__name__ for m in rec.deconv]
     assert kinds[:3] == ["MaxUnpool2d", "ReLU", "ConvTranspose2d"] and kinds[-1] == "ConvTranspose2d"
     assert len(kinds) == 31 and kinds.count("MaxUnpool2d") == 5 and kinds.count("ConvTranspose2d") == 13
-    assert compare.layer_names("vgg16") == ["conv3_3", "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2",
+    assert huybery.layer_names("vgg16") == ["conv3_3", "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2",
                                             "conv5_3"]
     # the transposed convs share the conv weights; with deconv_bias="zero" they have no bias at all
     for i, d in rec.conv2deconv.items():
@@ -81,9 +90,9 @@ def test_index_maps_equal_the_originals_hand_written_ones(vgg32):
         assert rec.deconv[d].bias is None
 
 
-def test_hooks_store_conv_output_before_relu(vgg32, photo):
-    x = compare.prepare_input(photo, "BGR")
-    rec = compare.Recreation(vgg32.spec, vgg32.params, deconv_bias="zero")
+def test_hooks_store_conv_output_before_relu(torch, vgg32, photo):
+    x = huybery.prepare_input(photo, "BGR")
+    rec = huybery.Recreation(vgg32.spec, vgg32.params, deconv_bias="zero")
     rec.forward(x)
     p = vgg32.params
     conv = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(p["conv1_1.weight"]),
@@ -102,11 +111,11 @@ def _tiny():
     return spec, params
 
 
-def test_selection_keeps_ties_and_the_first_strongest_map():
+def test_selection_keeps_ties_and_the_first_strongest_map(torch):
     spec, params = _tiny()
     # map 1 = 2 * map 0, so map 1 has the larger maximum; 3 is the maximum, at two positions
     x = np.array([[0, 3, 0, 1], [1, 0, 0, 0], [0, 0, 3, -2], [0, 0, 0, 0]], np.float32)[None, None]
-    rec = compare.Recreation(spec, params, deconv_bias="zero")
+    rec = huybery.Recreation(spec, params, deconv_bias="zero")
     rec.forward(x)
     start, sel = rec.select("conv")
     assert sel.feature == 1 and sel.positions == [(0, 1), (2, 2)] and sel.value == 6.0 and not sel.unique
@@ -119,7 +128,7 @@ def test_selection_keeps_ties_and_the_first_strongest_map():
     assert sel1.unique and out1[0, 2, 2] == 12.0 and np.count_nonzero(out1) == 1
     # equal maxima in two maps: the first map wins (np.argmax over the per-map maxima)
     params["conv.weight"][1] = 1.0
-    rec = compare.Recreation(spec, params, deconv_bias="zero")
+    rec = huybery.Recreation(spec, params, deconv_bias="zero")
     rec.forward(x)
     assert rec.select("conv")[1].feature == 0
 
@@ -127,28 +136,28 @@ def test_selection_keeps_ties_and_the_first_strongest_map():
 def test_minmax_uint8_by_hand():
     img = np.array([0.0, 1.0, 2.0, -2.0], np.float32).reshape(1, 2, 2)
     # (x - min) / (max - min) * 255 = [127.5, 191.25, 255, 0], truncated
-    np.testing.assert_array_equal(compare.minmax_uint8(img)[:, :, 0], [[127, 191], [255, 0]])
-    assert compare.minmax_uint8(np.ones((3, 2, 2))).shape == (2, 2, 3)
-    assert not compare.minmax_uint8(np.ones((3, 2, 2))).any()
+    np.testing.assert_array_equal(huybery.minmax_uint8(img)[:, :, 0], [[127, 191], [255, 0]])
+    assert huybery.minmax_uint8(np.ones((3, 2, 2))).shape == (2, 2, 3)
+    assert not huybery.minmax_uint8(np.ones((3, 2, 2))).any()
 
 
-def test_resize_matches_torch_bilinear_half_pixel():
+def test_resize_matches_torch_bilinear_half_pixel(torch):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     for size in [(224, 224), (20, 31), (37, 53)]:
-        ours = compare.resize_bilinear(img, size).astype(np.float64)
+        ours = huybery.resize_bilinear(img, size).astype(np.float64)
         t = torch.from_numpy(img.astype(np.float64)).permute(2, 0, 1)[None]
         ref = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False,
                                               antialias=False)[0].permute(1, 2, 0).numpy()
         assert np.abs(ours - ref).max() <= 0.5 + 1e-3      # ours is rounded to uint8 (float32 weights)
-    np.testing.assert_array_equal(compare.resize_bilinear(img, (37, 53)), img)
-    assert compare.resize_bilinear(img[:, :, 0], 5).shape == (5, 5)
+    np.testing.assert_array_equal(huybery.resize_bilinear(img, (37, 53)), img)
+    assert huybery.resize_bilinear(img[:, :, 0], 5).shape == (5, 5)
 
 
 def test_prepare_input_bgr_uses_the_rgb_statistics():
     img = np.zeros((1, 2, 3), np.uint8)
     img[0, 0] = (255, 0, 0)                       # a red pixel
-    bgr, rgb = compare.prepare_input(img, "BGR"), compare.prepare_input(img, "RGB")
+    bgr, rgb = huybery.prepare_input(img, "BGR"), huybery.prepare_input(img, "RGB")
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     # BGR: channel 0 holds blue (0) but is normalised with the red mean and std
     np.testing.assert_allclose(bgr[0, :, 0, 0], [(0 - mean[0]) / std[0], (0 - mean[1]) / std[1],
@@ -161,6 +170,7 @@ def test_prepare_input_bgr_uses_the_rgb_statistics():
 # ------------------------------------------------------------------------------------------------
 # zfcore == bias-free re-creation == captum
 
+@pytest.mark.slow
 def test_agreement_every_vgg16_conv_layer_float64(agreement64):
     """In float64 the forward passes of numpy and torch pick the same switches everywhere, and the
     three projections agree to rounding at all 13 conv layers."""
@@ -173,6 +183,7 @@ def test_agreement_every_vgg16_conv_layer_float64(agreement64):
         assert r["support zfcore"] == r["support re-creation"] == r["support captum"] > 0
 
 
+@pytest.mark.slow
 def test_agreement_every_vgg16_conv_layer_float32(agreement32):
     """float32: <= 1e-5 at every conv layer. Where a near-tie in a pooling window made numpy and torch
     pick different switches (``flipped switches below`` > 0) and the projection passes that window,
@@ -194,9 +205,9 @@ def test_agreement_every_vgg16_conv_layer_float32(agreement32):
 
 def test_cropped_default_equals_full_projection_here(vgg32, photo):
     """The comparison uses zfcore's default (cropped) path; it equals the whole-map path."""
-    vgg32.forward(compare.prepare_input(photo, "BGR"))
+    vgg32.forward(huybery.prepare_input(photo, "BGR"))
     for name in ("conv3_3", "conv5_3"):
-        f = compare.strongest_feature(vgg32.activations(name)[0])
+        f = huybery.strongest_feature(vgg32.activations(name)[0])
         a = vgg32.project(name, f)
         b = vgg32.project(name, f, crop=False)
         assert compare.relative_error(a, b) <= 1e-6
@@ -205,8 +216,8 @@ def test_cropped_default_equals_full_projection_here(vgg32, photo):
 # ------------------------------------------------------------------------------------------------
 # the original's quirks, measured
 
-def test_random_deconv_biases_cover_the_whole_image(vgg32, photo):
-    x = compare.prepare_input(photo, "BGR")
+def test_random_deconv_biases_cover_the_whole_image(torch, vgg32, photo):
+    x = huybery.prepare_input(photo, "BGR")
     layers = [14, 21, 28]                        # conv3_3, conv4_3, conv5_3
     rows = compare.bias_effect(vgg32.spec, vgg32.params, x, layers, bias_seed=0, net=vgg32)
     for r in rows:
@@ -216,29 +227,29 @@ def test_random_deconv_biases_cover_the_whole_image(vgg32, photo):
         assert box_share < 0.9 and r["random-bias support outside box"] > 0.1, r
         assert r["random vs zero"] > 0.1, r                    # and it no longer matches at all
     # seeded: the same seed gives the same biases, another seed others
-    a = compare.Recreation(vgg32.spec, vgg32.params, "random", bias_seed=0)
-    b = compare.Recreation(vgg32.spec, vgg32.params, "random", bias_seed=0)
-    c = compare.Recreation(vgg32.spec, vgg32.params, "random", bias_seed=1)
+    a = huybery.Recreation(vgg32.spec, vgg32.params, "random", bias_seed=0)
+    b = huybery.Recreation(vgg32.spec, vgg32.params, "random", bias_seed=0)
+    c = huybery.Recreation(vgg32.spec, vgg32.params, "random", bias_seed=1)
     assert torch.equal(a.deconv[2].bias, b.deconv[2].bias) and not torch.equal(a.deconv[2].bias, c.deconv[2].bias)
     # PyTorch's default ConvTranspose2d bias: uniform in +-1/sqrt(fan_in), fan_in = out_channels * KH * KW
     d = a.deconv[30]                              # conv1_1's transposed conv: 64 -> 3 channels
     assert d.bias.shape == (3,) and d.bias.abs().max() <= 1 / np.sqrt(3 * 9)
 
 
-def test_bgr_and_rgb_differ_on_a_colour_photo_not_on_a_grey_one(vgg32, photo):
+def test_bgr_and_rgb_differ_on_a_colour_photo_not_on_a_grey_one(torch, skdata, vgg32, photo):
     rows = compare.channel_order(vgg32.spec, vgg32.params, photo, ["conv1_1", "conv3_3", "conv5_3"])
     assert all(r["BGR vs RGB as displayed"] > 0.1 and r["BGR vs RGB in RGB order"] > 0.1 for r in rows), rows
-    grey = compare.resize_bilinear(skdata.camera(), 224)
-    np.testing.assert_array_equal(compare.prepare_input(grey, "BGR"), compare.prepare_input(grey, "RGB"))
+    grey = huybery.resize_bilinear(skdata.camera(), 224)
+    np.testing.assert_array_equal(huybery.prepare_input(grey, "BGR"), huybery.prepare_input(grey, "RGB"))
     rows = compare.channel_order(vgg32.spec, vgg32.params, grey, ["conv3_3"])
     assert rows[0]["feature BGR"] == rows[0]["feature RGB"] and rows[0]["BGR vs RGB as displayed"] == 0.0
 
 
-def test_original_figure_and_zfcore_figure(vgg32, photo):
-    x = compare.prepare_input(photo, "RGB")
-    rec = compare.Recreation(vgg32.spec, vgg32.params, "zero")
+def test_original_figure_and_zfcore_figure(torch, vgg32, photo):
+    x = huybery.prepare_input(photo, "RGB")
+    rec = huybery.Recreation(vgg32.spec, vgg32.params, "zero")
     theirs = rec.figure(x)
-    ours = compare.zfcore_figure(vgg32, x, compare.layer_names("vgg16"))
+    ours = compare.zfcore_figure(vgg32, x, huybery.layer_names("vgg16"))
     assert len(theirs) == len(ours) == 7
     for (img, sel), (mine, f, pos) in zip(theirs, ours):
         assert img.shape == mine.shape == (224, 224, 3) and img.dtype == mine.dtype == np.uint8
@@ -249,7 +260,7 @@ def test_original_figure_and_zfcore_figure(vgg32, photo):
 # ------------------------------------------------------------------------------------------------
 # overlapping pools: MaxUnpool2d keeps one value, zfcore (and the gradient) add
 
-def test_unpool_collision_by_hand():
+def test_unpool_collision_by_hand(torch):
     x = np.zeros((1, 1, 5, 5), np.float32)
     x[0, 0, 2, 2] = 1.0                           # the centre is the maximum of all four 3x3/2 windows
     _, sw = ops.max_pool2d(x, 3, 2)
@@ -258,20 +269,20 @@ def test_unpool_collision_by_hand():
     ours = ops.max_unpool2d(sig, sw, (5, 5))
     theirs = torch.nn.functional.max_unpool2d(torch.from_numpy(sig), torch.from_numpy(sw), 3, 2,
                                               output_size=(5, 5)).numpy()
-    added = compare._unpool_add(torch.from_numpy(sig), torch.from_numpy(sw), (5, 5)).numpy()
+    added = huybery._unpool_add(torch.from_numpy(sig), torch.from_numpy(sw), (5, 5)).numpy()
     assert ours[0, 0, 2, 2] == added[0, 0, 2, 2] == 10.0
     assert theirs[0, 0, 2, 2] in (1.0, 2.0, 3.0, 4.0)          # one value kept, not the sum
     assert np.count_nonzero(ours) == np.count_nonzero(theirs) == 1
 
 
-def test_embedded_net_overlapping_pools():
+def test_embedded_net_overlapping_pools(torch):
     """fmnist_zf (3x3/2 pools) in float64: zfcore == captum == re-creation with adding unpooling at
     every conv layer; the original's MaxUnpool2d differs wherever switches collide on the path."""
     from zfcore import data
 
     net = models.build_model("fmnist_zf", seed=0, dtype=np.float64)
     x = data.load_dataset("test", limit=1)[0]
-    layers = compare.conv_layers("fmnist_zf")
+    layers = huybery.conv_layers("fmnist_zf")
     add = {r["layer"]: r for r in compare.agreement(net, x, layers, unpool="add")[0]}
     assign = {r["layer"]: r for r in compare.agreement(net, x, layers, captum=False)[0]}
     for name in layers:
@@ -298,6 +309,19 @@ def test_support_relative_error_and_tables():
     assert len(table.splitlines()) == 3
 
 
+def test_median_time_calls_and_median():
+    """warmup + repeat calls without the shared-machine guard; the median of the timed ones."""
+    calls = []
+    durations = iter([0.0, 0.03, 0.01, 0.02])      # warm-up, then three timed calls
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(durations))
+
+    t = compare.median_time(fn, repeat=3, warmup=1)
+    assert len(calls) == 4 and 0.02 <= t < 0.03
+
+
 def test_importing_compare_does_not_import_torch():
-    code = "import sys, zfcore.compare; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, zfcore.compare, zfcore.huybery; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

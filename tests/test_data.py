@@ -111,7 +111,7 @@ def test_unknown_split():
 
 
 def test_load_image_png_and_errors(tmp_path):
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image")
 
     arr = (np.arange(12 * 10 * 3) % 256).astype(np.uint8).reshape(12, 10, 3)
     Image.fromarray(arr).save(tmp_path / "a.png")
@@ -124,3 +124,18 @@ def test_load_image_png_and_errors(tmp_path):
         data.load_image(tmp_path / "bad.png")
     with pytest.raises(data.DataError, match="no such file"):
         data.load_image(tmp_path / "missing.png")
+
+
+def test_imagenet_normalize_by_hand():
+    """(x - mean) / std per RGB channel, with torchvision's published ImageNet statistics."""
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    x = np.empty((2, 3, 1, 2), np.float32)
+    for c in range(3):
+        x[:, c, 0, 0] = mean[c]                  # -> 0
+        x[:, c, 0, 1] = mean[c] + std[c]         # -> 1
+    out = data.imagenet_normalize(x)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out[:, :, 0, 0], 0.0, atol=1e-6)
+    np.testing.assert_allclose(out[:, :, 0, 1], 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) RGB array"):
+        data.imagenet_normalize(np.zeros((1, 1, 2, 2), np.float32))

@@ -1,9 +1,6 @@
-"""Architectures and weights: specs against torch's own models, key mapping, weight files and their errors.
-
-References are independent of zfcore's arithmetic: torchvision's VGG16 / AlexNet (their state dicts and
-forward passes), and ``train.torch_model`` (the PyTorch mirror of a spec) for map sizes and forwards.
-torch is imported here freely; ``zfcore.models`` itself must not import it.
-"""
+"""Architectures and weight files without torch: specs, parameter shapes, the feature extractor, the
+torchvision key layout (indices read from torchvision's model definitions), .npz files and their errors,
+the shipped model and checkpoints. The torch references are in ``test_models_torch.py``."""
 from __future__ import annotations
 
 import os
@@ -14,93 +11,18 @@ import zipfile
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
-
-from zfcore import models  # noqa: E402
-from zfcore import train as ztrain  # noqa: E402
-
-RTOL = 1e-5  # max |zfcore - torch| / max |torch| for float32 forwards
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def perturb_biases(model, seed=0):
-    """torchvision starts biases at zero, which would hide a bias mix-up: give them small random values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return model
-
-
-def meta_model(fn, **kw):
-    """A torchvision model on the meta device: shapes and keys without allocating or initialising."""
-    with torch.device("meta"):
-        return fn(weights=None, **kw)
-
-
-@pytest.fixture(scope="module")
-def network():
-    from zfcore import network
-
-    return network
-
-
-@pytest.fixture(scope="module")
-def image224():
-    return np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def tv_vgg16():
-    torch.manual_seed(0)
-    return perturb_biases(torchvision.models.vgg16(weights=None), 1).eval()
-
-
-@pytest.fixture(scope="module")
-def tv_alexnet():
-    torch.manual_seed(0)
-    return perturb_biases(torchvision.models.alexnet(weights=None), 2).eval()
-
-
-@pytest.fixture(scope="module")
-def alexnet_pth(tv_alexnet, tmp_path_factory):
-    """torchvision's AlexNet state dict saved as a .pth file, as torchvision's hub cache holds it."""
-    path = tmp_path_factory.mktemp("tv") / models.TORCHVISION_FILES["alexnet"]
-    torch.save(tv_alexnet.state_dict(), path)
-    return path
+from zfcore import models, weights
 
 
 @pytest.fixture
 def fmnist_params():
-    torch.manual_seed(0)
-    return ztrain.state_to_numpy(perturb_biases(ztrain.torch_model(models.FMNIST_ZF), 3))
-
-
-def torch_forward(model, x):
-    with torch.no_grad():
-        return model.eval()(torch.from_numpy(x)).numpy()
-
-
-# ------------------------------------------------------------------------------------------------
-# specs
-
-@pytest.mark.parametrize("arch, fn", [("vgg16", torchvision.models.vgg16),
-                                      ("alexnet", torchvision.models.alexnet)])
-@pytest.mark.parametrize("num_classes", [1000, 10])
-def test_torchvision_state_dict_fits_spec(arch, fn, num_classes):
-    state = {k: np.broadcast_to(np.float32(0), v.shape)  # shapes of torch's own model, no data
-             for k, v in meta_model(fn, num_classes=num_classes).state_dict().items()}
-    params = models.torchvision_to_zfcore(arch, state)
-    models.check_params(models.get_spec(arch, num_classes), params, source=f"torchvision {arch}")
-    assert len(params) == len(state)  # every torchvision tensor has a zfcore name
-    back = models.zfcore_to_torchvision(arch, params)
-    assert list(back) == list(state)
+    """Seeded weights for the embedded spec, with small random biases (not zeros)."""
+    params = models.kaiming_params(models.FMNIST_ZF, seed=0)
+    rng = np.random.default_rng(3)
+    for k in params:
+        if k.endswith(".bias"):
+            params[k] = (0.05 * rng.standard_normal(params[k].shape)).astype(np.float32)
+    return params
 
 
 def test_torchvision_names_known_indices():
@@ -114,30 +36,39 @@ def test_torchvision_names_known_indices():
         ("features.3", "features.10", "classifier.0", "classifier.1", "classifier.4", "classifier.6")
 
 
-@pytest.mark.parametrize("arch", list(models.SPECS))
-def test_torch_mirror_has_spec_parameters(arch):
-    with torch.device("meta"):
-        state = ztrain.torch_model(models.SPECS[arch]).state_dict()
-    assert {k: tuple(v.shape) for k, v in state.items()} == models.param_shapes(models.SPECS[arch])
+def test_features_spec_is_torchvisions_features_section():
+    """VGG16's feature extractor is torchvision's ``features`` (indices 0-30: conv1_1 ... pool5, no
+    avgpool); the embedded net's ends at pool5, before flatten; params are cut to the same layers."""
+    vgg = models.features_spec("vgg16")
+    assert len(vgg) == 31 and vgg[0][0] == "conv1_1" and vgg[-1][0] == "pool5"
+    fm, params = models.features_spec("fmnist_zf", models.kaiming_params(models.FMNIST_ZF))
+    assert [n for n, _, _ in fm][-1] == "pool5" and fm == models.FMNIST_ZF[:13]
+    assert sorted(params) == sorted(k for k in models.param_shapes(models.FMNIST_ZF) if k[:4] == "conv")
+    convs = [("r", "relu", {}), ("p", "maxpool", dict(kernel=2, stride=2, padding=0))]
+    assert models.features_spec(convs) == convs          # no classifier: the whole spec
 
 
-def test_zfnet_map_sizes_match_the_paper():
-    """Zeiler & Fergus 2014, Fig. 3: 224 -> conv1 110 -> pool1 55 -> conv2 26 -> pool2 13 -> conv3-5 13
-    -> pool5 6, measured on torch's mirror of the spec (not zfcore's size arithmetic)."""
-    spec = models.zfnet_spec()
-    model = ztrain.torch_model(spec).eval()
-    sizes = {}
-    for name, mod in model.named_children():
-        mod.register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, tuple(o.shape)))
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 224, 224))
-    layers = ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"]
-    assert [sizes[n][2] for n in layers] == [110, 55, 26, 13, 13, 13, 13, 6]
-    assert all(sizes[n][2] == sizes[n][3] for n in layers)
-    assert [sizes[n][1] for n in ["conv1", "conv2", "conv3", "conv4", "conv5"]] == [96, 256, 384, 384, 256]
-    assert sizes["fc6"] == (1, 4096) and sizes["fc7"] == (1, 4096) and sizes["fc8"] == (1, 1000)
-    kinds = [k for _, k, _ in spec]
-    assert kinds.count("lrn") == 2 and kinds.count("dropout") == 2
+def test_param_shapes_and_kaiming_params_by_hand():
+    spec = [("c", "conv", dict(in_channels=2, out_channels=3, kernel=(1, 2), stride=1, padding=0)),
+            ("r", "relu", {}), ("f", "flatten", {}), ("l", "linear", dict(in_features=4, out_features=5))]
+    assert models.param_shapes(spec) == {"c.weight": (3, 2, 1, 2), "c.bias": (3,), "l.weight": (5, 4),
+                                         "l.bias": (5,)}
+    p = models.kaiming_params(spec, seed=0)
+    assert not p["c.bias"].any() and not p["l.bias"].any() and p["c.weight"].dtype == np.float32
+    # first draw of default_rng(0), scaled by sqrt(2 / fan_in) with fan_in = 2 * 1 * 2
+    first = np.random.default_rng(0).standard_normal(1, dtype=np.float32)[0]
+    assert p["c.weight"][0, 0, 0, 0] == np.float32(first) * np.float32(np.sqrt(0.5))
+    with pytest.raises(ValueError, match="layer 'c': kernel must be an int or an"):
+        models.param_shapes([("c", "conv", dict(in_channels=1, out_channels=1, kernel=(1, 2, 3)))])
+
+
+def test_weight_functions_reachable_from_models():
+    for name in ("load_model", "build_model", "load_weights", "save_weights", "load_npz", "save_npz",
+                 "checkpoints", "load_checkpoint", "ASSETS", "torchvision_names"):
+        assert getattr(models, name) is getattr(weights, name)
+    assert "load_model" in dir(models)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        models.nope
 
 
 def test_num_classes_and_spec_copies():
@@ -150,90 +81,13 @@ def test_num_classes_and_spec_copies():
         models.get_spec("resnet")
 
 
-# ------------------------------------------------------------------------------------------------
-# forwards: zfcore with imported weights against torch
-
-def test_vgg16_forward_equals_torchvision(network, tv_vgg16, image224):
-    params = models.torchvision_to_zfcore("vgg16", tv_vgg16.state_dict())
-    net = models.build_model("vgg16", weights=params)
-    assert rel_err(net.forward(image224), torch_forward(tv_vgg16, image224)) <= RTOL
-
-
-def test_alexnet_forward_equals_torchvision(network, tv_alexnet, image224):
-    params = models.torchvision_to_zfcore("alexnet", tv_alexnet.state_dict())
-    net = models.build_model("alexnet", weights=params)
-    assert rel_err(net.forward(image224), torch_forward(tv_alexnet, image224)) <= RTOL
-
-
-def test_zfnet_forward_equals_torch_mirror(network, image224):
-    """Also checks zfcore's LRN against torch's LocalResponseNorm (it changes this output by ~5%)."""
-    torch.manual_seed(0)
-    model = perturb_biases(ztrain.torch_model(models.zfnet_spec()), 4).eval()
-    net = models.build_model("zfnet", weights=ztrain.state_to_numpy(model))
-    assert rel_err(net.forward(image224), torch_forward(model, image224)) <= RTOL
-
-
-def test_fmnist_forward_equals_torch_mirror_and_npz_round_trip(network, fmnist_params, tmp_path):
-    x = np.random.default_rng(1).random((8, 1, 28, 28), dtype=np.float32)
-    model = ztrain.torch_model(models.FMNIST_ZF)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in fmnist_params.items()})
-    ref = torch_forward(model, x)
-    net = models.build_model("fmnist_zf", weights=fmnist_params)
-    out = net.forward(x)
-    assert rel_err(out, ref) <= RTOL
-    path = models.save_weights(net, tmp_path / "w.npz", "fmnist_zf")
-    params, arch = models.load_weights(path)
-    assert arch == "fmnist_zf"
-    assert all(np.array_equal(params[k], fmnist_params[k]) for k in fmnist_params)
-    np.testing.assert_array_equal(models.build_model("fmnist_zf", weights=path).forward(x), out)
-
-
-def test_zfcore_params_load_strictly_into_torchvision_vgg16(network, image224):
-    net = models.build_model("vgg16", seed=3)
-    state = models.zfcore_to_torchvision("vgg16", net.params, as_torch=True)
-    tv = meta_model(torchvision.models.vgg16)
-    tv.load_state_dict(state, strict=True, assign=True)
-    assert torch.equal(tv.features[28].weight, torch.from_numpy(net.params["conv5_3.weight"]))
-    assert torch.equal(tv.classifier[6].bias, torch.from_numpy(net.params["fc8.bias"]))
-
-
-def test_random_build_is_seeded(network):
+def test_random_build_is_seeded():
     a, b = models.build_model("fmnist_zf", seed=1), models.build_model("fmnist_zf", seed=1)
     c = models.build_model("fmnist_zf", seed=2)
     models.check_params(models.FMNIST_ZF, a.params)
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
     assert not np.array_equal(a.params["conv1.weight"], c.params["conv1.weight"])
 
-
-def test_pth_torchvision_layout_guess_and_load_model(network, alexnet_pth, tv_alexnet, image224,
-                                                     monkeypatch, tmp_path):
-    params, arch = models.load_weights(alexnet_pth)  # architecture guessed from the keys
-    assert arch == "alexnet" and params["fc6.weight"].dtype == np.float32
-    ref = torch_forward(tv_alexnet, image224)
-    assert rel_err(models.load_model("alexnet", path=alexnet_pth).forward(image224), ref) <= RTOL
-    # $ZFCORE_ALEXNET
-    monkeypatch.setenv("ZFCORE_ALEXNET", str(alexnet_pth))
-    assert rel_err(models.load_model("alexnet").forward(image224), ref) <= RTOL
-    # torchvision's hub cache (torch.hub.get_dir() follows $TORCH_HOME)
-    monkeypatch.delenv("ZFCORE_ALEXNET")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    os.symlink(alexnet_pth, tmp_path / "hub" / "checkpoints" / models.TORCHVISION_FILES["alexnet"])
-    assert models.default_weights_path("alexnet").parent == tmp_path / "hub" / "checkpoints"
-    assert rel_err(models.load_model("alexnet").forward(image224), ref) <= RTOL
-
-
-def test_pth_zfcore_layout_guess_needs_shapes(alexnet_pth, tmp_path):
-    """AlexNet and ZFNet share layer names in zfcore's layout; the shapes decide."""
-    params, _ = models.load_weights(alexnet_pth)
-    path = tmp_path / "alexnet_zf_layout.pt"
-    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in params.items()}}, path)
-    params2, arch = models.load_weights(path)
-    assert arch == "alexnet" and all(np.array_equal(params[k], params2[k]) for k in params)
-
-
-# ------------------------------------------------------------------------------------------------
-# errors
 
 def test_check_params_lists_every_problem(fmnist_params):
     p = dict(fmnist_params)
@@ -316,34 +170,6 @@ def test_npz_for_another_architecture(fmnist_params, tmp_path):
         models.build_model("alexnet", weights=path)
 
 
-def test_pth_for_another_architecture(fmnist_params, tmp_path):
-    path = tmp_path / "fm.pth"
-    torch.save(models.zfcore_to_torchvision("fmnist_zf", fmnist_params, as_torch=True), path)
-    params, arch = models.load_weights(path)  # torchvision layout, guessed
-    assert arch == "fmnist_zf" and all(np.array_equal(params[k], fmnist_params[k]) for k in params)
-    with pytest.raises(ValueError) as e:
-        models.load_weights(path, arch="zfnet")
-    msg = str(e.value)
-    assert msg.startswith(str(path)) and "'zfnet'" in msg and "conv1.weight" in msg
-
-
-def test_pth_unknown_architecture_and_not_a_state_dict(tmp_path):
-    path = tmp_path / "odd.pth"
-    torch.save({"layer.weight": torch.zeros(3)}, path)
-    with pytest.raises(ValueError, match="odd.pth: cannot tell which architecture"):
-        models.load_weights(path)
-    torch.save([1, 2, 3], path)
-    with pytest.raises(ValueError, match="odd.pth: not a state dict"):
-        models.load_weights(path)
-
-
-def test_corrupt_pth(tmp_path):
-    path = tmp_path / "random.pth"
-    path.write_bytes(np.random.default_rng(1).bytes(5000))
-    with pytest.raises(ValueError, match="random.pth: corrupt or unreadable PyTorch weights file"):
-        models.load_weights(path, arch="alexnet")
-
-
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.npz: no such weights file"):
         models.load_weights(tmp_path / "nothere.npz")
@@ -414,12 +240,12 @@ def test_load_model_says_where_it_looked(monkeypatch, tmp_path):
 
 
 def test_load_model_embedded_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "ASSETS", tmp_path)
+    monkeypatch.setattr(weights, "ASSETS", tmp_path)
     with pytest.raises(FileNotFoundError, match="fmnist_zf.npz: the embedded model's weights are missing"):
         models.load_model()
 
 
-def test_load_model_embedded_shipped(network):
+def test_load_model_embedded_shipped():
     net = models.load_model()
     models.check_params(models.FMNIST_ZF, net.params)
     x = np.zeros((2, 1, 28, 28), np.float32)

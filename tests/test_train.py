@@ -6,6 +6,7 @@ torch = pytest.importorskip("torch")
 
 from zfcore import data, train  # noqa: E402
 from zfcore.models import FMNIST_ZF, load_npz, param_shapes  # noqa: E402
+from zfcore.reference import torch_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,7 @@ def tiny_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_short_run_lowers_loss_and_exports(tiny_root, tmp_path):
     hist = train.train(epochs=3, out=tmp_path, root=tiny_root, batch_size=32, lr=1e-2, threads=2,
                        quiet=True, checkpoints=(1, 2), batchnorm=False, precision="fp32")
@@ -65,7 +67,7 @@ def test_batchnorm_folds_exactly_into_the_plain_network():
     from zfcore import models
 
     gen = torch.Generator().manual_seed(1)
-    bn_net = train.torch_model(FMNIST_ZF, batchnorm=True).double()
+    bn_net = torch_model(FMNIST_ZF, batchnorm=True, dtype="float64")
     train.kaiming_init(bn_net, gen)
     with torch.no_grad():
         for m in bn_net.modules():
@@ -82,9 +84,7 @@ def test_batchnorm_folds_exactly_into_the_plain_network():
         ref = bn_net(x).numpy()
     params = train.fold_batchnorm(bn_net)
     assert set(params) == set(param_shapes(FMNIST_ZF))          # no _bn keys left: the plain spec
-    plain = train.torch_model(FMNIST_ZF).double()
-    plain.load_state_dict({k: torch.from_numpy(v).double() for k, v in params.items()})
-    plain.eval()
+    plain = torch_model(FMNIST_ZF, params, dtype="float64")
     with torch.no_grad():
         out_torch = plain(x).numpy()
     out_numpy = models.build_model("fmnist_zf", weights=params).forward(x.numpy().astype(np.float32))
@@ -93,6 +93,7 @@ def test_batchnorm_folds_exactly_into_the_plain_network():
     assert np.abs(out_numpy - ref).max() <= 1e-5 * scale
 
 
+@pytest.mark.slow
 def test_batchnorm_bf16_run_exports_the_plain_spec(tiny_root, tmp_path):
     hist = train.train(epochs=2, out=tmp_path, root=tiny_root, batch_size=32, threads=2, quiet=True,
                        checkpoints=(1,), batchnorm=True, precision="bf16")
@@ -102,8 +103,7 @@ def test_batchnorm_bf16_run_exports_the_plain_spec(tiny_root, tmp_path):
     assert {k: v.shape for k, v in params.items()} == param_shapes(FMNIST_ZF)
     assert meta["test_acc"] == hist["final"]["test_acc"]
     # the accuracy recorded for the export is that of the exported weights in the plain mirror
-    plain = train.torch_model(FMNIST_ZF)
-    plain.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    plain = torch_model(FMNIST_ZF, params)
     x, y = data.load_dataset("test", root=tiny_root)
     _, acc = train.evaluate(plain, x, y, "cpu")
     assert acc == hist["final"]["test_acc"]
@@ -115,6 +115,7 @@ def test_unknown_precision_is_refused(tiny_root, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(tiny_root, tmp_path):
     """Seeded runs are reproducible: the same command twice gives bit-identical weights (same machine
     and thread count), with BatchNorm and bf16 autocast as the shipped model was trained."""

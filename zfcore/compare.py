@@ -1,377 +1,29 @@
-"""zfcore side by side with huybery/VisualizingCNN and captum (notebook 06, ``benchmarks/bench_compare.py``).
+"""zfcore side by side with huybery/VisualizingCNN (re-created in ``zfcore.huybery``) and captum:
+the measures and tables of notebook 06 and ``benchmarks/bench_compare.py``.
 
-github.com/huybery/VisualizingCNN is the PyTorch deconvnet the report compares against. It cannot be
-vendored, so :class:`Recreation` re-computes what it does, in our own code, with its quirks as options:
+- measures: :func:`relative_error`, :func:`support` (share of pixels touched), :func:`duplicate_switches`;
+- comparison runs on one image: :func:`agreement` (zfcore vs the re-creation vs captum, per layer),
+  :func:`bias_effect` (the original's random deconv biases), :func:`channel_order` (BGR vs RGB input),
+  :func:`zfcore_figure` (zfcore's version of the original's figure);
+- timing: :func:`median_time` (also used by the benchmarks, with its shared-machine guard),
+  :func:`time_zfcore`, :func:`time_recreation`, :func:`time_captum`, :func:`timing_rows`;
+- tables: :func:`format_table` (Markdown), :func:`show_table` (displays it in a notebook).
 
-* **Forward** (its ``Vgg16Conv``): VGG16 as an ``nn.Sequential`` called ``features`` in torchvision's
-  index layout (conv, ReLU *not* in place, ``MaxPool2d(return_indices=True)``), then the classifier.
-  A forward hook on every ``features`` module stores its output, so the map stored for a conv layer is
-  its output *before* ReLU, and a pool's switches are stored next to its output.
-* **Selection** (its ``vis_layer``): the feature map with the largest maximum (the first such map),
-  inside it every position whose value *equals* that maximum (ties keep several), everything else zero.
-* **Mirror** (its ``Vgg16Deconv``): the ``features`` list reversed, each ``MaxPool2d`` becoming
-  ``MaxUnpool2d`` (fed the stored switches), each ReLU a ReLU, each conv a ``ConvTranspose2d`` that shares
-  the conv's weight tensor. The walk starts at the transposed conv of the chosen layer. The original
-  writes the two index maps by hand (conv -> deconv index ``{0: 30, 2: 28, ...}``, unpool -> pool index
-  ``{26: 4, ...}``); here they are derived (``deconv index = len(features) - 1 - forward index``), and
-  ``Recreation.conv2deconv`` / ``unpool2pool`` equal the hand-written ones for VGG16 (tested).
-* **Deconv biases**: the original's ``ConvTranspose2d`` layers keep PyTorch's default ``bias=True`` and
-  their random initialisation, because its bias-copy line is commented out (that line could not have
-  worked anyway: a conv's bias has one entry per *output* channel of the conv, its transposed conv needs
-  one per *input* channel). ``deconv_bias="random"`` reproduces this (seeded by ``bias_seed``; the
-  original draws new biases on every run), ``"zero"`` is the deconvnet of the paper.
-* **Input** (its ``load_images``): OpenCV's ``imread`` gives **BGR** channel order, ``resize`` to
-  224 x 224 (bilinear, aspect ratio not kept), ``ToTensor`` (/255) and ``Normalize`` with the **RGB**
-  ImageNet mean and std, so the blue channel is normalised with the red channel's statistics.
-  :func:`resize_bilinear` + :func:`prepare_input` (``order="BGR"`` or ``"RGB"``).
-* **Output**: min-max scaled over all pixels and channels to [0, 255] and truncated to uint8
-  (:func:`minmax_uint8`), shown with ``plt.imshow`` in the net's channel order (so the original's figure
-  shows BGR data as if it were RGB, photo included).
-
-Two deliberate differences, neither changing a VGG16 result at 224 x 224: the re-creation works for any
-sequential spec of conv / relu / maxpool layers (zfcore's embedded net too), and it passes each
-``MaxUnpool2d`` / ``ConvTranspose2d`` the recorded input size (the original relies on the default size,
-which is wrong for odd sizes and padded pools).
-
-Everything else in this module builds the comparison tables from one run: :func:`relative_error`,
-:func:`support` (share of pixels touched), :func:`agreement`, :func:`bias_effect`,
-:func:`channel_order`, :func:`median_time`, :func:`format_table`. torch is imported inside functions
-only; importing this module needs numpy alone.
+torch is imported inside functions only; importing this module needs numpy alone.
 """
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import models
-from .data import IMAGENET_MEAN, IMAGENET_STD
-
-# The layers of the original's demo figure, as ``features`` indices of VGG16: conv3_3, conv4_1, conv4_2,
-# conv4_3, conv5_1, conv5_2, conv5_3 (huybery/VisualizingCNN, main.py).
-DEMO_LAYERS = (14, 17, 19, 21, 24, 26, 28)
+from . import huybery, models, reference
+from .huybery import layer_names, minmax_uint8, prepare_input, strongest_feature
 
 
 # ------------------------------------------------------------------------------------------------
-# input and output as the original handles them
-
-def resize_bilinear(img: np.ndarray, size) -> np.ndarray:
-    """Resize an (H, W) or (H, W, C) uint8 image to ``size = (H_out, W_out)``, bilinear, aspect ratio not kept.
-
-    Half-pixel centres and no antialiasing, as OpenCV's ``cv2.resize(..., INTER_LINEAR)`` which the
-    original uses: source coordinate ``(i + 0.5) * H / H_out - 0.5``, clamped to the image. OpenCV
-    computes in fixed point, so values may differ from it by one grey level. Returns uint8, rounded.
-    """
-    a = np.asarray(img)
-    if a.dtype != np.uint8 or a.ndim not in (2, 3):
-        raise ValueError(f"expected an (H, W) or (H, W, C) uint8 image, got {a.ndim}-d {a.dtype}")
-    ho, wo = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
-    h, w = a.shape[:2]
-
-    def axis(n_out, n_in):
-        src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-        i0 = np.floor(src).astype(np.intp)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, (src - i0).astype(np.float32)
-
-    y0, y1, fy = axis(ho, h)
-    x0, x1, fx = axis(wo, w)
-    f = a.astype(np.float32)
-    if f.ndim == 2:
-        f = f[:, :, None]
-    fx = fx[None, :, None]
-    top = f[y0][:, x0] * (1 - fx) + f[y0][:, x1] * fx
-    bot = f[y1][:, x0] * (1 - fx) + f[y1][:, x1] * fx
-    out = top * (1 - fy[:, None, None]) + bot * fy[:, None, None]
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return out[:, :, 0] if a.ndim == 2 else out
-
-
-def prepare_input(img: np.ndarray, order: str = "BGR") -> np.ndarray:
-    """An RGB (H, W, 3) or grey (H, W) uint8 image -> the network input (1, 3, H, W) float32.
-
-    ``order="BGR"`` reverses the channels first, as OpenCV's ``imread`` delivers them to the original;
-    ``"RGB"`` keeps them. Either way the channels are then scaled to [0, 1] and normalised with the RGB
-    ImageNet mean and std *in that order*, as the original's ``Normalize`` does: with BGR input the
-    blue channel gets the red statistics and vice versa. A grey image is replicated to three channels
-    (what ``imread`` does with a grey file), so the order makes no difference to it.
-    """
-    a = np.asarray(img)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) or (H, W) uint8 image, got shape {a.shape} {a.dtype}")
-    if order not in ("BGR", "RGB"):
-        raise ValueError(f"order must be 'BGR' or 'RGB', got {order!r}")
-    if order == "BGR":
-        a = a[:, :, ::-1]
-    x = a.astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
-    x = (x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
-    return np.ascontiguousarray(x[None], dtype=np.float32)
-
-
-def minmax_uint8(img: np.ndarray) -> np.ndarray:
-    """The original's output scaling: a (C, H, W) projection -> (H, W, C) uint8.
-
-    ``(x - min) / (max - min) * 255`` over all pixels *and channels* together, truncated (not rounded)
-    to uint8. A constant image (where the original would divide by zero) gives zeros.
-    """
-    a = np.asarray(img, dtype=np.float32)
-    if a.ndim != 3:
-        raise ValueError(f"expected a (C, H, W) array, got shape {a.shape}")
-    lo, hi = float(a.min()), float(a.max())
-    if hi <= lo:
-        return np.zeros(a.shape[1:] + a.shape[:1], dtype=np.uint8)
-    return ((a - lo) / (hi - lo) * 255.0).astype(np.uint8).transpose(1, 2, 0)
-
-
-# ------------------------------------------------------------------------------------------------
-# the re-creation
-
-@dataclass
-class Selection:
-    """What the original's selection kept: ``feature``, the kept ``positions`` [(i, j), ...] (several
-    when the maximum is tied) and their ``value`` (the stored map's value there)."""
-    feature: int
-    positions: list = field(default_factory=list)
-    value: float = 0.0
-
-    @property
-    def unique(self) -> bool:
-        return len(self.positions) == 1
-
-
-def _unpool_add(y, switches, size):
-    """Unpooling that adds the values of windows sharing a switch (the gradient of max-pooling, and
-    zfcore's rule): (N, C, Ho, Wo) values and switches -> (N, C, H, W) tensor."""
-    import torch
-
-    N, C = y.shape[:2]
-    out = torch.zeros((N, C, size[0] * size[1]), dtype=y.dtype)
-    out.scatter_add_(2, switches.reshape(N, C, -1), y.reshape(N, C, -1))
-    return out.reshape(N, C, *size)
-
-
-def _features_layers(spec) -> list[tuple[str, str, dict]]:
-    """The (name, kind, params) of the spec's ``features`` section, in torchvision's index order."""
-    names = models.torchvision_names(spec)
-    out = []
-    for name, kind, p in spec:
-        if names.get(name, "").startswith("features."):
-            out.append((name, kind, p))
-    for i, (name, _, _) in enumerate(out):
-        assert names[name] == f"features.{i}"
-    return out
-
-
-class Recreation:
-    """huybery/VisualizingCNN's deconvnet pipeline, re-created in PyTorch for any conv/relu/maxpool net.
-
-    ``spec``: an architecture name or a zfcore spec; ``params``: zfcore parameters (numpy arrays under
-    zfcore names, e.g. ``net.params``; shared with torch, not copied). ``deconv_bias``: ``"random"`` (the
-    original: PyTorch's default ``ConvTranspose2d`` initialisation, seeded here by ``bias_seed``) or
-    ``"zero"`` (the paper). ``dtype``: ``"float32"`` (the original) or ``"float64"``. ``unpool``:
-    ``"assign"`` (the original's ``MaxUnpool2d``: where overlapping pooling windows share a switch, one
-    of their values is kept, which one being up to the kernel's loop order) or ``"add"`` (their values
-    add up, as in zfcore and in the gradient of max-pooling; the two agree for non-overlapping pools
-    such as VGG16's). See the module docstring for the rest.
-
-    Attributes: ``features`` / ``classifier`` (``nn.Sequential``, eval mode), ``deconv`` (the mirror),
-    ``names`` (zfcore name of each ``features`` index), ``index`` (the reverse), ``conv2deconv`` and
-    ``unpool2pool`` (the index maps), and after :meth:`forward`: ``feature_maps`` and ``pool_locs``
-    (dicts keyed by ``features`` index, filled by forward hooks as in the original).
-    """
-
-    def __init__(self, spec, params: dict, deconv_bias: str = "random", bias_seed: int = 0,
-                 dtype: str = "float32", unpool: str = "assign"):
-        import torch
-        from torch import nn
-
-        if deconv_bias not in ("random", "zero"):
-            raise ValueError(f"deconv_bias must be 'random' or 'zero', got {deconv_bias!r}")
-        if unpool not in ("assign", "add"):
-            raise ValueError(f"unpool must be 'assign' or 'add', got {unpool!r}")
-        self.unpool = unpool
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        spec = models.get_spec(spec) if isinstance(spec, str) else spec
-        self.deconv_bias, self.bias_seed, self.dtype = deconv_bias, bias_seed, dtype
-        tdt = getattr(torch, dtype)
-        tensor = lambda k: torch.from_numpy(np.ascontiguousarray(params[k], dtype=dtype))  # noqa: E731
-
-        feats = _features_layers(spec)
-        self.names = [name for name, _, _ in feats]
-        self.index = {name: i for i, name in enumerate(self.names)}
-        mods = []
-        for name, kind, p in feats:
-            if kind == "conv":
-                m = nn.Conv2d(p["in_channels"], p["out_channels"], p["kernel"], p["stride"], p["padding"],
-                              dtype=tdt)
-                m.weight.data, m.bias.data = tensor(f"{name}.weight"), tensor(f"{name}.bias")
-            elif kind == "relu":
-                m = nn.ReLU()  # not in place: the hook on the conv before it keeps the pre-ReLU map
-            elif kind == "maxpool":
-                m = nn.MaxPool2d(p["kernel"], p["stride"], p["padding"], return_indices=True)
-            else:
-                raise ValueError(f"layer {name!r}: the re-creation handles conv, relu and maxpool "
-                                 f"feature layers, not {kind!r}")
-            mods.append(m)
-        self.features = nn.Sequential(*mods).eval()
-
-        head = []
-        names = models.torchvision_names(spec)
-        for name, kind, p in spec:
-            if names.get(name, "").startswith("features."):
-                continue
-            if kind == "adaptive_avgpool":
-                o = p["output_size"]
-                head.append(nn.AdaptiveAvgPool2d(tuple(o) if isinstance(o, (list, tuple)) else o))
-            elif kind == "flatten":
-                head.append(nn.Flatten())
-            elif kind == "linear":
-                m = nn.Linear(p["in_features"], p["out_features"], dtype=tdt)
-                m.weight.data, m.bias.data = tensor(f"{name}.weight"), tensor(f"{name}.bias")
-                head.append(m)
-            elif kind == "relu":
-                head.append(nn.ReLU())
-            elif kind == "dropout":
-                head.append(nn.Dropout(p["p"]))
-            else:
-                raise ValueError(f"layer {name!r}: unknown classifier layer kind {kind!r}")
-        self.classifier = nn.Sequential(*head).eval()
-
-        # The mirror: features reversed, deconv index = n - 1 - forward index.
-        n = len(mods)
-        deconv = []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(bias_seed)
-            for m in reversed(mods):
-                if isinstance(m, nn.Conv2d):
-                    d = nn.ConvTranspose2d(m.out_channels, m.in_channels, m.kernel_size, m.stride, m.padding,
-                                           bias=(deconv_bias == "random"), dtype=tdt)
-                    d.weight.data = m.weight.data  # shared, as in the original
-                elif isinstance(m, nn.ReLU):
-                    d = nn.ReLU()
-                else:
-                    d = nn.MaxUnpool2d(m.kernel_size, m.stride, m.padding)
-                deconv.append(d)
-        self.deconv = nn.Sequential(*deconv).eval()
-        self.conv2deconv = {i: n - 1 - i for i, m in enumerate(mods) if isinstance(m, nn.Conv2d)}
-        self.unpool2pool = {n - 1 - i: i for i, m in enumerate(mods) if isinstance(m, nn.MaxPool2d)}
-
-        self.feature_maps, self.pool_locs, self._in_sizes = {}, {}, {}
-        for i, m in enumerate(mods):
-            m.register_forward_hook(self._hook(i))
-
-    def _hook(self, i):
-        def hook(module, inputs, output):
-            self._in_sizes[i] = tuple(inputs[0].shape[-2:])
-            if isinstance(output, tuple):  # a pool: (output, switches)
-                self.feature_maps[i], self.pool_locs[i] = output
-            else:
-                self.feature_maps[i] = output
-        return hook
-
-    def _index(self, layer) -> int:
-        i = self.index[layer] if isinstance(layer, str) else int(layer)
-        if not 0 <= i < len(self.names):
-            raise ValueError(f"no features layer {layer!r}")
-        return i
-
-    # -- forward ---------------------------------------------------------------------------------
-    def forward(self, x):
-        """Run one image (1, C, H, W) (numpy or tensor) through features and classifier, storing maps and
-        switches through the hooks; returns the classifier output (logits; the original's classifier
-        ends in a softmax) as a tensor."""
-        import torch
-
-        x = x.to(getattr(torch, self.dtype)) if torch.is_tensor(x) else torch.from_numpy(
-            np.ascontiguousarray(x, dtype=self.dtype))
-        if x.ndim != 4 or x.shape[0] != 1:
-            raise ValueError(f"the original works on one image (1, C, H, W), got shape {tuple(x.shape)}")
-        self.feature_maps.clear()
-        self.pool_locs.clear()
-        with torch.no_grad():
-            for m in self.features:
-                x = m(x)
-                if isinstance(x, tuple):
-                    x = x[0]
-            return self.classifier(x) if len(self.classifier) else x
-
-    # -- selection and projection ----------------------------------------------------------------
-    def select(self, layer, feature=None, position=None):
-        """The original's selection at ``layer`` (a ``features`` index or zfcore name) -> (start map
-        (1, C, H, W) tensor, :class:`Selection`).
-
-        ``feature=None``: the map with the largest maximum (the first of equal ones). ``position=None``:
-        every position equal to that map's maximum is kept (ties keep several); an ``(i, j)`` keeps that
-        single position, which makes the result comparable with a single-activation projection.
-        """
-        import torch
-
-        i = self._index(layer)
-        fmap = self.feature_maps[i]
-        maps = fmap[0]
-        if feature is None:
-            feature = int(np.argmax(maps.flatten(1).max(dim=1).values.numpy()))
-        chosen = maps[feature]
-        if position is None:
-            value = chosen.max()
-            keep = chosen == value
-        else:
-            keep = torch.zeros_like(chosen, dtype=torch.bool)
-            keep[tuple(position)] = True
-            value = chosen[tuple(position)]
-        start = torch.zeros_like(fmap)
-        start[0, feature] = torch.where(keep, chosen, torch.zeros_like(chosen))
-        positions = [tuple(int(v) for v in p) for p in keep.nonzero().tolist()]
-        return start, Selection(int(feature), positions, float(value))
-
-    def deconv_from(self, start, layer):
-        """Walk the mirror from the transposed conv (or unpool / ReLU) of ``layer`` down to the input:
-        (1, C_layer, H, W) tensor -> (1, C_in, H_in, W_in) tensor."""
-        import torch
-        from torch import nn
-
-        i = self._index(layer)
-        x = start
-        with torch.no_grad():
-            for d in range(len(self.names) - 1 - i, len(self.deconv)):
-                m, fwd = self.deconv[d], len(self.names) - 1 - d
-                if isinstance(m, nn.MaxUnpool2d) and self.unpool == "add":
-                    x = _unpool_add(x, self.pool_locs[self.unpool2pool[d]], self._in_sizes[fwd])
-                elif isinstance(m, nn.MaxUnpool2d):
-                    x = m(x, self.pool_locs[self.unpool2pool[d]], output_size=self._in_sizes[fwd])
-                elif isinstance(m, nn.ConvTranspose2d):
-                    x = m(x, output_size=self._in_sizes[fwd])
-                else:
-                    x = m(x)
-        return x
-
-    def project(self, layer, feature=None, position=None, scale: str | None = None):
-        """Selection + mirror at ``layer`` -> (projection, :class:`Selection`).
-
-        The projection is (C_in, H, W) float32 numpy, or with ``scale="uint8"`` the original's displayed
-        image: (H, W, C_in) uint8, min-max scaled (:func:`minmax_uint8`). Call :meth:`forward` first.
-        """
-        start, sel = self.select(layer, feature, position)
-        out = self.deconv_from(start, layer)[0].numpy()
-        if scale == "uint8":
-            out = minmax_uint8(out)
-        elif scale is not None:
-            raise ValueError(f"scale must be None or 'uint8', got {scale!r}")
-        return out, sel
-
-    def figure(self, x, layers=DEMO_LAYERS):
-        """The original's demo figure: forward, then for each layer its selection, mirror and min-max
-        uint8 scaling. Returns a list of ((H, W, C) uint8, Selection)."""
-        self.forward(x)
-        return [self.project(layer, scale="uint8") for layer in layers]
-
-
-# ------------------------------------------------------------------------------------------------
-# measures and tables
+# measures
 
 def relative_error(a, b) -> float:
     """``||a - b|| / ||b||`` (Frobenius, float64); 0 when both are zero."""
@@ -398,84 +50,6 @@ def support(img, atol: float = 0.0) -> float:
     return float(support_mask(img, atol).mean())
 
 
-def median_time(fn, repeat: int = 5, warmup: int = 1) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeat`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def _fmt(v, spec=None):
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        if v != v:
-            return "n/a"
-        if spec:
-            return format(float(v), spec)
-        return f"{float(v):.2e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{float(v):.3g}"
-    if isinstance(v, (tuple, list)):
-        return " ".join(_fmt(u) for u in v) if len(v) > 2 or not all(isinstance(u, int) for u in v) \
-            else f"({v[0]}, {v[1]})"
-    return str(v)
-
-
-def format_table(rows: list[dict], columns=None, formats: dict | None = None) -> str:
-    """A Markdown table of ``rows`` (dicts); ``columns`` picks and orders keys (default: the first row's),
-    ``formats`` maps a key to a format spec (e.g. ``".3f"``)."""
-    if not rows:
-        return ""
-    columns = list(columns or rows[0].keys())
-    formats = formats or {}
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c, ""), formats.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------
-# the comparison runs
-
-def features_only(spec, params: dict | None = None):
-    """The part of ``spec`` up to its last conv / relu / maxpool layer before the classifier (VGG16: up
-    to pool5), and the params of those layers. Projections from conv layers need nothing more, and the
-    torch references build much faster without VGG16's 120M classifier weights."""
-    spec = models.get_spec(spec) if isinstance(spec, str) else spec
-    keep = [entry for entry in _features_layers(spec)]
-    names = {name for name, _, _ in keep}
-    if params is None:
-        return keep
-    return keep, {k: v for k, v in params.items() if k.rsplit(".", 1)[0] in names}
-
-
-def layer_names(spec, layers=DEMO_LAYERS) -> list[str]:
-    """zfcore names of ``features`` indices (VGG16's demo layers by default: conv3_3 ... conv5_3)."""
-    names = [name for name, _, _ in _features_layers(models.get_spec(spec) if isinstance(spec, str) else spec)]
-    return [names[i] if not isinstance(i, str) else i for i in layers]
-
-
-def conv_layers(spec) -> list[str]:
-    """Names of the conv layers of a spec's ``features`` section."""
-    spec = models.get_spec(spec) if isinstance(spec, str) else spec
-    return [name for name, kind, _ in _features_layers(spec) if kind == "conv"]
-
-
-def strongest_feature(act: np.ndarray) -> int:
-    """The original's choice of map in a (C, H, W) activation: the one with the largest maximum (the
-    first of equal ones)."""
-    a = np.asarray(act)
-    return int(np.argmax(a.reshape(a.shape[0], -1).max(axis=1)))
-
-
 def duplicate_switches(switches) -> int:
     """How many pooled outputs share their argmax with an earlier output of the same map: ``count -
     distinct`` of the flat switch indices per (image, channel). Zero for non-overlapping windows; with
@@ -486,6 +60,9 @@ def duplicate_switches(switches) -> int:
     s = s.reshape(-1, s.shape[-2] * s.shape[-1])
     return int(sum(len(row) - len(np.unique(row)) for row in s))
 
+
+# ------------------------------------------------------------------------------------------------
+# the comparison runs
 
 def zfcore_figure(net, x, layers, scale: bool = True):
     """zfcore's version of the original's figure: forward, then per layer the strongest map's strongest
@@ -526,17 +103,15 @@ def agreement(net, x, layers, captum: bool = True, unpool: str = "assign") -> tu
     re-creation on zfcore's switches`` (the re-creation's unpooling fed zfcore's switches instead of its
     own: what is left of the difference when the forward passes' near-ties are taken out);
     ``duplicate switches below`` (see :func:`duplicate_switches`: where ``MaxUnpool2d`` and zfcore
-    differ by construction). ``unpool`` is passed to :class:`Recreation`.
+    differ by construction). ``unpool`` is passed to :class:`zfcore.huybery.Recreation`.
 
     Returns (rows, projections: layer -> dict(zfcore=, recreation=, captum=, selection=)).
     """
     import torch
 
-    from . import reference
-
-    spec, params = features_only(net.spec, net.params)
+    spec, params = models.features_spec(net.spec, net.params)
     dtype = str(np.dtype(net.dtype))
-    rec = Recreation(spec, params, deconv_bias="zero", dtype=dtype, unpool=unpool)
+    rec = huybery.Recreation(spec, params, deconv_bias="zero", dtype=dtype, unpool=unpool)
     rec.forward(x)
     net.forward(x)
     flips = switch_flips(net, rec)
@@ -585,9 +160,9 @@ def bias_effect(spec, params, x, layers, bias_seed: int = 0, net=None) -> list[d
     start|| / ||out from an all-zero start||``)."""
     import torch
 
-    spec, params = features_only(spec, params)
-    zero = Recreation(spec, params, deconv_bias="zero")
-    rand = Recreation(spec, params, deconv_bias="random", bias_seed=bias_seed)
+    spec, params = models.features_spec(spec, params)
+    zero = huybery.Recreation(spec, params, deconv_bias="zero")
+    rand = huybery.Recreation(spec, params, deconv_bias="random", bias_seed=bias_seed)
     zero.forward(x)
     rand.forward(x)
     rows = []
@@ -619,8 +194,8 @@ def channel_order(spec, params, img_uint8, layers) -> list[dict]:
     (the original's rule). Two comparisons of the projections: ``as displayed`` (channels in the order
     fed, which is how the original shows them: ``imshow`` takes its BGR-ordered result for RGB) and ``in
     RGB order`` (the BGR run's channels flipped back, i.e. the colours it attributes to the photo)."""
-    spec, params = features_only(spec, params)
-    rec = Recreation(spec, params, deconv_bias="zero")
+    spec, params = models.features_spec(spec, params)
+    rec = huybery.Recreation(spec, params, deconv_bias="zero")
     outs = {}
     for order in ("BGR", "RGB"):
         rec.forward(prepare_input(img_uint8, order))
@@ -636,6 +211,62 @@ def channel_order(spec, params, img_uint8, layers) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------
 # timings
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy so far (``/proc/stat``, 10 ms ticks), or None
+    where that file is unavailable."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(t) for t in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds (user + system) this process has used so far."""
+    t = os.times()
+    return t.user + t.system
+
+
+def median_time(fn, repeat: int = 5, warmup: int = 1, quiet: float | None = None,
+                stats: dict | None = None) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeat`` timings after ``warmup`` untimed calls.
+
+    ``quiet`` (benchmarks on a shared machine): a timing during which other processes used more than
+    this share of the CPUs (``busy_cpu_seconds`` less this process's own CPU time) is discarded and
+    taken again after a 1 s pause, up to ``10 * repeat`` tries in all (then kept as it is); short calls
+    are then timed in blocks of calls lasting >= 0.1 s, as ``/proc/stat`` counts in 10 ms ticks.
+    ``stats["retimed"]`` counts the discarded timings, ``stats["gave_up"]`` the disturbed ones kept.
+    """
+    t = 0.0
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        t = time.perf_counter() - t0
+    guard = quiet is not None and busy_cpu_seconds() is not None
+    n = max(1, int(0.1 / max(t, 1e-6))) if guard and warmup else 1
+    stats = {} if stats is None else stats
+    times, tries, ncpu = [], 0, os.cpu_count() or 1
+    while len(times) < repeat:
+        tries += 1
+        b0, o0 = (busy_cpu_seconds(), own_cpu_seconds()) if guard else (0.0, 0.0)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t1 = time.perf_counter()
+        if guard:
+            others = max(0.0, (busy_cpu_seconds() - b0) - (own_cpu_seconds() - o0)) / ((t1 - t0) * ncpu)
+            if others > quiet and tries < 10 * repeat:
+                stats["retimed"] = stats.get("retimed", 0) + 1
+                time.sleep(1.0)  # let the other work pass
+                continue
+            if others > quiet:
+                stats["gave_up"] = stats.get("gave_up", 0) + 1
+        times.append((t1 - t0) / n)
+    return float(np.median(times))
+
 
 def time_zfcore(net, x, layers, figure_layers=None, repeat: int = 5) -> dict:
     """Median seconds: ``forward`` (with switches), ``project <layer>`` for each of ``layers`` (the
@@ -654,8 +285,8 @@ def time_zfcore(net, x, layers, figure_layers=None, repeat: int = 5) -> dict:
 
 
 def time_recreation(rec, x, layers, figure_layers=None, repeat: int = 5) -> dict:
-    """The same measures for a :class:`Recreation` (its forward runs the classifier too, as the
-    original's does, when the spec has one; its projections are dense, as the original's)."""
+    """The same measures for a :class:`zfcore.huybery.Recreation` (its forward runs the classifier too,
+    as the original's does, when the spec has one; its projections are dense, as the original's)."""
     out = {"forward": median_time(lambda: rec.forward(x), repeat)}
     rec.forward(x)
     for name in layers:
@@ -674,9 +305,7 @@ def time_captum(spec, params, x, layers, units: dict, figure_layers=None, repeat
     import torch
     from captum.attr import NeuronDeconvolution
 
-    from . import reference
-
-    spec, params = features_only(spec, params)
+    spec, params = models.features_spec(spec, params)
     model = reference.torch_model(spec, params)
     mods = dict(model.named_children())
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -713,33 +342,38 @@ def timing_rows(results: dict, reference: str = "zfcore") -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------
-# figure
+# tables
 
-def plot_rows(rows, titles=None, size: float = 2.0, suptitle=None):
-    """A figure of image rows: ``rows`` is a list of (row label, [images]), each image (H, W, 3) or (H, W),
-    uint8 or float in [0, 1], shown as given (no rescaling: pass what the implementation displays);
-    ``titles`` a matching list of lists of panel titles. Returns the figure."""
-    import matplotlib.pyplot as plt
+def _fmt(v, spec=None):
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        if v != v:
+            return "n/a"
+        if spec:
+            return format(float(v), spec)
+        return f"{float(v):.2e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{float(v):.3g}"
+    if isinstance(v, (tuple, list)):
+        return " ".join(_fmt(u) for u in v) if len(v) > 2 or not all(isinstance(u, int) for u in v) \
+            else f"({v[0]}, {v[1]})"
+    return str(v)
 
-    ncols = max(len(imgs) for _, imgs in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols, size * len(rows) + 0.3), squeeze=False)
-    for r, (label, imgs) in enumerate(rows):
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(imgs):
-                ax.axis("off")
-                continue
-            img = np.asarray(imgs[c])
-            lims = {} if img.dtype == np.uint8 else {"vmin": 0.0, "vmax": 1.0}
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest", **lims)
-            if titles is not None:
-                ax.set_title(titles[r][c], fontsize=8)
-        axes[r][0].set_ylabel(label, fontsize=9)
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
+
+def format_table(rows: list[dict], columns=None, formats: dict | None = None) -> str:
+    """A Markdown table of ``rows`` (dicts); ``columns`` picks and orders keys (default: the first row's),
+    ``formats`` maps a key to a format spec (e.g. ``".3f"``)."""
+    if not rows:
+        return ""
+    columns = list(columns or rows[0].keys())
+    formats = formats or {}
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, ""), formats.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
 
 
 def show_table(rows: list[dict], columns=None, formats: dict | None = None):

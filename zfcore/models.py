@@ -1,9 +1,9 @@
-"""Architectures as declarative layer specs, and weight files (.npz, PyTorch state dicts).
+"""Architectures as declarative layer specs: the spec vocabulary of zfcore.
 
 A spec is a list of ``(name, kind, params)`` triples, read top to bottom as the forward pass. The same
-spec builds the numpy network (``zfcore.network``) and, for training, its PyTorch mirror
-(``zfcore.train``), so the two cannot drift apart. Parameter names are ``<layer>.weight`` and
-``<layer>.bias`` in PyTorch's layout: conv weights (F, C, KH, KW), linear weights (out, in).
+spec builds the numpy network (``build``) and its PyTorch mirror (``zfcore.reference.torch_model``), so
+the two cannot drift apart. Parameter names are ``<layer>.weight`` and ``<layer>.bias`` in PyTorch's
+layout: conv weights (F, C, KH, KW), linear weights (out, in).
 
 Layer kinds: ``conv`` (in_channels, out_channels, kernel, stride, padding; kernel, stride and padding
 an int or an (H, W) pair), ``relu``, ``maxpool`` (kernel, stride, padding), ``flatten``, ``linear``
@@ -17,20 +17,22 @@ Architectures (``SPECS``, or ``get_spec(arch, num_classes)``):
 - ``zfnet``: ZFNet as in Zeiler & Fergus (2014), Fig. 3 (``zfnet_spec``);
 - ``alexnet``, ``vgg16``: torchvision's layouts (``alexnet_spec``, ``vgg16_spec``).
 
-Weights: ``build_model`` (random seeded, a file or a dict), ``load_model`` (the shipped embedded
-model, or ImageNet weights the user already has), ``load_weights`` / ``save_weights`` (.npz in zfcore's
-format; .pth/.pt state dicts in torchvision's or zfcore's key layout), ``check_params`` (missing keys,
-unexpected keys and shape mismatches, all in one message) and the key mapping
-``torchvision_to_zfcore`` / ``zfcore_to_torchvision``, derived from the spec. torch is imported only
-inside the functions that read .pth files or return tensors.
+Worked out here once, from a spec: ``param_shapes`` (every parameter's shape), ``check_params``
+(missing keys, unexpected keys and shape mismatches, all in one message), ``features_spec`` (the
+feature extractor: the layers before the classifier) and ``build`` (a ``zfcore.network.Network``, with
+``kaiming_params`` for seeded random weights).
+
+Weight files live in ``zfcore.weights`` (``build_model``, ``load_model``, ``load_weights``,
+``save_weights``, ``load_npz``, ``save_npz``, ``checkpoints``, ``load_checkpoint``, the torchvision key
+mapping); they are re-exported here under the same names (``zf.models.load_model()``), imported on
+first use. Importing this module needs numpy alone.
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
+
+from . import layers as L
+from .network import Network
 
 # The embedded default: a small ZF-style net for 28x28 grey Fashion-MNIST images. Five conv layers (so
 # the paper's "layers 1-5" figures have a counterpart), overlapping 3x3 stride-2 max-pools as in ZFNet,
@@ -178,11 +180,6 @@ def _set_num_classes(spec, num_classes: int) -> list:
 # The registry: architecture name -> spec with its default classifier width.
 SPECS = {"fmnist_zf": FMNIST_ZF, "vgg16": vgg16_spec(), "alexnet": alexnet_spec(), "zfnet": zfnet_spec()}
 
-# Default ImageNet weights: torchvision's file names in its hub cache, and the environment variables.
-TORCHVISION_FILES = {"vgg16": "vgg16-397923af.pth", "alexnet": "alexnet-owt-7be5be79.pth"}
-WEIGHTS_ENV = {"vgg16": "ZFCORE_VGG16", "alexnet": "ZFCORE_ALEXNET"}
-ASSETS = Path(__file__).resolve().parent / "assets" / "models"
-
 
 def _check_arch(arch: str) -> str:
     if arch not in SPECS:
@@ -203,8 +200,13 @@ def _spec_of(arch_or_spec) -> list:
     return get_spec(arch_or_spec) if isinstance(arch_or_spec, str) else arch_or_spec
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+def _pair(v, what: str = "kernel") -> tuple[int, int]:
+    # To fold into the public ``zfcore.ops.pair`` once it exists (one pair helper for the package).
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{what} must be an int or an (H, W) pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
 
 
 def param_shapes(spec) -> dict[str, tuple[int, ...]]:
@@ -212,24 +214,13 @@ def param_shapes(spec) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for name, kind, p in spec:
         if kind == "conv":
-            shapes[f"{name}.weight"] = (p["out_channels"], p["in_channels"], *_pair(p["kernel"]))
+            kernel = _pair(p["kernel"], f"layer {name!r}: kernel")
+            shapes[f"{name}.weight"] = (p["out_channels"], p["in_channels"], *kernel)
             shapes[f"{name}.bias"] = (p["out_channels"],)
         elif kind == "linear":
             shapes[f"{name}.weight"] = (p["out_features"], p["in_features"])
             shapes[f"{name}.bias"] = (p["out_features"],)
     return shapes
-
-
-def _last_linear(spec) -> str | None:
-    names = [n for n, k, _ in spec if k == "linear"]
-    return names[-1] if names else None
-
-
-def _infer_num_classes(arch: str, params) -> int | None:
-    """The classifier width stored in ``params`` (rows of the last linear weight), if readable."""
-    w = params.get(f"{_last_linear(get_spec(arch))}.weight")
-    shape = getattr(w, "shape", None)
-    return int(shape[0]) if shape is not None and len(shape) == 2 else None
 
 
 def check_params(spec, params: dict, source: str = "params") -> None:
@@ -259,354 +250,85 @@ def check_params(spec, params: dict, source: str = "params") -> None:
         raise ValueError(f"{source}: weights do not fit the architecture:\n  " + "\n  ".join(problems))
 
 
-# ------------------------------------------------------------------------------------------------
-# torchvision key layout
-
-def torchvision_names(arch) -> dict[str, str]:
-    """Map each zfcore layer name of a spec (or architecture name) to its torchvision module path.
-
-    Derived from the spec order the way torchvision lays out AlexNet and VGG: layers before the first
-    ``adaptive_avgpool`` or ``flatten`` are ``features.<i>``, an ``adaptive_avgpool`` is ``avgpool``,
-    ``flatten`` is no module (it lives in ``forward``), and the layers after are ``classifier.<i>``,
-    counting every module (ReLU, pool, dropout, LRN) in each ``nn.Sequential``.
-    """
-    names, section, i = {}, "features", 0
-    for name, kind, _ in _spec_of(arch):
+def _features_end(spec) -> int:
+    """Index of the first layer after the feature extractor: the first ``adaptive_avgpool`` or
+    ``flatten`` (where torchvision's ``features`` section ends), or ``len(spec)``."""
+    for i, (_, kind, _) in enumerate(spec):
         if kind in ("adaptive_avgpool", "flatten"):
-            if kind == "adaptive_avgpool":
-                names[name] = "avgpool"
-            if section == "features":
-                section, i = "classifier", 0
-            continue
-        names[name] = f"{section}.{i}"
-        i += 1
-    return names
+            return i
+    return len(spec)
 
 
-def _to_numpy(v) -> np.ndarray:
-    if hasattr(v, "detach"):  # a torch tensor
-        v = v.detach().cpu().numpy()
-    return np.asarray(v)
+def features_spec(arch_or_spec, params: dict | None = None):
+    """The feature extractor of an architecture (name) or spec: its layers before the first
+    ``adaptive_avgpool`` or ``flatten`` (conv, relu, pool, lrn ...; VGG16: conv1_1 ... pool5), which is
+    torchvision's ``features`` section. Projections from these layers need nothing more, and the
+    checkpoints keep only their weights.
 
-
-def torchvision_to_zfcore(arch, state_dict) -> dict[str, np.ndarray]:
-    """Rename a torchvision-layout state dict (``features.0.weight`` ...) to zfcore names (``conv1_1.weight``).
-
-    Values become numpy arrays (float32 for floating ones), copied, so that they share no memory with
-    the tensors given. Keys that do not belong to the spec's layers are kept under their own names, so
-    that ``check_params`` reports them as unexpected.
-    """
-    to_zf = {tv: zf for zf, tv in torchvision_names(arch).items()}
-    out = {}
-    for key, v in state_dict.items():
-        module, _, leaf = key.rpartition(".")
-        new = f"{to_zf[module]}.{leaf}" if module in to_zf else key
-        a = _to_numpy(v)
-        out[new] = np.array(a, dtype=np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype)
-    return out
-
-
-def zfcore_to_torchvision(arch, params: dict, as_torch: bool = False) -> dict:
-    """Rename zfcore parameters to torchvision's keys; ``as_torch=True`` returns torch tensors, ready for
-    ``torchvision.models.<arch>().load_state_dict(..., strict=True)``."""
-    to_tv = torchvision_names(arch)
-    out = {}
-    for key, v in params.items():
-        layer, _, leaf = key.rpartition(".")
-        out[f"{to_tv[layer]}.{leaf}" if layer in to_tv else key] = np.asarray(v)
-    if as_torch:
-        import torch
-
-        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
-    return out
-
-
-def _is_torchvision_layout(keys) -> bool:
-    return any(k.startswith(("features.", "classifier.")) for k in keys)
-
-
-# ------------------------------------------------------------------------------------------------
-# .npz files
-
-def save_npz(path, params: dict, arch: str, meta: dict | None = None, dtype=None,
-             overwrite: bool = False) -> Path:
-    """Write ``params`` (name -> array) to a compressed .npz with the architecture name and metadata.
-
-    ``dtype`` (e.g. ``np.float16``) converts every parameter for storage; loading converts back to
-    float32. Refuses to overwrite an existing file unless ``overwrite=True``. Writes to a temporary
-    file next to ``path`` and renames it, so a failure leaves neither a partial file nor the temporary.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    arrays = {k: (np.asarray(v, dtype=dtype) if dtype is not None else np.asarray(v))
-              for k, v in params.items()}
-    header = {"arch": arch, "meta": meta or {}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    try:
-        np.savez_compressed(tmp, __zfcore__=np.array(json.dumps(header)), **arrays)
-        tmp.replace(path)  # no partial file left behind on failure
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_npz(path) -> tuple[dict[str, np.ndarray], str, dict]:
-    """Read a zfcore .npz: returns (params as float32 arrays, arch name, metadata).
-
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for anything
-    unreadable (not a zip, truncated, no zfcore header, damaged members).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: not a zfcore weights file (a bare .npy array, not an .npz)")
-        with z:
-            if "__zfcore__" not in z.files:
-                raise ValueError(f"{path}: not a zfcore weights file (no '__zfcore__' header)")
-            header = json.loads(str(z["__zfcore__"]))
-            if not isinstance(header, dict):
-                raise ValueError(f"{path}: not a zfcore weights file (bad '__zfcore__' header)")
-            params = {k: z[k].astype(np.float32) for k in z.files if k != "__zfcore__"}
-    except ValueError as e:
-        if str(e).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: corrupt weights file ({e})") from None
-    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, zlib.error, JSON errors ...
-        raise ValueError(f"{path}: corrupt weights file ({type(e).__name__}: {e})") from None
-    return params, header.get("arch", ""), header.get("meta", {})
-
-
-# ------------------------------------------------------------------------------------------------
-# weights in any format
-
-def _load_pth(path: Path) -> dict:
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(f"{path}: reading .pth/.pt files needs PyTorch (pip install torch), "
-                          "or convert it to .npz with save_weights where torch is installed") from None
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:
-        raise ValueError(f"{path}: corrupt or unreadable PyTorch weights file "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a training checkpoint
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
-        raise ValueError(f"{path}: not a state dict (found {type(obj).__name__}); "
-                         "save the model with torch.save(model.state_dict(), path)")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
-
-
-def _guess_arch(path, state: dict, torchvision_layout: bool) -> str:
-    keys = set(state)
-    candidates = []
-    for arch in SPECS:
-        expected = set(param_shapes(get_spec(arch)))
-        if torchvision_layout:
-            expected = set(zfcore_to_torchvision(arch, dict.fromkeys(expected, 0)))
-        if keys == expected:
-            candidates.append(arch)
-    if len(candidates) > 1:  # same names (alexnet / zfnet): decide by shapes
-        params = torchvision_to_zfcore(candidates[0], state) if torchvision_layout else state
-        fits = []
-        for arch in candidates:
-            try:
-                check_params(get_spec(arch, _infer_num_classes(arch, params)), params)
-                fits.append(arch)
-            except ValueError:
-                pass
-        candidates = fits
-    if len(candidates) != 1:
-        raise ValueError(f"{path}: cannot tell which architecture these weights are for "
-                         f"({'several' if candidates else 'none'} of {', '.join(SPECS)} fit); "
-                         "pass arch=")
-    return candidates[0]
-
-
-def load_weights(path, arch: str | None = None) -> tuple[dict[str, np.ndarray], str]:
-    """Read a weights file; returns (params as float32 numpy arrays under zfcore names, arch name).
-
-    ``.npz``: zfcore's format (``save_weights``); the architecture stored in the file must equal ``arch``
-    when given. ``.pth`` / ``.pt``: a PyTorch state dict (``torch.load(weights_only=True)``, torch imported
-    here) in torchvision's key layout (``features.0.weight``) or zfcore's (``conv1.weight``); ``arch`` is
-    guessed from the keys when not given. The params are checked against the architecture (the classifier
-    width may differ: it is read from the file), so a file for another architecture, a missing file or
-    a corrupt one each give one error naming the file.
-    """
-    path = Path(path)
-    if arch is not None:
-        _check_arch(arch)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        params, stored, _ = load_npz(path)
-        if stored not in SPECS:
-            raise ValueError(f"{path}: weights for an unknown architecture {stored!r}")
-        if arch is not None and stored != arch:
-            raise ValueError(f"{path}: a weights file for architecture {stored!r}, not {arch!r}")
-        arch = stored
-    elif suffix in (".pth", ".pt"):
-        state = _load_pth(path)
-        tv = _is_torchvision_layout(state)
-        if arch is None:
-            arch = _guess_arch(path, state, tv)
-        params = torchvision_to_zfcore(arch, state) if tv else {k: _to_numpy(v) for k, v in state.items()}
-        params = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
-                  for k, v in params.items()}
-    else:
-        raise ValueError(f"{path}: unknown weights format {suffix!r} (expected .npz, .pth or .pt)")
-    try:
-        check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
-    except ValueError as e:
-        raise ValueError(f"{e}\n  (checked against architecture {arch!r})") from None
-    return params, arch
-
-
-def save_weights(net_or_params, path, arch: str, overwrite: bool = False, meta: dict | None = None,
-                 dtype=None) -> Path:
-    """Save a network's (or a params dict's) weights to a zfcore ``.npz`` file for ``arch``.
-
-    The params are checked against the architecture first. Refuses to overwrite an existing file unless
-    ``overwrite=True``; writes through a temporary file, so a failure leaves no partial output.
-    """
-    path = Path(path)
-    _check_arch(arch)
-    if path.suffix.lower() != ".npz":
-        raise ValueError(f"{path}: save_weights writes zfcore .npz files; give a path ending in .npz")
-    params = getattr(net_or_params, "params", net_or_params)
-    check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
-    return save_npz(path, params, arch, meta=meta, dtype=dtype, overwrite=overwrite)
-
-
-def build_model(arch: str = "fmnist_zf", weights=None, seed: int = 0, num_classes: int | None = None,
-                dtype=np.float32):
-    """A ``zfcore.network.Network`` for ``arch``.
-
-    ``weights``: None (random, seeded by ``seed``), a path (``load_weights``) or a params dict (checked
-    with ``check_params``). ``num_classes`` resizes the last linear layer; with weights given and
-    ``num_classes=None`` it is read from the weights.
-    """
-    _check_arch(arch)
-    params, source = None, "params"
-    if isinstance(weights, (str, os.PathLike)):
-        params, arch = load_weights(weights, arch)
-        source = str(weights)
-    elif weights is not None:
-        params = {k: _to_numpy(v) for k, v in dict(weights).items()}
-    if params is not None and num_classes is None:
-        num_classes = _infer_num_classes(arch, params)
-    spec = get_spec(arch, num_classes)
-    if params is not None:
-        check_params(spec, params, source=source)
-        params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
-    from . import network
-
-    return network.build(spec, params=params, seed=seed, dtype=dtype)
-
-
-def _hub_dir() -> Path:
-    """torch.hub.get_dir(), without importing torch when it is not installed (same rule as torch)."""
-    try:
-        import torch.hub
-
-        return Path(torch.hub.get_dir())
-    except ImportError:
-        if os.environ.get("TORCH_HOME"):
-            return Path(os.environ["TORCH_HOME"]).expanduser() / "hub"
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-        return Path(cache).expanduser() / "torch" / "hub"
-
-
-def default_weights_path(name: str) -> Path:
-    """Where ``load_model(name)`` finds weights without a path; raises FileNotFoundError listing where it
-    looked. fmnist_zf: the shipped ``zfcore/assets/models/fmnist_zf.npz``. vgg16 / alexnet:
-    ``$ZFCORE_VGG16`` / ``$ZFCORE_ALEXNET``, then torchvision's cache
-    (``torch.hub.get_dir()/checkpoints/<torchvision file name>``). Nothing is ever downloaded."""
-    _check_arch(name)
-    if name == "fmnist_zf":
-        p = ASSETS / "fmnist_zf.npz"
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"{p}: the embedded model's weights are missing from this installation; train them with "
-                "`python -m zfcore train` (or build_model('fmnist_zf') for random weights)")
-        return p
-    if name not in TORCHVISION_FILES:
-        raise FileNotFoundError(f"no pretrained weights are known for {name!r}; pass path= to a weights "
-                                f"file, or use build_model({name!r}) for random weights")
-    looked = []
-    env = WEIGHTS_ENV[name]
-    if os.environ.get(env):
-        p = Path(os.environ[env]).expanduser()
-        if p.is_file():
-            return p
-        looked.append(f"${env} = {p} (no such file)")
-    else:
-        looked.append(f"${env} (not set)")
-    p = _hub_dir() / "checkpoints" / TORCHVISION_FILES[name]
-    if p.is_file():
-        return p
-    looked.append(f"{p} (torchvision's cache; not there)")
-    raise FileNotFoundError(
-        f"no {name} ImageNet weights found; looked at: " + "; ".join(looked) +
-        f". Pass path=, set ${env}, or put torchvision's {TORCHVISION_FILES[name]} in its cache "
-        f"(zfcore never downloads). build_model({name!r}) gives random weights.")
-
-
-def load_model(name: str = "fmnist_zf", path=None):
-    """A network with trained weights: the embedded Fashion-MNIST model shipped with zfcore (default), or
-    vgg16 / alexnet with ImageNet weights the user already has (``path``, ``$ZFCORE_VGG16`` /
-    ``$ZFCORE_ALEXNET``, or torchvision's cache; see ``default_weights_path``). Never downloads."""
-    _check_arch(name)
-    return build_model(name, weights=path if path is not None else default_weights_path(name))
-
-
-def features_spec(arch_or_spec) -> list:
-    """The feature extractor of an architecture: its layers before ``flatten`` (conv, relu, pool ...)."""
+    Returns the list of entries; with ``params`` given, ``(entries, the params of those layers)``."""
     spec = _spec_of(arch_or_spec)
-    kinds = [kind for _, kind, _ in spec]
-    return list(spec[:kinds.index("flatten")]) if "flatten" in kinds else list(spec)
+    keep = list(spec[:_features_end(spec)])
+    if params is None:
+        return keep
+    names = {name for name, _, _ in keep}
+    return keep, {k: v for k, v in params.items() if k.rsplit(".", 1)[0] in names}
 
 
-def load_checkpoint(path, arch: str = "fmnist_zf", dtype=np.float32):
-    """The feature extractor (``features_spec``) of a shipped training checkpoint, as a Network.
-
-    Checkpoints keep the conv layers only, stored as float16 and loaded as float32: enough to run
-    the images up to the last pooling layer and project any feature (the feature-evolution figure);
-    the classifier is left out to keep the package small (each epoch's test accuracy is in
-    ``history.json``). Errors name the file: missing, corrupt, another architecture, wrong keys."""
-    path = Path(path)
-    _check_arch(arch)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    params, stored, _ = load_npz(path)
-    if stored != arch:
-        raise ValueError(f"{path}: a checkpoint for architecture {stored!r}, not {arch!r}")
-    spec = features_spec(arch)
-    check_params(spec, params, source=str(path))
-    from . import network
-
-    return network.build(spec, params=params, dtype=dtype)
+def kaiming_params(spec, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Random weights for a spec: Kaiming-normal (std ``sqrt(2 / fan_in)``, fan_in = C*KH*KW or in),
+    zero biases, drawn in float32 from ``numpy.random.default_rng(seed)`` in spec order (a float64
+    network gets the same values, widened)."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for key, shape in param_shapes(spec).items():
+        if key.endswith(".bias"):
+            params[key] = np.zeros(shape, dtype)
+            continue
+        w = rng.standard_normal(shape, dtype=np.float32)
+        w *= np.float32(np.sqrt(2.0 / int(np.prod(shape[1:]))))
+        params[key] = w.astype(dtype, copy=False)
+    return params
 
 
-def checkpoints(name: str = "fmnist_zf") -> list[tuple[int, Path]]:
-    """The shipped training checkpoints of ``name``: a sorted list of (epoch, path) for
-    ``zfcore/assets/models/checkpoints/epoch_XX.npz``. They hold the feature extractor only, stored
-    as float16 (to keep the package small); ``load_checkpoint(path)`` loads one as a float32 network."""
-    _check_arch(name)
-    if name != "fmnist_zf":
-        return []
-    folder = ASSETS / "checkpoints"
-    out = []
-    for p in folder.glob("epoch_*.npz"):
-        stem = p.stem[len("epoch_"):]
-        if stem.isdigit():
-            out.append((int(stem), p))
-    return sorted(out)
+def build(spec, params: dict | None = None, seed: int = 0, dtype=np.float32) -> Network:
+    """A ``zfcore.network.Network`` from a spec (list of ``(name, kind, params)``).
+
+    params: name -> array (``<layer>.weight`` / ``<layer>.bias``, torch layout), converted to ``dtype``;
+    None: seeded Kaiming-normal weights and zero biases (``kaiming_params``).
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    for entry in spec:
+        if len(entry) != 3:
+            raise ValueError(f"spec entries are (name, kind, params) triples, got {entry!r}")
+    if params is None:
+        params = kaiming_params(spec, seed, dtype)
+    params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    expected = param_shapes(spec)
+    layers = []
+    for name, kind, p in spec:
+        layer = L.from_spec(name, kind, p, params)
+        for key, value in layer.params.items():
+            if value.shape != expected[key]:
+                raise ValueError(f"shape mismatch for {key}: expected {expected[key]}, found {value.shape}")
+        layers.append(layer)
+    return Network(layers, spec=spec, dtype=dtype)
+
+
+# Weight files: ``zfcore.weights``, re-exported here on first use (it imports this module).
+_WEIGHTS = ("ASSETS", "TORCHVISION_FILES", "WEIGHTS_ENV", "build_model", "load_model", "load_weights",
+            "save_weights", "load_npz", "save_npz", "checkpoints", "load_checkpoint", "default_weights_path",
+            "torchvision_names", "torchvision_to_zfcore", "zfcore_to_torchvision")
+
+
+def __getattr__(name):
+    if name in _WEIGHTS:
+        from . import weights
+
+        return getattr(weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WEIGHTS))

@@ -274,60 +274,18 @@ class Network:
         return rfs[layer].box(r, c, clip=(H, W))
 
 
+# Building networks from specs lives in ``zfcore.models`` (the spec vocabulary), which imports this
+# module; these two names stay here for existing callers and import it only when called.
+
 def kaiming_params(spec, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Random weights for a spec: Kaiming-normal (std ``sqrt(2 / fan_in)``, fan_in = C*KH*KW or in),
-    zero biases, drawn in float32 from ``numpy.random.default_rng(seed)`` in spec order (a float64
-    network gets the same values, widened)."""
-    rng = np.random.default_rng(seed)
-    params = {}
-    for name, kind, p in spec:
-        if kind == "conv":
-            kh, kw = L._pair(p["kernel"], "kernel")
-            shape = (p["out_channels"], p["in_channels"], kh, kw)
-            nout = p["out_channels"]
-        elif kind == "linear":
-            shape = (p["out_features"], p["in_features"])
-            nout = p["out_features"]
-        else:
-            continue
-        fan_in = int(np.prod(shape[1:]))
-        w = rng.standard_normal(shape, dtype=np.float32)
-        w *= np.float32(np.sqrt(2.0 / fan_in))
-        params[f"{name}.weight"] = w.astype(dtype, copy=False)
-        params[f"{name}.bias"] = np.zeros(nout, dtype)
-    return params
+    """Seeded random weights for a spec: ``zfcore.models.kaiming_params``."""
+    from .models import kaiming_params
+
+    return kaiming_params(spec, seed, dtype)
 
 
 def build(spec, params: dict | None = None, seed: int = 0, dtype=np.float32) -> Network:
-    """A ``Network`` from a spec (list of ``(name, kind, params)``, see ``zfcore.models``).
+    """A ``Network`` from a spec: ``zfcore.models.build``."""
+    from .models import build
 
-    params: name -> array (``<layer>.weight`` / ``<layer>.bias``, torch layout), converted to ``dtype``;
-    None: seeded Kaiming-normal weights and zero biases (``kaiming_params``).
-    """
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    if params is None:
-        params = kaiming_params(spec, seed, dtype)
-    params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
-    layers = []
-    for entry in spec:
-        if len(entry) != 3:
-            raise ValueError(f"spec entries are (name, kind, params) triples, got {entry!r}")
-        name, kind, p = entry
-        layer = L.from_spec(name, kind, p, params)
-        for key, value in layer.params.items():
-            expected = _expected_shape(kind, p, key.rsplit(".", 1)[1])
-            if expected is not None and value.shape != expected:
-                raise ValueError(f"shape mismatch for {key}: expected {expected}, found {value.shape}")
-        layers.append(layer)
-    return Network(layers, spec=spec, dtype=dtype)
-
-
-def _expected_shape(kind, p, leaf):
-    if kind == "conv":
-        kh, kw = L._pair(p["kernel"], "kernel")
-        return (p["out_channels"], p["in_channels"], kh, kw) if leaf == "weight" else (p["out_channels"],)
-    if kind == "linear":
-        return (p["out_features"], p["in_features"]) if leaf == "weight" else (p["out_features"],)
-    return None
+    return build(spec, params, seed, dtype)

@@ -71,12 +71,6 @@ def draw_box(ax, box, color="red", lw=1.5):
     return ax
 
 
-def feature_maps(maps, ncols=8, size=1.2, title=None):
-    """Show the channels of one (C, H, W) activation as a grid of grey images."""
-    return grid([m[None] for m in np.asarray(maps)], titles=[str(i) for i in range(len(maps))],
-                ncols=ncols, size=size, suptitle=title)
-
-
 def occlusion_map(ax, values, occ, title=None, cmap="RdYlBu", vmin=0.0, vmax=1.0):
     """Show ``values`` (R, Q) of an ``analysis.Occlusion`` grid (e.g. ``occ.prob``) in image coordinates:
     each cell drawn at the centre of the occluder that produced it."""
@@ -142,3 +136,30 @@ def montage(images, ncols: int, mode="minmax", pad: int = 1, pad_value: float = 
         r, c = divmod(i, ncols)
         out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = t
     return out
+
+
+def plot_rows(rows, titles=None, size: float = 2.0, suptitle=None):
+    """A figure of image rows: ``rows`` is a list of (row label, [images]), each image (H, W, 3) or (H, W),
+    uint8 or float in [0, 1], shown as given (no rescaling: pass what the implementation displays);
+    ``titles`` a matching list of lists of panel titles. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    ncols = max(len(imgs) for _, imgs in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols, size * len(rows) + 0.3), squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(imgs):
+                ax.axis("off")
+                continue
+            img = np.asarray(imgs[c])
+            lims = {} if img.dtype == np.uint8 else {"vmin": 0.0, "vmax": 1.0}
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest", **lims)
+            if titles is not None:
+                ax.set_title(titles[r][c], fontsize=8)
+        axes[r][0].set_ylabel(label, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig

@@ -2,7 +2,9 @@
 
 torch (and captum) are imported inside the functions, never when this module is imported.
 
-- ``TorchDeconvnet``: the spec and weights as a torch model (``zfcore.train.torch_model``); autograd of
+- ``torch_model``: the one PyTorch mirror of a spec (an ``nn.Sequential`` whose children are named as
+  the spec's layers), used by training, the huybery re-creation, the benchmarks and the tests.
+- ``TorchDeconvnet``: the spec and weights as a torch model (``torch_model``); autograd of
   the chosen activation with respect to the input, seeded with the activation's own value, with every
   ReLU's backward replaced by the rule: ``relu(g)`` (deconvnet), ``relu(g) * (x > 0)`` (guided) or
   ``g * (x > 0)`` (gradient, torch's own). Local response normalisation is passed through by its
@@ -25,28 +27,70 @@ at the given switches (autograd then scatter-adds, overlaps accumulating); a pin
 (guided, gradient) uses the given mask. Everything else is still torch's own computation, and
 ``decision_gaps`` reports how close to a tie every pinned decision that torch would take differently
 is. Unpinned float64 references need no such help.
-
-Room is left here for other references (e.g. a re-creation of huybery/VisualizingCNN's pipeline).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
+from .layers import check_rule
 
-def torch_model(spec, params: dict, dtype: str = "float32"):
-    """An ``nn.Sequential`` mirror of ``spec`` (``zfcore.train.torch_model``) holding ``params``
-    (``<layer>.weight`` / ``<layer>.bias`` numpy arrays), in eval mode, in ``dtype``."""
+
+def _module(torch, name, kind, p):
+    """The torch module of one spec entry."""
+    nn = torch.nn
+    if kind == "conv":
+        return nn.Conv2d(p["in_channels"], p["out_channels"], p["kernel"], p["stride"], p["padding"])
+    if kind == "relu":
+        return nn.ReLU()  # not in place: a hook on the layer before keeps its own output
+    if kind == "maxpool":
+        return nn.MaxPool2d(p["kernel"], p["stride"], p["padding"])
+    if kind == "flatten":
+        return nn.Flatten()
+    if kind == "linear":
+        return nn.Linear(p["in_features"], p["out_features"])
+    if kind == "dropout":
+        return nn.Dropout(p["p"])
+    if kind == "lrn":
+        return nn.LocalResponseNorm(p["size"], p["alpha"], p["beta"], p["k"])
+    if kind == "adaptive_avgpool":
+        o = p["output_size"]
+        return nn.AdaptiveAvgPool2d(tuple(o) if isinstance(o, (list, tuple)) else o)
+    raise ValueError(f"layer {name!r}: unknown kind {kind!r}")
+
+
+def torch_model(spec, params: dict | None = None, dtype: str = "float32", batchnorm: bool = False):
+    """The PyTorch mirror of a spec: an ``nn.Sequential`` whose children are named as the spec's layers,
+    so its state-dict keys are zfcore's parameter names (``conv1.weight`` ...).
+
+    ``params`` given (``<layer>.weight`` / ``<layer>.bias`` numpy arrays, checked with
+    ``zfcore.models.check_params``): a fixed reference in ``dtype``, in eval mode, gradients off; its
+    tensors share memory with ``params`` where the dtype already matches (no copy of VGG16's 480 MB
+    classifier). ``params=None``: a trainable model with torch's default initialisation (training);
+    ``batchnorm=True`` then puts a ``BatchNorm2d`` named ``<conv>_bn`` after every conv
+    (``zfcore.train.fold_batchnorm`` folds them back into the convs, so exported weights fit the spec).
+    """
     import torch
 
-    from .train import torch_model as _build
+    from .models import check_params
 
-    model = _build(spec)
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
-    model.load_state_dict(state, strict=True)
-    model = model.to(getattr(torch, dtype)).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    if batchnorm and params is not None:
+        raise ValueError("batchnorm=True builds a model to train: pass params=None")
+    mods = {}
+    for name, kind, p in spec:
+        mods[name] = _module(torch, name, kind, p)
+        if batchnorm and kind == "conv":
+            mods[name + "_bn"] = torch.nn.BatchNorm2d(p["out_channels"])
+    model = torch.nn.Sequential(OrderedDict(mods))
+    if params is None:
+        return model.to(getattr(torch, dtype))
+    check_params(spec, params)
+    for key, v in params.items():
+        layer, leaf = key.rsplit(".", 1)
+        tensor = torch.from_numpy(np.ascontiguousarray(v, dtype=dtype))
+        setattr(mods[layer], leaf, torch.nn.Parameter(tensor, requires_grad=False))
+    return model.to(getattr(torch, dtype)).eval()
 
 
 def _functions():
@@ -70,9 +114,7 @@ def _functions():
                 return g.clamp(min=0), None, None
             if rule == "guided":
                 return g.clamp(min=0) * mask, None, None
-            if rule == "gradient":
-                return g * mask, None, None
-            raise ValueError(f"unknown rule {rule!r}")
+            return g * mask, None, None  # "gradient"
 
     class PassThrough(torch.autograd.Function):
         """Apply ``module`` forward; identity backward (LRN in the deconvnet)."""
@@ -197,7 +239,7 @@ class TorchDeconvnet:
             seed[image, feature, r, c] = a.detach()[image, feature, r, c]
         else:
             seed[image, feature] = a.detach()[image, feature]
-        self._holder.rule = rule
+        self._holder.rule = check_rule(rule)
         (g,) = torch.autograd.grad(a, self.x, grad_outputs=seed, retain_graph=True)
         return g[image].numpy()
 

@@ -20,51 +20,17 @@ import json
 import math
 import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from . import data
-from .models import SPECS, save_npz
+from .models import SPECS, features_spec
+from .reference import torch_model
+from .weights import save_npz
 
 CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30)  # and the last epoch
 RMS_RADIUS = 0.1
-
-
-def torch_model(spec, batchnorm=False):
-    """The PyTorch mirror of a zfcore spec: an ``nn.Sequential`` whose state-dict keys are the
-    zfcore parameter names (``conv1.weight`` ...).
-
-    ``batchnorm=True`` (training only) puts a ``BatchNorm2d`` named ``<conv>_bn`` after every conv;
-    ``fold_batchnorm`` folds them back into the convs, so the exported weights fit the plain spec."""
-    import torch.nn as nn
-
-    mods = OrderedDict()
-    for name, kind, p in spec:
-        if kind == "conv":
-            mods[name] = nn.Conv2d(p["in_channels"], p["out_channels"], p["kernel"], p["stride"],
-                                   p["padding"])
-            if batchnorm:
-                mods[name + "_bn"] = nn.BatchNorm2d(p["out_channels"])
-        elif kind == "relu":
-            mods[name] = nn.ReLU()
-        elif kind == "maxpool":
-            mods[name] = nn.MaxPool2d(p["kernel"], p["stride"], p["padding"])
-        elif kind == "flatten":
-            mods[name] = nn.Flatten()
-        elif kind == "linear":
-            mods[name] = nn.Linear(p["in_features"], p["out_features"])
-        elif kind == "dropout":
-            mods[name] = nn.Dropout(p["p"])
-        elif kind == "lrn":
-            mods[name] = nn.LocalResponseNorm(p["size"], p["alpha"], p["beta"], p["k"])
-        elif kind == "adaptive_avgpool":
-            o = p["output_size"]
-            mods[name] = nn.AdaptiveAvgPool2d(tuple(o) if isinstance(o, (list, tuple)) else o)
-        else:
-            raise ValueError(f"layer {name!r}: unknown kind {kind!r}")
-    return nn.Sequential(mods)
 
 
 def kaiming_init(model, generator):
@@ -137,21 +103,11 @@ def fold_batchnorm(model) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def state_to_numpy(model) -> dict[str, np.ndarray]:
-    """zfcore parameters (float32 numpy) of a torch mirror, BatchNorm folded in if it has any."""
-    return fold_batchnorm(model)
-
-
 def feature_params(model, arch) -> dict[str, np.ndarray]:
-    """The parameters of the feature extractor (the layers before ``flatten``): what a checkpoint keeps.
-    The feature-evolution figure projects conv features only, and the classifier's weights would
+    """The parameters of the feature extractor (``zfcore.models.features_spec``): what a checkpoint
+    keeps. The feature-evolution figure projects conv features only, and the classifier's weights would
     triple the size of the shipped checkpoints; each epoch's accuracy is kept in history.json."""
-    names = []
-    for name, kind, _ in SPECS[arch]:
-        if kind == "flatten":
-            break
-        names.append(name)
-    return {k: v for k, v in state_to_numpy(model).items() if k.split(".")[0] in names}
+    return features_spec(arch, fold_batchnorm(model))[1]
 
 
 def evaluate(model, x, y, device, batch=1000, channels_last=False):
@@ -178,6 +134,42 @@ def _progress(epoch, epochs, step, steps, loss, t0, stream=sys.stderr):
     stream.write(f"\repoch {epoch}/{epochs} [{'#' * done}{'.' * (30 - done)}] {step}/{steps} "
                  f"loss {loss:.4f} {rate:.1f} it/s ")
     stream.flush()
+
+
+def _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt, precision, progress=None):
+    """One pass over the training split in ``rng``'s order, with augmentation, a step of ``opt`` and
+    ``sched`` and the filter renormalisation per batch. Returns (running loss, renormalised filters);
+    ``progress = (epoch, epochs, start time)`` draws the progress bar."""
+    import torch
+
+    model.train()
+    perm = rng.permutation(len(xtr))
+    steps = math.ceil(len(xtr) / batch_size)
+    run_loss, renormed = 0.0, 0
+    for step in range(steps):
+        idx = perm[step * batch_size:(step + 1) * batch_size]
+        xb = augment(torch.from_numpy(xtr[idx]), rng).to(device).contiguous(memory_format=fmt)
+        yb = torch.from_numpy(ytr[idx]).to(device)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        renormed += renormalise_filters(model)
+        lv = loss.item()
+        run_loss = 0.98 * run_loss + 0.02 * lv if step else lv
+        if progress is not None and (step % 20 == 0 or step == steps - 1):
+            _progress(progress[0], progress[1], step + 1, steps, run_loss, progress[2])
+    return run_loss, renormed
+
+
+def _record(model, xte, yte, device, channels_last, epoch, run_loss, renormed, t0) -> dict:
+    """The history entry of an epoch: its training loss, the test loss and accuracy, the filters
+    renormalised and the seconds since ``t0``."""
+    test_loss, test_acc = evaluate(model, xte, yte, device, channels_last=channels_last)
+    return dict(epoch=epoch, train_loss=run_loss, test_loss=test_loss, test_acc=test_acc,
+                renormalised_filters=renormed, seconds=time.time() - t0)
 
 
 def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch_size=128, lr=1e-2,
@@ -233,42 +225,22 @@ def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
     history["initial"] = dict(zip(("test_loss", "test_acc"),
                                   evaluate(model, xte, yte, device, channels_last=channels_last)))
     for epoch in range(1, epochs + 1):
-        model.train()
-        perm = rng.permutation(len(xtr))
-        t0, run_loss, renormed = time.time(), 0.0, 0
-        for step in range(steps):
-            idx = perm[step * batch_size:(step + 1) * batch_size]
-            xb = augment(torch.from_numpy(xtr[idx]), rng).to(device).contiguous(memory_format=fmt)
-            yb = torch.from_numpy(ytr[idx]).to(device)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                                enabled=precision == "bf16"):
-                loss = torch.nn.functional.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            renormed += renormalise_filters(model)
-            lv = loss.item()
-            run_loss = 0.98 * run_loss + 0.02 * lv if step else lv
-            if not quiet and (step % 20 == 0 or step == steps - 1):
-                _progress(epoch, epochs, step + 1, steps, run_loss, t0)
-        test_loss, test_acc = evaluate(model, xte, yte, device, channels_last=channels_last)
-        rec = dict(epoch=epoch, train_loss=run_loss, test_loss=test_loss, test_acc=test_acc,
-                   renormalised_filters=renormed, seconds=time.time() - t0)
+        t0 = time.time()
+        run_loss, renormed = _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt, precision,
+                                    None if quiet else (epoch, epochs, t0))
+        rec = _record(model, xte, yte, device, channels_last, epoch, run_loss, renormed, t0)
         history["epochs"].append(rec)
         if not quiet:
             sys.stderr.write(f"\repoch {epoch}/{epochs} train loss {run_loss:.4f} test loss "
-                             f"{test_loss:.4f} test acc {100 * test_acc:.2f}% "
+                             f"{rec['test_loss']:.4f} test acc {100 * rec['test_acc']:.2f}% "
                              f"({rec['seconds']:.0f} s, {renormed} renorms)\n")
         if epoch in ckpt_epochs:
             save_npz(out / "checkpoints" / f"epoch_{epoch:02d}.npz", feature_params(model, arch), arch,
-                     meta=dict(epoch=epoch, test_acc=test_acc, storage="float16", part="features"),
+                     meta=dict(epoch=epoch, test_acc=rec["test_acc"], storage="float16", part="features"),
                      dtype=np.float16, overwrite=True)
     # The exported (folded, float32) weights, evaluated in the plain mirror: the accuracy that ships.
-    params = state_to_numpy(model)
-    plain = torch_model(SPECS[arch])
-    plain.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
-    plain.to(device, memory_format=fmt)
+    params = fold_batchnorm(model)
+    plain = torch_model(SPECS[arch], params).to(device, memory_format=fmt)
     test_loss, test_acc = evaluate(plain, xte, yte, device, channels_last=channels_last)
     history["final"] = dict(test_loss=test_loss, test_acc=test_acc, batchnorm_folded=batchnorm)
     save_npz(final, params, arch, meta=dict(epoch=epochs, test_acc=test_acc, seed=seed), overwrite=True)
