@@ -34,7 +34,7 @@ class Net:
 
     def __init__(self, spec, shape, n=1, seed=0):
         self.spec = spec
-        self.net = network.build(spec, seed=seed)
+        self.net = models.build(spec, seed=seed)
         self.x = np.random.default_rng(seed + 100).standard_normal((n,) + shape).astype(np.float32)
         self.net.forward(self.x)
 

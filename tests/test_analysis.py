@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from zfcore import analysis, data, models
-from zfcore.network import kaiming_params
+from zfcore.models import kaiming_params
 
 
 def test_confusion_matrix_hand_checked():

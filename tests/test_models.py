@@ -58,7 +58,7 @@ def test_param_shapes_and_kaiming_params_by_hand():
     # first draw of default_rng(0), scaled by sqrt(2 / fan_in) with fan_in = 2 * 1 * 2
     first = np.random.default_rng(0).standard_normal(1, dtype=np.float32)[0]
     assert p["c.weight"][0, 0, 0, 0] == np.float32(first) * np.float32(np.sqrt(0.5))
-    with pytest.raises(ValueError, match="layer 'c': kernel must be an int or an"):
+    with pytest.raises(ValueError, match="layer 'c': kernel must be an int or a pair"):
         models.param_shapes([("c", "conv", dict(in_channels=1, out_channels=1, kernel=(1, 2, 3)))])
 
 

@@ -46,9 +46,9 @@ def tiny_input(n=3, seed=0, shape=(2, 10, 12)):
 # building
 
 def test_build_random_weights_are_seeded_kaiming():
-    net = network.build(models.FMNIST_ZF, seed=3)
-    again = network.build(models.FMNIST_ZF, seed=3)
-    other = network.build(models.FMNIST_ZF, seed=4)
+    net = models.build(models.FMNIST_ZF, seed=3)
+    again = models.build(models.FMNIST_ZF, seed=3)
+    other = models.build(models.FMNIST_ZF, seed=4)
     shapes = models.param_shapes(models.FMNIST_ZF)
     assert {k: v.shape for k, v in net.params.items()} == shapes
     for k, v in net.params.items():
@@ -61,15 +61,15 @@ def test_build_random_weights_are_seeded_kaiming():
             fan_in = int(np.prod(v.shape[1:]))
             # the sample std of n normals is within a few / sqrt(2n) of the true one
             assert abs(v.std() / np.sqrt(2 / fan_in) - 1) < 5 / np.sqrt(2 * v.size)
-    net64 = network.build(models.FMNIST_ZF, seed=3, dtype=np.float64)
+    net64 = models.build(models.FMNIST_ZF, seed=3, dtype=np.float64)
     for k, v in net64.params.items():
         assert v.dtype == np.float64 and np.array_equal(v, net.params[k].astype(np.float64))
 
 
 def test_build_with_params_and_container_api():
-    params = network.kaiming_params(TINY, seed=1)
+    params = models.kaiming_params(TINY, seed=1)
     params["conv1.bias"] = np.arange(4, dtype=np.float32)
-    net = network.build(TINY, params=params)
+    net = models.build(TINY, params=params)
     assert net.layer_names == [n for n, _, _ in TINY]
     assert net.spec is TINY
     assert isinstance(net["conv1"], L.Conv2d) and isinstance(net["norm1"], L.LocalResponseNorm)
@@ -80,19 +80,19 @@ def test_build_with_params_and_container_api():
 
 
 def test_build_rejects_bad_specs_and_params():
-    params = network.kaiming_params(TINY)
+    params = models.kaiming_params(TINY)
     bad = dict(params, **{"conv1.weight": np.zeros((4, 2, 2, 2), np.float32)})
     with pytest.raises(ValueError, match=r"conv1\.weight.*\(4, 2, 3, 3\).*\(4, 2, 2, 2\)"):
-        network.build(TINY, params=bad)
+        models.build(TINY, params=bad)
     missing = {k: v for k, v in params.items() if k != "fc.bias"}
     with pytest.raises(ValueError, match="fc.bias"):
-        network.build(TINY, params=missing)
+        models.build(TINY, params=missing)
     with pytest.raises(ValueError, match="unknown kind 'softplus'"):
-        network.build([("a", "softplus", {})])
+        models.build([("a", "softplus", {})])
     with pytest.raises(ValueError, match="duplicate layer names: r"):
-        network.build([("r", "relu", {}), ("r", "relu", {})])
+        models.build([("r", "relu", {}), ("r", "relu", {})])
     with pytest.raises(ValueError, match="float32 or float64"):
-        network.build(TINY, dtype=np.float16)
+        models.build(TINY, dtype=np.float16)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,11 +102,11 @@ def test_forward_records_trace_and_matches_torch():
     torch = pytest.importorskip("torch")
     from zfcore.reference import torch_model
 
-    params = network.kaiming_params(TINY, seed=2)
+    params = models.kaiming_params(TINY, seed=2)
     for k in params:
         if k.endswith(".bias"):  # non-zero biases, so that a bias mix-up would show
             params[k] = np.random.default_rng(5).standard_normal(params[k].shape).astype(np.float32) * 0.1
-    net = network.build(TINY, params=params)
+    net = models.build(TINY, params=params)
     x = tiny_input()
     y = net(x)
     with torch.no_grad():
@@ -126,7 +126,7 @@ def test_forward_records_trace_and_matches_torch():
 
 
 def test_forward_upto_stops_early_and_bad_input():
-    net = network.build(models.FMNIST_ZF)
+    net = models.build(models.FMNIST_ZF)
     x = np.zeros((2, 1, 28, 28), np.float32)
     out = net.forward(x, upto="pool2")
     assert out.shape == (2, 64, 7, 7) and net.trace.names[-1] == "pool2"
@@ -141,7 +141,7 @@ def test_forward_upto_stops_early_and_bad_input():
     with pytest.raises(ValueError, match="empty"):
         net.forward(np.zeros((0, 1, 28, 28)))
     assert net.trace is None          # a failed forward leaves no stale trace
-    net64 = network.build(models.FMNIST_ZF, dtype=np.float64)
+    net64 = models.build(models.FMNIST_ZF, dtype=np.float64)
     assert net64.forward(x.astype(np.float32)).dtype == np.float64
 
 
@@ -219,19 +219,19 @@ def test_conv_and_pool_inverses_use_the_recorded_cache():
 # receptive fields
 
 def test_receptive_fields_known_values():
-    vgg = network.build(models.vgg16_spec()[:31], seed=0)  # conv1_1 .. pool5, no classifier weights
+    vgg = models.build(models.vgg16_spec()[:31], seed=0)  # conv1_1 .. pool5, no classifier weights
     rf = vgg.receptive_fields(input_size=(224, 224))
     assert rf["conv1_1"] == ((3, 3), (1, 1), (-1, -1))
     assert rf["conv1_2"] == ((5, 5), (1, 1), (-2, -2))
     assert rf["pool1"] == ((6, 6), (2, 2), (-2, -2))
     assert rf["conv5_3"].size == (196, 196) and rf["conv5_3"].jump == (16, 16)
     assert rf["pool5"].size == (212, 212) and rf["pool5"].jump == (32, 32)
-    alex = network.build(models.alexnet_spec()[:13], seed=0)
+    alex = models.build(models.alexnet_spec()[:13], seed=0)
     rf = alex.receptive_fields(input_size=(3, 224, 224))
     assert rf["conv1"] == ((11, 11), (4, 4), (-2, -2))
     assert rf["pool5"].size == (195, 195) and rf["pool5"].jump == (32, 32)
     assert set(rf) == set(alex.layer_names)
-    fm = network.build(models.FMNIST_ZF)
+    fm = models.build(models.FMNIST_ZF)
     assert fm.receptive_field("pool5", input_size=(28, 28)) == ((51, 51), (8, 8), (-25, -25))
     with pytest.raises(ValueError, match="'fc6' is not spatial"):
         fm.receptive_field("fc6", input_size=(28, 28))
@@ -264,10 +264,10 @@ def _geometry_twin(spec, channels=1):
 def test_input_box_is_the_support_of_the_gradient(arch, size):
     torch = pytest.importorskip("torch")
     spec = models.get_spec(arch)
-    net = network.build(spec, seed=0) if arch == "fmnist_zf" else None
+    net = models.build(spec, seed=0) if arch == "fmnist_zf" else None
     mods = _geometry_twin(spec)
     cin = spec[0][2]["in_channels"]
-    shapes_net = network.Network([L.from_spec(n, k, p, network.kaiming_params([(n, k, p)]))
+    shapes_net = network.Network([L.from_spec(n, k, p, models.kaiming_params([(n, k, p)]))
                                   for n, k, p in spec[:len(mods)]])
     x = torch.rand((1, cin, size, size), dtype=torch.float64) + 0.5
     x.requires_grad_(True)
@@ -291,7 +291,7 @@ def test_input_box_is_the_support_of_the_gradient(arch, size):
 
 
 def test_input_box_bad_position():
-    net = network.build(models.FMNIST_ZF)
+    net = models.build(models.FMNIST_ZF)
     with pytest.raises(ValueError, match=r"position \(14, 0\) out of range: layer 'pool1' maps are 14x14"):
         net.input_box("pool1", (14, 0), input_size=(28, 28))
     net.forward(np.zeros((1, 1, 28, 28), np.float32))
@@ -305,7 +305,7 @@ def test_input_box_bad_position():
 def test_core_modules_do_not_import_torch():
     code = ("import sys, numpy as np; import zfcore.projection, zfcore.windows, zfcore.layers, zfcore.network; "
             "import zfcore.reference; "
-            "from zfcore import models, network; net = network.build(models.FMNIST_ZF); "
+            "from zfcore import models, network; net = models.build(models.FMNIST_ZF); "
             "net.forward(np.zeros((1, 1, 28, 28), np.float32)); net.project('conv5', 0); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

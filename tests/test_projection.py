@@ -96,7 +96,7 @@ def test_hand_checked_conv_relu_overlapping_pool():
     -> [[19, 21], [27, 29]], switches at y's bottom-right of each window."""
     spec = [("conv", "conv", dict(in_channels=1, out_channels=1, kernel=2, stride=1, padding=0)),
             ("relu", "relu", {}), ("pool", "maxpool", dict(kernel=2, stride=1, padding=0))]
-    net = network.build(spec, params={"conv.weight": np.array([[[[1, -1], [0, 2]]]], np.float32),
+    net = models.build(spec, params={"conv.weight": np.array([[[[1, -1], [0, 2]]]], np.float32),
                                       "conv.bias": np.zeros(1, np.float32)})
     out = net.forward(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
     assert np.array_equal(out[0, 0], [[19, 21], [27, 29]])
@@ -120,7 +120,7 @@ def test_hand_checked_overlapping_switches_add_up():
     """3x3 input with its maximum in the centre: all four 2x2 stride-1 windows pick it; unpooling the
     whole map puts 4 * 9 there (PyTorch's MaxUnpool2d would keep one 9)."""
     spec = [("relu", "relu", {}), ("pool", "maxpool", dict(kernel=2, stride=1, padding=0))]
-    net = network.build(spec)
+    net = models.build(spec)
     net.forward(np.array([[[[1, 2, 1], [2, 9, 2], [1, 2, 1]]]], np.float32))
     expected = np.zeros((1, 3, 3))
     expected[0, 1, 1] = 36
@@ -141,7 +141,7 @@ def test_hand_checked_three_rules():
               "conv1.bias": np.array([0, 0, -2, 0], np.float32),
               "conv2.weight": np.array([2, 3, -1, -1], np.float32).reshape(1, 4, 1, 1),
               "conv2.bias": np.zeros(1, np.float32)}
-    net = network.build(spec, params=params)
+    net = models.build(spec, params=params)
     assert net.forward(np.ones((1, 1, 1, 1), np.float32)).item() == 1
     got = {rule: net.project("conv2", 0, rule=rule).item() for rule in ("deconvnet", "guided", "gradient")}
     assert got == {"deconvnet": -1, "guided": 2, "gradient": 1}
@@ -151,7 +151,7 @@ def test_hand_checked_three_rules():
 # bad requests
 
 def test_bad_requests_raise_clear_errors():
-    net = network.build(models.FMNIST_ZF)
+    net = models.build(models.FMNIST_ZF)
     with pytest.raises(ValueError, match=r"call net\.forward\(x\) before projecting"):
         net.project("conv1", 0)
     net.forward(np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32))

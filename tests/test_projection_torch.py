@@ -24,7 +24,7 @@ import pytest
 
 from projcases import CASES, TOL_CROP, rel
 
-from zfcore import network
+from zfcore import models, network
 
 torch = pytest.importorskip("torch")
 from zfcore import reference  # noqa: E402
@@ -65,7 +65,7 @@ class Case:
     @property
     def f64(self):
         if self._64 is None:
-            net = network.build(self.spec, params=self.net.params, dtype=np.float64)
+            net = models.build(self.spec, params=self.net.params, dtype=np.float64)
             net.forward(self.x)
             ref = reference.TorchDeconvnet(self.spec, self.net.params, "float64")
             ref.forward(self.x.astype(np.float64))

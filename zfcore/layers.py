@@ -53,8 +53,6 @@ from . import ops
 from .ops import pair
 from .windows import Geometry, Window, gather_windows, rewindow  # noqa: F401  (re-exported)
 
-_pair = pair  # for network.kaiming_params / _expected_shape until they move to models.py; use ops.pair
-
 RULES = ("deconvnet", "guided", "gradient")
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import layers as L
+from . import ops
 from .network import Network
 
 # The embedded default: a small ZF-style net for 28x28 grey Fashion-MNIST images. Five conv layers (so
@@ -200,21 +201,12 @@ def _spec_of(arch_or_spec) -> list:
     return get_spec(arch_or_spec) if isinstance(arch_or_spec, str) else arch_or_spec
 
 
-def _pair(v, what: str = "kernel") -> tuple[int, int]:
-    # To fold into the public ``zfcore.ops.pair`` once it exists (one pair helper for the package).
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{what} must be an int or an (H, W) pair, got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
 def param_shapes(spec) -> dict[str, tuple[int, ...]]:
     """Expected parameter shapes of a spec, keyed ``<layer>.weight`` / ``<layer>.bias``."""
     shapes = {}
     for name, kind, p in spec:
         if kind == "conv":
-            kernel = _pair(p["kernel"], f"layer {name!r}: kernel")
+            kernel = ops.pair(p["kernel"], f"layer {name!r}: kernel")
             shapes[f"{name}.weight"] = (p["out_channels"], p["in_channels"], *kernel)
             shapes[f"{name}.bias"] = (p["out_channels"],)
         elif kind == "linear":
