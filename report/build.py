@@ -87,34 +87,37 @@ def references_cells(entries, cited, fmt):
     return [nbformat.v4.new_markdown_cell("\n".join(items) or "*(No work is cited.)*")]
 
 
-def assemble(executed, entries):
+def assemble(executed, entries, others=()):
     """Chapters in order, the references chapter filled (and created when the notebook is absent).
-    Checks every convention once (raises ReportError) and returns (chapters, labels)."""
+    ``others``: [(path, notebook)] of chapters left out by ``--only``, numbered and linkable but not
+    rendered. Checks every convention once (raises ReportError); returns (chapters, labels, stems)."""
     chapters = [cv.Chapter(p.stem, nb) for p, nb in executed]
     if not any(ch.stem == REFS for ch in chapters):
         stub = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# References")])
         chapters.append(cv.Chapter(REFS, stub))
         chapters.sort(key=lambda ch: ch.stem)
-    labels = cv.number_labels(chapters)
-    ctx = context(chapters, labels, entries, single_page=True)
+    every = sorted(chapters + [cv.Chapter(p.stem, nb) for p, nb in others], key=lambda ch: ch.stem)
+    labels = cv.number_labels(every)
+    stems = {ch.stem for ch in every}
+    ctx = context(stems, labels, entries, single_page=True)
     for ch in chapters:
         cv.prepare(ch, ctx, "md")
     refs = next(ch for ch in chapters if ch.stem == REFS)
     refs.extra = {fmt: references_cells(entries, ctx.cited, fmt) for fmt in ("html", "md")}
-    return chapters, labels
+    return chapters, labels, stems
 
 
-def context(chapters, labels, entries, single_page):
-    return cv.Context(labels, entries, {ch.stem for ch in chapters}, REFS, single_page)
+def context(stems, labels, entries, single_page):
+    return cv.Context(labels, entries, stems, REFS, single_page)
 
 
-def render(chapters, labels, entries, out: Path, pdf: bool):
+def render(chapters, labels, stems, entries, out: Path, pdf: bool):
     """Write the HTML pages (and the PDF) of the assembled chapters into ``out``."""
     import render_html
 
     title = chapters[0].title if chapters[0].stem.startswith("00") else DEFAULT_TITLE
-    pages = context(chapters, labels, entries, single_page=False)
-    single = context(chapters, labels, entries, single_page=True)
+    pages = context(stems, labels, entries, single_page=False)
+    single = context(stems, labels, entries, single_page=True)
     exp = render_html.exporter()
     render_html.copy_mathjax(out / "mathjax")
     for name, body in render_html.chapter_pages([(ch, cv.prepare(ch, pages, "html"))
@@ -130,9 +133,8 @@ def render(chapters, labels, entries, out: Path, pdf: bool):
         render_pdf.build_pdf(md, labels, out / "report.pdf", title)
 
 
-def check_sources(paths, entries):
-    """Fail fast, before executing anything: the conventions checked on the unexecuted sources."""
-    assemble([(p, nbformat.read(p, as_version=4)) for p in paths], entries)
+def sources(paths):
+    return [(p, nbformat.read(p, as_version=4)) for p in paths]
 
 
 def main(argv=None):
@@ -145,7 +147,7 @@ def main(argv=None):
                     help="reuse the executed notebooks of an earlier build (<out>/notebooks)")
     args = ap.parse_args(argv)
 
-    paths = find_chapters(args.only)
+    paths, every = find_chapters(args.only), find_chapters()
     if not paths:
         print(f"error: no numbered notebooks (NN-title.ipynb) in {NOTEBOOKS}", file=sys.stderr)
         return 2
@@ -153,14 +155,15 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="zfcore-report-"))
     try:
         entries = bib.load(BIB)
-        check_sources(paths, entries)
+        others = sources(p for p in every if p not in paths)
+        assemble(sources(paths), entries, others)     # fail fast: the conventions, before executing
         executed = execute_all(paths, args.timeout, args.from_executed)
-        chapters, labels = assemble(executed, entries)
+        chapters, labels, stems = assemble(executed, entries, others)
         (tmp / "notebooks").mkdir()
         for p, nb in executed:
             nbformat.write(nb, tmp / "notebooks" / p.name)
         print("rendering HTML" + ("" if args.no_pdf else " and PDF") + " ...", flush=True)
-        render(chapters, labels, entries, tmp, pdf=not args.no_pdf)
+        render(chapters, labels, stems, entries, tmp, pdf=not args.no_pdf)
     except (ValueError, RuntimeError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"error: {e}\nThe previous report in {out} is untouched.", file=sys.stderr)

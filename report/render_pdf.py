@@ -43,6 +43,16 @@ def fence(text: str, lang: str = "") -> str:
     return f"{ticks}{lang}\n{text.rstrip()}\n{ticks}"
 
 
+def break_long_runs(md: str, width: int = 90) -> str:
+    """In every fenced block of ``md``, break runs of more than ``width`` non-blank characters (which
+    typst cannot wrap) into lines, so that no line of code or output runs off the page."""
+    def block(m):
+        body = re.sub(r"\S{%d,}" % (width + 1), lambda r: "\n".join(
+            r.group(0)[i:i + width] for i in range(0, len(r.group(0)), width)), m.group(3))
+        return m.group(1) + m.group(2) + "\n" + body
+    return re.sub(r"^(`{3,}|~{3,})([^\n]*)\n(.*?)(?=^\1\s*$)", block, md, flags=re.M | re.S)
+
+
 def image(png_b64: str, name: str, imgdir: Path, caption: str = "", label: str = "") -> str:
     """Write one PNG to ``imgdir/name`` and return its Markdown (a captioned figure if ``caption``)."""
     data = base64.b64decode(png_b64)
@@ -102,7 +112,7 @@ def title_block(nb, title: str):
     cells = list(nb.cells)
     cut = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"
                 and c.source.lstrip().startswith("## ")), len(cells))
-    head = "```{=typst}\n#v(4cm)\n#align(center, text(size: 22pt, weight: \"bold\")[" + \
+    head = "```{=typst}\n#v(4cm)\n#align(center, text(size: 22pt, weight: \"bold\", hyphenate: false)[" + \
            typst_escape(title) + "])\n#v(1cm)\n```"
     first = []
     for c in cells[:cut]:
@@ -130,7 +140,13 @@ def to_markdown(prepared, title: str, imgdir: Path) -> str:
             offset = 0
         for k, c in enumerate(cells):
             blocks += cell_md(c, ch.stem, k + offset, imgdir)
-    return "\n\n".join(b.strip("\n") for b in blocks if b.strip()) + "\n"
+    return break_long_runs("\n\n".join(b.strip("\n") for b in blocks if b.strip()) + "\n")
+
+
+def unlink_missing(typ: str) -> str:
+    """Links to labels that are not in the document (chapters left out by ``--only``) become text."""
+    defined = set(re.findall(r"<([\w:.-]+)>\s*$", typ, flags=re.M)) | set(re.findall(r"\]<([\w:.-]+)>", typ))
+    return re.sub(r"#link\(<([\w:.-]+)>\)\[", lambda m: m.group(0) if m.group(1) in defined else "#[", typ)
 
 
 def build_pdf(prepared, labels, pdf: Path, title: str) -> Path:
@@ -147,7 +163,7 @@ def build_pdf(prepared, labels, pdf: Path, title: str) -> Path:
         body = pypandoc.convert_text(md, "typst", format=READER, extra_args=["--wrap=preserve"])
     except RuntimeError as e:
         raise PdfError(f"pandoc could not convert the report to typst: {e}") from e
-    doc = PREAMBLE.read_text(encoding="utf-8") + "\n" + body
+    doc = PREAMBLE.read_text(encoding="utf-8") + "\n" + unlink_missing(body)
     (work / "report.typ").write_text(doc, encoding="utf-8")
     try:
         typst.compile(str(work / "report.typ"), output=str(pdf), root=str(work))

@@ -215,7 +215,7 @@ def test_widget_views_dropped_static_frame_and_controls_kept():
 
 def test_references_chapter_created_and_lists_only_cited_entries_sorted():
     nb = new_notebook(cells=[new_markdown_cell("# 1. A\n[@zeiler2014] and [@many]")])
-    chapters, _ = build.assemble([(Path("01-a.ipynb"), nb)], ENTRIES)
+    chapters, _, _ = build.assemble([(Path("01-a.ipynb"), nb)], ENTRIES)
     assert [c.stem for c in chapters] == ["01-a", "91-references"]
     (cell,) = chapters[1].extra["html"]
     lines = cell.source.splitlines()
