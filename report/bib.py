@@ -85,6 +85,12 @@ def label(entry: dict) -> str:
     return f"{who}, {entry['year']}"
 
 
+def narrative(entry: dict) -> str:
+    """Narrative label: 'Zeiler & Fergus (2014)'."""
+    who, year = label(entry).rsplit(", ", 1)
+    return f"{who} ({year})"
+
+
 def _initials(first: str) -> str:
     return " ".join(p[0] + "." for p in re.split(r"[\s]+", first) if p and p[0].isalpha())
 

@@ -5,7 +5,9 @@
 - cell tags: ``remove-cell`` (dropped), ``hide-input`` (output shown, code not);
 - ``cell.metadata.zfcore = {"label": "fig-x" | "tbl-x", "caption": "..."}``: numbered across the report;
 - in prose (markdown cells, ``text/markdown`` outputs, captions): ``@fig-x`` / ``@tbl-x`` become
-  "Figure N" / "Table N", ``[@key]`` / ``[@a; @b]`` become author-year links to the references chapter,
+  "Figure N" / "Table N", ``[@key]`` / ``[@a; @b]`` become author-year links to the references chapter
+  ("(Zeiler & Fergus, 2014)"), a bare ``@key`` of the bibliography a narrative one ("Zeiler & Fergus
+  (2014)"),
   and links to ``NN-title.ipynb`` become links to that chapter;
 - widget views are dropped; an output that also carries a static frame (image/png) and
   ``metadata.zfcore.controls`` (see ``zfcore.widgets.explorer``) keeps the frame and its controls.
@@ -27,6 +29,7 @@ NAME = re.compile(r"^(\d\d)-[\w-]+$")
 HAND_NUMBER = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[A-Z]\.)\s+")
 REF = re.compile(r"@((?:fig|tbl)-[\w-]+)")
 CITE = re.compile(r"\[(@[\w:.-]+(?:\s*;\s*@[\w:.-]+)*)\]")
+NARRATIVE = re.compile(r"(?<![\w@\[/.-])@([A-Za-z][\w:.-]*\w)")
 CHAPTER_LINK = re.compile(r"\]\((\d\d-[\w-]+)\.ipynb(#[\w-]+)?\)")
 CODE = re.compile(r"(```.*?```|~~~.*?~~~|`[^`\n]*`)", re.S)
 LABEL = re.compile(r"^(fig|tbl)-[\w-]+$")
@@ -152,6 +155,13 @@ def substitute(text: str, ctx: Context, where: str) -> str:
         links = [f"[{bib.label(ctx.entries[k])}]({ctx.link(ctx.refs_stem, 'ref-' + k)})" for k in keys]
         return "(" + "; ".join(links) + ")"
 
+    def narrative(m):     # a bare @key names the authors in the sentence; other @words stay as they are
+        key = m.group(1)
+        if key not in ctx.entries:
+            return m.group(0)
+        ctx.cited.add(key)
+        return f"[{bib.narrative(ctx.entries[key])}]({ctx.link(ctx.refs_stem, 'ref-' + key)})"
+
     def chapter(m):
         if m.group(1) not in ctx.stems:
             raise ReportError(f"{where}: link to a chapter that is not in the report: {m.group(1)}.ipynb")
@@ -159,7 +169,7 @@ def substitute(text: str, ctx: Context, where: str) -> str:
         return f"]({ctx.link(m.group(1), anchor)})"
 
     def all_three(part):
-        return CITE.sub(cite, REF.sub(ref, CHAPTER_LINK.sub(chapter, part)))
+        return NARRATIVE.sub(narrative, CITE.sub(cite, REF.sub(ref, CHAPTER_LINK.sub(chapter, part))))
 
     return outside_code(text, all_three)
 

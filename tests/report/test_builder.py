@@ -145,6 +145,13 @@ def test_citations_author_year_linked_to_the_references():
     assert "(91-references.html#ref-zeiler2014)" in cv.substitute("[@zeiler2014]", c, "x")
 
 
+def test_narrative_citation_and_other_at_words():
+    c = ctx([chapter("01-a")])
+    out = cv.substitute("@zeiler2014 showed it; mail me@example.org, see @property", c, "x")
+    assert out == ("[Zeiler & Fergus (2014)](#ref-zeiler2014) showed it; mail me@example.org, see @property")
+    assert c.cited == {"zeiler2014"}
+
+
 def test_code_is_left_alone():
     text = "`[@nokey]` and `@fig-none`\n```\nx = [@nokey] @fig-none\n```\n"
     assert cv.substitute(text, ctx([chapter("01-a")]), "x") == text
