@@ -74,7 +74,8 @@ def whole_report(prepared, title: str, exp=None) -> str:
     """The whole report on one page: a contents list, then every chapter in order."""
     whole = nbformat.v4.new_notebook()
     whole.metadata = nbformat.from_dict(prepared[0][1].metadata)
-    items = "".join(f'<li><a href="#{ch.anchor}">{_numbered(ch)}</a></li>' for ch, _ in prepared)
+    items = "".join(f'<li><a href="#{ch.anchor}">{_numbered(ch)}</a></li>' for ch, _ in prepared
+                    if not ch.stem.startswith("00"))      # the front matter is this page's top
     contents = f'<div class="zf-contents"><h2>Contents</h2><ul style="list-style:none">{items}</ul></div>'
     first = prepared[0][1].cells
     # the contents list goes after the front matter's title block (before its first ## heading)
@@ -87,6 +88,8 @@ def whole_report(prepared, title: str, exp=None) -> str:
 
 
 def _numbered(ch) -> str:
+    if ch.stem.startswith("00"):
+        return "Title page, abstract and introduction"
     num = f"<b>{ch.number}</b>&nbsp;&nbsp;" if ch.number else ""
     return num + html.escape(ch.title)
 
