@@ -18,7 +18,7 @@ from pathlib import Path
 PREAMBLE = Path(__file__).resolve().parent / "preamble.typ"
 PX_PER_INCH = 90          # the notebooks' figure.dpi
 TEXT_WIDTH_IN = 6.5       # A4 with the preamble's margins
-READER = "markdown-citations-yaml_metadata_block-raw_html"
+READER = "markdown-citations-yaml_metadata_block"   # raw HTML in markdown is dropped by the typst writer
 
 
 class PdfError(RuntimeError):

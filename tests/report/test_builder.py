@@ -3,6 +3,7 @@ except a temporary image folder)."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import struct
 import sys
 import zlib
@@ -15,9 +16,13 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 REPORT = Path(__file__).resolve().parents[2] / "report"
 sys.path.insert(0, str(REPORT))
 import bib  # noqa: E402
-import build  # noqa: E402
 import conventions as cv  # noqa: E402
 import render_pdf  # noqa: E402
+
+# report/build.py by its path: a module named "build" may also exist in site-packages (pypa's build)
+_spec = importlib.util.spec_from_file_location("zfcore_report_build", REPORT / "build.py")
+build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
 
 ENTRIES = bib.parse("""
 @inproceedings{zeiler2014, author = {Zeiler, Matthew D. and Fergus, Rob}, title = {Visualizing},
