@@ -77,6 +77,8 @@ def output_md(out, name: str, imgdir: Path, caption="", label="") -> str | None:
         parts.append(image(_text(data["image/png"]), name, imgdir, caption, label))
     if "text/markdown" in data:
         parts.append(_text(data["text/markdown"]))
+        if out.get("metadata", {}).get("zfcore", {}).get("controls"):
+            parts.reverse()                  # a widget's static frame: its controls above the frame
     if not parts and "text/plain" in data and "text/html" not in data:
         parts.append(fence(_text(data["text/plain"])))
     return "\n\n".join(parts) or None
