@@ -255,3 +255,13 @@ def test_pdf_markdown_writes_images_and_captions(tmp_path):
     assert (tmp_path / "img" / "01-a-1-0.png").exists()
     assert "```python\nx = 1\n```\n\n```\n1\n```" in text
     assert "secret" not in text and "```\n42\n```" in text
+
+
+def test_pdf_long_runs_in_code_broken_and_links_to_absent_chapters_unlinked():
+    md = "prose " + "y" * 200 + "\n\n```\n" + "-" * 200 + "\nok\n```\n"
+    out = render_pdf.break_long_runs(md)
+    assert "y" * 200 in out                                   # prose is left to the typesetter
+    block = out.split("```\n")[1]
+    assert block.splitlines() == ["-" * 90, "-" * 90, "-" * 20, "ok"]
+    typ = "= Title\n<chapter-01>\nsee #link(<chapter-01>)[here] and #link(<chapter-07>)[there]\n"
+    assert render_pdf.unlink_missing(typ).endswith("#link(<chapter-01>)[here] and #[there]\n")
