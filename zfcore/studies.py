@@ -304,3 +304,24 @@ def correspondence(net, images, masks, layers=("pool5", "relu6"), fill: float = 
     N = len(images)
     return {name: sign_hamming(a[i]["output"].reshape(N, -1) - b[i]["output"].reshape(N, -1))
             for name, i in idx.items()}
+
+
+# --- Fig. 2 legible at every layer -------------------------------------------------------------------------
+def crop_boxes(maps, boxes):
+    """Cut each map (K, C, H, W) to its box (K, 4) = (top, left, bottom, right), inclusive, as
+    ``Network.input_box`` gives them; parts of a box outside the map are zero. All boxes must share
+    one size (a layer's receptive field). Returns (K, C, h, w)."""
+    maps, boxes = np.asarray(maps), np.asarray(boxes).reshape(-1, 4)
+    if maps.ndim != 4 or len(maps) != len(boxes):
+        raise StudyError(f"maps (K, C, H, W) and boxes (K, 4) must match, got {maps.shape}, {boxes.shape}")
+    sizes = np.unique(boxes[:, 2:] - boxes[:, :2] + 1, axis=0)
+    if len(sizes) != 1:
+        raise StudyError(f"boxes must share one size, got {sizes.tolist()}")
+    h, w = (int(v) for v in sizes[0])
+    K, C, H, W = maps.shape
+    out = np.zeros((K, C, h, w), maps.dtype)
+    for k, (t, l, _, _) in enumerate(boxes):
+        t0, l0, t1, l1 = max(t, 0), max(l, 0), min(t + h, H), min(l + w, W)
+        if t0 < t1 and l0 < l1:
+            out[k, :, t0 - t:t1 - t, l0 - l:l1 - l] = maps[k, :, t0:t1, l0:l1]
+    return out
