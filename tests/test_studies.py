@@ -124,3 +124,23 @@ def test_crop_boxes_by_hand():
     np.testing.assert_array_equal(out[1, 0], [[0, 0], [18, 19]])
     with pytest.raises(ValueError, match="one size"):
         studies.crop_boxes(m, [(0, 0, 1, 1), (0, 0, 2, 2)])
+
+
+def test_study_modules_do_not_import_torch():
+    import os
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, zfcore.studies as s, zfcore.explain as e, zfcore.variants as v; "
+            "s.sign_hamming(np.ones((2, 3))); v.variant_spec('large_stride'); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_variant_specs_fit_the_image():
+    from zfcore import variants
+    for name in variants.NAMES:
+        net = network.build(variants.variant_spec(name), seed=0)
+        assert net.forward(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="unknown variant"):
+        variants.variant_spec("wide")

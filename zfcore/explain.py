@@ -80,17 +80,19 @@ def zeroing_effect(net, images, layer: str, targets, batch: int = 16):
 
 
 # --- confused pairs ---------------------------------------------------------------------------------------
-def pair_statistics(net, images, labels, preds, true: int, pred: int, layer: str = "relu5", k: int = 5):
+def pair_statistics(net, images, labels, preds, true: int, pred: int, layer: str = "relu5", k: int = 5,
+                    max_correct: int | None = 300):
     """Over all test mistakes ``true`` -> ``pred``: per feature map of ``layer``, its contribution
     (activation x gradient) to the margin logit[pred] - logit[true]. Returns dict: ``mistakes`` indices
     (M,); ``margin`` (M, F) contributions; ``mean`` (F,); ``top`` the k features with the largest mean;
     ``frequency`` (F,) the fraction of mistakes in which each map is among that image's k largest
-    contributors; ``correct_mean`` (F,) the same mean over the correctly classified images of ``true``."""
+    contributors; ``correct_mean`` (F,) the same mean over the correctly classified images of ``true`` (the
+first ``max_correct`` of them; None: all)."""
     labels, preds = np.asarray(labels), np.asarray(preds)
     miss = np.flatnonzero((labels == true) & (preds == pred))
     if len(miss) == 0:
         raise StudyError(f"no test mistakes {true} -> {pred}")
-    ok = np.flatnonzero((labels == true) & (preds == true))
+    ok = np.flatnonzero((labels == true) & (preds == true))[:max_correct]
 
     def margin(idx):
         out = []
@@ -105,7 +107,7 @@ def pair_statistics(net, images, labels, preds, true: int, pred: int, layer: str
     freq = np.bincount(ranks.ravel(), minlength=m.shape[1]) / len(miss)
     mean = m.mean(0)
     return dict(mistakes=miss, margin=m, mean=mean, top=np.argsort(-mean)[:k], frequency=freq,
-                correct_mean=margin(ok).mean(0))
+                correct_mean=margin(ok).mean(0) if len(ok) else np.full(m.shape[1], np.nan))
 
 
 # --- class specificity ------------------------------------------------------------------------------------
