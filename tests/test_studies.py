@@ -119,11 +119,11 @@ def test_deconv_stages_end_in_the_projection(embedded):
 
 def test_crop_boxes_by_hand():
     m = np.arange(2 * 1 * 4 * 4, dtype=float).reshape(2, 1, 4, 4)
-    out = studies.crop_boxes(m, [(1, 1, 2, 2), (-1, 2, 0, 3)])       # inside; hanging over the top
+    out = studies.crop_boxes(m, [(1, 1), (-1, 2)], (2, 2))         # inside; hanging over the top
     np.testing.assert_array_equal(out[0, 0], [[5, 6], [9, 10]])
     np.testing.assert_array_equal(out[1, 0], [[0, 0], [18, 19]])
-    with pytest.raises(ValueError, match="one size"):
-        studies.crop_boxes(m, [(0, 0, 1, 1), (0, 0, 2, 2)])
+    with pytest.raises(ValueError, match="must match"):
+        studies.crop_boxes(m, [(0, 0)], (2, 2))
 
 
 def test_study_modules_do_not_import_torch():

@@ -307,20 +307,20 @@ def correspondence(net, images, masks, layers=("pool5", "relu6"), fill: float = 
 
 
 # --- Fig. 2 legible at every layer -------------------------------------------------------------------------
-def crop_boxes(maps, boxes):
-    """Cut each map (K, C, H, W) to its box (K, 4) = (top, left, bottom, right), inclusive, as
-    ``Network.input_box`` gives them; parts of a box outside the map are zero. All boxes must share
-    one size (a layer's receptive field). Returns (K, C, h, w)."""
-    maps, boxes = np.asarray(maps), np.asarray(boxes).reshape(-1, 4)
-    if maps.ndim != 4 or len(maps) != len(boxes):
-        raise StudyError(f"maps (K, C, H, W) and boxes (K, 4) must match, got {maps.shape}, {boxes.shape}")
-    sizes = np.unique(boxes[:, 2:] - boxes[:, :2] + 1, axis=0)
-    if len(sizes) != 1:
-        raise StudyError(f"boxes must share one size, got {sizes.tolist()}")
-    h, w = (int(v) for v in sizes[0])
+def crop_boxes(maps, corners, size):
+    """Cut each map (K, C, H, W) to a ``size`` = (h, w) window whose top-left corner is ``corners[k]``
+    = (top, left), which may lie outside the map (a receptive field hanging over the border: its corner
+    is ``offset + position * jump`` of ``Network.receptive_field``); parts outside the map are zero, as
+    for the image patches of ``analysis.top_k``. Returns (K, C, h, w)."""
+    maps, corners = np.asarray(maps), np.asarray(corners).reshape(-1, 2)
+    if maps.ndim != 4 or len(maps) != len(corners):
+        raise StudyError(f"maps (K, C, H, W) and corners (K, 2) must match, got {maps.shape}, {corners.shape}")
+    h, w = (int(v) for v in size)
+    if h < 1 or w < 1:
+        raise StudyError(f"size must be positive, got {size}")
     K, C, H, W = maps.shape
     out = np.zeros((K, C, h, w), maps.dtype)
-    for k, (t, l, _, _) in enumerate(boxes):
+    for k, (t, l) in enumerate(corners):
         t0, l0, t1, l1 = max(t, 0), max(l, 0), min(t + h, H), min(l + w, W)
         if t0 < t1 and l0 < l1:
             out[k, :, t0 - t:t1 - t, l0 - l:l1 - l] = maps[k, :, t0:t1, l0:l1]
