@@ -144,3 +144,13 @@ def test_variant_specs_fit_the_image():
         assert net.forward(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
     with pytest.raises(ValueError, match="unknown variant"):
         variants.variant_spec("wide")
+
+
+def test_shipped_variants_load():
+    from zfcore import variants
+    for name in variants.NAMES:
+        vnet, rec = variants.load_variant(name)
+        k = 9 if name == "large_stride" else 5
+        assert vnet.params["conv1.weight"].shape == (32, 1, k, k)
+        assert rec["name"] == name and 0.1 < rec["test_acc_float16"] <= 1.0 and rec["renorm"] == (name != "no_renorm")
+        assert vnet.forward(np.zeros((1, 1, 28, 28), np.float32)).ndim == 4
