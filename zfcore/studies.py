@@ -244,7 +244,7 @@ PARTS = {  # fractions of the object's bounding box: (top, bottom, left, right),
     "collar": (0.0, 0.25, 0.3, 0.7),      # tops: the neckline, the top quarter of the middle columns
     "left sleeve": (0.2, 0.8, 0.0, 0.2),  # tops: the outer fifth on the image's left
     "sole": (0.7, 1.0, 0.0, 1.0),         # footwear: the lowest 30% of the shoe
-    "heel": (0.4, 1.0, 0.0, 0.3),         # footwear (toes point left in Fashion-MNIST): the back end
+    "heel": (0.4, 1.0, 0.7, 1.0),         # footwear (toes point left in Fashion-MNIST): the back end
     "handle": (0.0, 0.3, 0.0, 1.0),       # bags: the top 30%, where the handle rises above the body
 }
 
