@@ -1,6 +1,6 @@
 """Occlusion maps of one image at stride 1: the issue's target is under 2 s (absolute, not a ratio).
 
-    python benchmarks/bench_occlusion.py [--repeats R] [--size S]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_occlusion.py [--repeats R] [--size S]
 
 Times ``analysis.occlusion`` on test image 0 (a 6x6 grey square at every one of the 23x23 positions:
 529 forward passes, with the total activity of one conv5 map recorded as well, i.e. panels (b), (d)
@@ -45,6 +45,13 @@ def main(argv=None):
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
     load = os.getloadavg()
+    try:
+        import threadpoolctl
+        blas = ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} "
+                         f"({i.get('num_threads')} threads)" for i in threadpoolctl.threadpool_info())
+    except ImportError:
+        blas = "unknown (threadpoolctl not installed)"
+    print(f"BLAS kernel: {blas}")
     print(f"occlusion of test image 0, {a.size}x{a.size} grey square, stride 1: {occ.prob.size} positions")
     print(f"median of {a.repeats}: {med:.3f} s (min {min(times):.3f}, max {max(times):.3f}); target < {TARGET_S} s: "
           f"{'met' if med < TARGET_S else 'NOT met'}")
