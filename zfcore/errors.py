@@ -31,6 +31,23 @@ class TrainingError(ZfcoreError):
     """Training cannot start or cannot go on (e.g. the loss is no longer finite)."""
 
 
+class MissingDependencyError(ZfcoreError, ImportError):
+    """An optional dependency (torch, Pillow, matplotlib ...) is not installed; the message says how to
+    install it."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import ``module`` or raise ``MissingDependencyError`` with the pip command that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(
+            f"{purpose} needs {module.split('.')[0]}, which is not installed: "
+            f"pip install 'zfcore[{extra}]'") from None
+
+
 def suggest(name: str, choices, n: int = 3) -> str:
     """``"; did you mean 'a' or 'b'?"`` for the closest ``choices`` to ``name`` (difflib), or ``""``."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=0.5)
