@@ -109,8 +109,12 @@ def read_npz(path) -> tuple[dict[str, np.ndarray], str, dict]:
             infos = zf.infolist()
             names = [i.filename for i in infos]
             bad = [n for n in names if not n.endswith(".npy") or "/" in n or "\\" in n or n.startswith(".")]
-            if bad or len(set(names)) != len(names):
-                raise WeightsError(f"{path}: not a zfcore weights file (member names {bad[:3] or names[:3]})")
+            if bad:
+                raise WeightsError(f"{path}: not a zfcore weights file (member {bad[0]!r} is not a .npy "
+                                   "array at the top level)")
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise WeightsError(f"{path}: duplicate member {dup[0]!r}")
             by_key = {n[:-4]: i for n, i in zip(names, infos)}
             if "__zfcore__" not in by_key:
                 raise WeightsError(f"{path}: not a zfcore weights file (no '__zfcore__' header)")
