@@ -43,7 +43,11 @@ _FILES = {
 # idx magic numbers: 0x00000803 (uint8, 3 dims) for images, 0x00000801 (uint8, 1 dim) for labels.
 _MAGIC = {3: 2051, 1: 2049}
 MAX_IDX_BYTES = 2**30         # the largest idx payload read (the training images are 47 MB)
-MAX_PIXELS = 4096 * 4096      # the largest image decoded (checked on the header, before decoding)
+# The largest image decoded, checked on its header before decoding: 2048 x 2048 when the image is
+# returned at full size (48 MB of float32 RGB), 8 megapixels when it is resized (``size=``), so that a
+# small hostile file never costs more than about 200 MB.
+MAX_PIXELS = 2048 * 2048
+MAX_PIXELS_RESIZED = 8 * 2**20
 __all__ = ["DataError"]       # re-exported from zfcore.errors (a ZfcoreError, hence a ValueError)
 
 
@@ -222,9 +226,10 @@ def _to_array(im, mode: str, size) -> np.ndarray:
     from PIL import Image
 
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        scale = 1.0 if im.mode == "F" else 65535.0
-        g = Image.fromarray(np.clip(a / scale, 0.0, 1.0).astype(np.float32), mode="F")
+        a = np.asarray(im).astype(np.float32)
+        a *= np.float32(1.0 if im.mode == "F" else 1.0 / 65535.0)
+        np.nan_to_num(a, copy=False, nan=0.0)
+        g = Image.fromarray(np.clip(a, 0.0, 1.0, out=a), mode="F")
         if size is not None:
             g = g.resize((size[1], size[0]), Image.BILINEAR)
         arr = np.asarray(g, dtype=np.float32)[:, :, None]
@@ -254,8 +259,9 @@ def load_image(path, size=None, mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise DataError(f"{path}: image of {w}x{h} pixels is over the {MAX_PIXELS}-pixel limit")
+            cap = MAX_PIXELS if size is None else MAX_PIXELS_RESIZED
+            if w * h > cap:
+                raise DataError(f"{path}: image of {w}x{h} pixels is over the {cap}-pixel limit")
             if size is not None and im.format == "JPEG":
                 im.draft(mode, (size[1], size[0]))
             arr = _to_array(im, mode, size)
