@@ -11,6 +11,9 @@ from . import cli_common as C
 from ._argcheck import check_count, check_feature, check_layer, layer_width
 from .errors import ArgumentError, ZfcoreError
 
+# a source checkout holds report/build.py and notebooks/ beside the package; an installed wheel does not
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
 
 def _stem(info: dict, i: int) -> str:
     s = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(info["source"]).stem if "[" not in info["source"]
@@ -233,8 +236,8 @@ def cmd_report(args):
     import subprocess
     import sys
 
-    build = Path(__file__).resolve().parent.parent / "report" / "build.py"
-    if not build.is_file() or not (build.parent.parent / "notebooks").is_dir():
+    build = SOURCE_ROOT / "report" / "build.py"
+    if not build.is_file() or not (SOURCE_ROOT / "notebooks").is_dir():
         raise ZfcoreError("report: the report's notebooks and report/build.py are not part of this "
                           "installation (zfcore installed from a wheel?); run it from a source checkout "
                           "of zfcore")
