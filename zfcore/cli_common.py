@@ -88,7 +88,7 @@ class Outputs:
     exists (unless ``--force``) or if ``--out`` is a file; written at the end, each atomically."""
 
     def __init__(self, out, force: bool, names):
-        if out is None:
+        if out is None or str(out).strip() == "":
             raise ArgumentError("--out FOLDER is required: where the summary and figures are written")
         self.out = Path(out).expanduser()
         self.force = force

@@ -237,7 +237,7 @@ def _check_out(out: Path, arch: str, overwrite: bool) -> None:
                             "a run replaces its --out folder as a whole, so give an empty or new folder")
     if entries and not overwrite:
         raise FileExistsError(f"{entries[0]} exists (and {len(entries) - 1} more entries from an "
-                              "earlier run); pass --overwrite to replace them")
+                              "earlier run); pass --force (--overwrite) to replace them")
 
 
 def _stage(out: Path) -> Path:
