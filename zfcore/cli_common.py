@@ -140,7 +140,7 @@ def png_bytes(fig) -> bytes:
 def use_agg():
     from .errors import require
 
-    mpl = require("matplotlib", "notebooks", "drawing figures")
+    mpl = require("matplotlib", "cli", "drawing figures")
     mpl.use("Agg")
 
 

@@ -246,7 +246,9 @@ def _stage(out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.run-"))
     except OSError as e:
-        raise ArgumentError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+        why = ("a parent of it is a file" if isinstance(e, (FileExistsError, NotADirectoryError))
+               else e.strerror or str(e))
+        raise ArgumentError(f"--out {out}: cannot write there ({why})") from None
 
 
 def _swap_in(stage: Path, out: Path) -> None:
