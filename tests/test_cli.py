@@ -61,6 +61,13 @@ def test_classify(tmp_path, png, capsys):
     assert rc == 0 and s["results"][0]["top"][0]["name"] == "Pullover" and "Pullover" in out
     probs = [t["prob"] for t in s["results"][0]["top"]]
     assert probs == sorted(probs, reverse=True) and s["model"]["arch"] == "fmnist_zf"
+    # an RGB JPEG of another size: converted to grey and resized to 28x28 like the PNG
+    from PIL import Image
+    with Image.open(png) as im:
+        im.convert("RGB").resize((56, 56)).save(tmp_path / "pullover.jpg", quality=95)
+    rc, _, _ = run(["classify", tmp_path / "pullover.jpg", "--out", tmp_path / "c", "--quiet"], capsys)
+    s = json.loads((tmp_path / "c" / "classify.json").read_text())
+    assert rc == 0 and s["results"][0]["top"][0]["name"] == "Pullover"
 
 
 def test_project(tmp_path, png, capsys, fmnist_net):
