@@ -174,3 +174,17 @@ def test_report_without_notebooks(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli_commands, "SOURCE_ROOT", tmp_path)          # as from an installed wheel
     rc, _, err = run(["report"], capsys)
     assert rc == 2 and "not part of this installation" in err and "source checkout" in err
+
+
+def test_failed_write_removes_the_new_files(tmp_path, capsys, monkeypatch):
+    """A write failing half way through a command's outputs (disk full) leaves no new file behind."""
+    from zfcore import cli_common
+    real = cli_common.write_bytes
+
+    def full(path, data, overwrite=False):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli_common, "write_bytes", full)       # the PNG comes after the JSON
+    rc, _, err = run(["classify", "--test-index", 0, "--out", tmp_path, "--quiet"], capsys)
+    assert rc == 2 and "No space left on device" in err and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(cli_common, "write_bytes", real)

@@ -107,16 +107,26 @@ class Outputs:
         self.pending[name] = payload
 
     def write(self) -> list[Path]:
-        paths = []
-        for name in self.names:
-            p, v = self.out / name, self.pending[name]
-            if isinstance(v, bytes):
-                write_bytes(p, v, overwrite=self.force)
-            elif isinstance(v, dict) and name.endswith(".npz"):
-                atomic_write(p, lambda tmp, v=v: np.savez_compressed(tmp, **v), overwrite=self.force)
-            else:
-                write_json(p, v, overwrite=self.force)
-            paths.append(p)
+        """Write every planned file, each atomically; if one fails, the new files written before it
+        are removed again (files replaced with --force cannot be brought back)."""
+        paths, created = [], []
+        try:
+            for name in self.names:
+                p, v = self.out / name, self.pending[name]
+                existed = p.exists()
+                if isinstance(v, bytes):
+                    write_bytes(p, v, overwrite=self.force)
+                elif isinstance(v, dict) and name.endswith(".npz"):
+                    atomic_write(p, lambda tmp, v=v: np.savez_compressed(tmp, **v), overwrite=self.force)
+                else:
+                    write_json(p, v, overwrite=self.force)
+                paths.append(p)
+                if not existed:
+                    created.append(p)
+        except BaseException:
+            for p in created:
+                p.unlink(missing_ok=True)
+            raise
         return paths
 
 
