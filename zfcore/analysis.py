@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ops
+from ._argcheck import check_count, check_feature, check_layer, num_classes
+from .errors import ArgumentError, check_index
 
 
 # --- classification -----------------------------------------------------------------------------------
@@ -119,6 +121,10 @@ def top_k(net, images, layer: str, k: int = 9, features=None, batch_size: int = 
     the receptive fields. ``maxima``: the (values, positions) of ``scan_maxima`` for these images and
     this layer, if already computed."""
     images = np.asarray(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise ArgumentError(f"top_k needs a non-empty (N, C, H, W) image set, got shape {images.shape}")
+    check_layer(net, layer)
+    k = check_count(k, "k", 1, len(images))
     vals, poss = scan_maxima(net, images, layer, batch_size) if maxima is None else maxima
     if vals.shape[0] != len(images):
         raise ValueError(f"maxima cover {vals.shape[0]} images, images has {len(images)}")
@@ -195,6 +201,16 @@ def occlusion(net, image, target: int, size: int = 6, stride: int = 2, fill: flo
     """Slide a grey square over ``image`` (C, H, W) and record the classifier's probability of
     ``target``, its most probable class, and (if ``layer``/``feature`` are given) the total activation
     of that feature map, as functions of the square's position."""
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ArgumentError(f"image must be (C, H, W), got shape {image.shape}")
+    target = check_index(target, num_classes(net, image.shape), "target class")
+    if layer is not None or feature is not None:
+        if layer is None or feature is None:
+            raise ArgumentError("occlusion: give both layer and feature, or neither")
+        feature = check_feature(net, check_layer(net, layer), feature, image.shape)
+    check_count(size, "occluder size", 1, min(image.shape[1:]))
+    check_count(stride, "occluder stride", 1)
     stack, rows, cols = occlude(image, size, stride, fill)
     probs, acts = [], []
     for i in range(0, len(stack), batch_size):

@@ -18,10 +18,14 @@ Images come back as float32 arrays of shape (N, 1, 28, 28) scaled to [0, 1]; lab
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+
+from ._io import atomic_write
+from .errors import ArgumentError, DataError
 
 CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -38,17 +42,29 @@ _FILES = {
 }
 # idx magic numbers: 0x00000803 (uint8, 3 dims) for images, 0x00000801 (uint8, 1 dim) for labels.
 _MAGIC = {3: 2051, 1: 2049}
+MAX_IDX_BYTES = 2**30         # the largest idx payload read (the training images are 47 MB)
+# The largest image decoded, checked on its header before decoding: 2048 x 2048 when the image is
+# returned at full size (48 MB of float32 RGB), 8 megapixels when it is resized (``size=``), so that a
+# small hostile file never costs more than about 200 MB.
+MAX_PIXELS = 2048 * 2048
+MAX_PIXELS_RESIZED = 8 * 2**20
+__all__ = ["DataError"]       # re-exported from zfcore.errors (a ZfcoreError, hence a ValueError)
 
 
-class DataError(ValueError):
-    """A dataset file is missing or malformed."""
+def _read_exact(f, n: int, path, what: str) -> bytes:
+    raw = f.read(n)
+    if len(raw) != n:
+        raise DataError(f"{path}: truncated {what} ({len(raw)} of {n} bytes)")
+    return raw
 
 
 def read_idx(path, ndim: int | None = None) -> np.ndarray:
     """Read one idx file (optionally gzip-compressed) into a uint8 array.
 
-    Checks the magic number, the dimension count and that the payload has exactly the size the
-    header announces; any mismatch raises :class:`DataError` naming the file.
+    Checks the magic number, the dimension count, that the sizes in the header stay under
+    ``MAX_IDX_BYTES`` (checked before the payload is read, so a gzip bomb is not unpacked) and that the
+    payload has exactly the size the header announces; any mismatch raises :class:`DataError` naming
+    the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -56,27 +72,35 @@ def read_idx(path, ndim: int | None = None) -> np.ndarray:
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            raw = f.read()
+            return _parse_idx(f, path, ndim)
     except (OSError, EOFError) as e:  # truncated or corrupt gzip stream
         raise DataError(f"{path}: cannot read ({e})") from None
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated (only {len(raw)} bytes, no idx header)")
-    magic = int.from_bytes(raw[:4], "big")
+
+
+def _parse_idx(f, path, ndim):
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: truncated (only {len(head)} bytes, no idx header)")
+    magic = int.from_bytes(head, "big")
     dtype_code, dims = (magic >> 8) & 0xFF, magic & 0xFF
     if magic >> 16 != 0 or dtype_code != 0x08 or dims not in (1, 3):
         raise DataError(f"{path}: bad magic number 0x{magic:08x} (expected 0x00000801 or 0x00000803 "
                         "for uint8 idx files)")
     if ndim is not None and dims != ndim:
         raise DataError(f"{path}: holds a {dims}-d array, expected {ndim}-d (magic {_MAGIC[ndim]:#010x})")
-    header = 4 + 4 * dims
-    if len(raw) < header:
+    raw = f.read(4 * dims)
+    if len(raw) < 4 * dims:
         raise DataError(f"{path}: truncated header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
-    size = int(np.prod(shape))
-    if len(raw) - header != size:
+    shape = tuple(int.from_bytes(raw[4 * i: 4 + 4 * i], "big") for i in range(dims))
+    size = math.prod(shape)                      # Python ints: no overflow
+    if size > MAX_IDX_BYTES:
+        raise DataError(f"{path}: header announces shape {shape} ({size} bytes), over the "
+                        f"{MAX_IDX_BYTES}-byte limit")
+    payload = f.read(size + 1)
+    if len(payload) != size:
         raise DataError(f"{path}: truncated or padded: header says shape {shape} ({size} bytes), "
-                        f"file holds {len(raw) - header} bytes of data")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+                        f"file holds {len(payload) if len(payload) <= size else 'more'} bytes of data")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
 def write_idx(path, array, overwrite: bool = False) -> Path:
@@ -91,9 +115,12 @@ def write_idx(path, array, overwrite: bool = False) -> Path:
     raw = _MAGIC[a.ndim].to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
     raw += np.ascontiguousarray(a).tobytes()
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(raw)
-    return path
+
+    def write(tmp):
+        with opener(tmp, "wb") as f:
+            f.write(raw)
+
+    return atomic_write(path, write, overwrite)
 
 
 def _candidates(root):
@@ -109,11 +136,10 @@ def _candidates(root):
     return roots
 
 
-def _find(stem: str, dirs) -> Path | None:
-    for d in dirs:
-        for name in (stem, stem + ".gz"):
-            if (Path(d) / name).is_file():
-                return Path(d) / name
+def _find_in(stem: str, d) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (Path(d) / name).is_file():
+            return Path(d) / name
     return None
 
 
@@ -126,16 +152,21 @@ def find_split(split: str, root=None, shipped: bool = True) -> tuple[Path, Path]
         dirs = dirs[:1] if root is not None else []
         dirs.append(SHIPPED)
         dirs += _candidates(None)
-    found = [_find(stem, dirs) for stem in _FILES[split]]
-    if all(found):
-        return found[0], found[1]
-    missing = [s for s, f in zip(_FILES[split], found) if f is None]
+    for d in dirs:   # both files from one folder: a half split is an error, never mixed with another
+        found = [_find_in(stem, d) for stem in _FILES[split]]
+        if all(found):
+            return found[0], found[1]
+        if any(found):
+            have, lack = (_FILES[split][0], _FILES[split][1]) if found[0] else _FILES[split][::-1]
+            raise DataError(f"{d}: holds {have} but not {lack}[.gz]; put both files of the "
+                            f"Fashion-MNIST {split} split in one folder (--data FOLDER)")
     raise DataError(
-        f"Fashion-MNIST {split} split not found (missing {', '.join(missing)}[.gz]). Looked in: "
+        f"Fashion-MNIST {split} split not found (missing {', '.join(_FILES[split])}[.gz]). Looked in: "
         + "; ".join(str(d) for d in dirs)
-        + ". Options: pass root=<folder with the idx files>, set $ZFCORE_DATA, put torchvision's "
-        "FashionMNIST/raw folder under one of those, install the Debian package dataset-fashion-mnist "
-        "(apt-get install dataset-fashion-mnist), or call load_dataset(..., download=True) while online."
+        + ". Options: --data FOLDER on the command line (root= in Python) naming the folder with the idx "
+        "files, set $ZFCORE_DATA, put torchvision's FashionMNIST/raw folder under one of those, or "
+        "install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist); from "
+        "Python, load_dataset(..., download=True) fetches it while online."
     )
 
 
@@ -146,6 +177,9 @@ def load_dataset(split: str = "test", root=None, download: bool = False, limit: 
     ``download=True`` lets torchvision fetch the split into ``root`` (default ``./data``) when it is
     not found locally.
     """
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise ArgumentError(f"limit must be a positive integer (or None for all images), got {limit!r}")
     try:
         img_path, lab_path = find_split(split, root)
     except DataError:
@@ -171,26 +205,72 @@ def load_dataset(split: str = "test", root=None, download: bool = False, limit: 
     return x, labels.astype(np.int64)
 
 
-def load_image(path, size=None, mode: str = "RGB") -> np.ndarray:
-    """Load a PNG/JPEG file with Pillow as float32 (1, C, H, W) in [0, 1].
+def _check_size_mode(path, size, mode):
+    if mode not in ("RGB", "L"):
+        raise ArgumentError(f"{path}: mode must be 'RGB' or 'L', got {mode!r}")
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size)
+        ok = all(float(a) == b for a, b in zip(size, (h, w)))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or not (1 <= h <= 4096 and 1 <= w <= 4096):
+        raise ArgumentError(f"{path}: size must be a pair of integers (H, W) in 1..4096, got {size!r}")
+    return h, w
 
-    ``size=(H, W)`` resizes (bilinear); ``mode`` is a Pillow mode ("RGB" or "L").
+
+def _to_array(im, mode: str, size) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1] from a Pillow image of any mode; 16-bit and 32-bit grey images are
+    scaled by their full range (65535), not clipped at 255."""
+    from PIL import Image
+
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(im).astype(np.float32)
+        a *= np.float32(1.0 if im.mode == "F" else 1.0 / 65535.0)
+        np.nan_to_num(a, copy=False, nan=0.0)
+        g = Image.fromarray(np.clip(a, 0.0, 1.0, out=a), mode="F")
+        if size is not None:
+            g = g.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(g, dtype=np.float32)[:, :, None]
+        return np.repeat(arr, 3, axis=2) if mode == "RGB" else arr
+    im = im.convert(mode)
+    if size is not None:
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def load_image(path, size=None, mode: str = "RGB") -> np.ndarray:
+    """Load an image file (PNG/JPEG/... grey, RGB, palette, 8 or 16 bits) with Pillow as float32
+    (1, C, H, W) in [0, 1].
+
+    ``size=(H, W)`` resizes (bilinear); ``mode`` is "RGB" (C = 3) or "L" (C = 1). Images over
+    ``MAX_PIXELS`` are refused from their header, before decoding. Every failure (missing, unreadable,
+    truncated, too large, bad ``size``/``mode``) raises :class:`DataError` / ``ArgumentError`` naming
+    the file.
     """
     path = Path(path)
+    size = _check_size_mode(path, size, mode)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    from PIL import Image, UnidentifiedImageError  # lazy: Pillow only for user images
+    from PIL import Image  # lazy: Pillow only for user images
 
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)
-            if size is not None:
-                im = im.resize((int(size[1]), int(size[0])), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
+            w, h = im.size
+            cap = MAX_PIXELS if size is None else MAX_PIXELS_RESIZED
+            if w * h > cap:
+                raise DataError(f"{path}: image of {w}x{h} pixels is over the {cap}-pixel limit")
+            if size is not None and im.format == "JPEG":
+                im.draft(mode, (size[1], size[0]))
+            arr = _to_array(im, mode, size)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large ({e})") from None
+    except Exception as e:  # UnidentifiedImageError, OSError, truncated data, Pillow's decoder errors
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     return arr.transpose(2, 0, 1)[None].copy()
 
 

@@ -16,18 +16,24 @@ never by the numpy core.
 """
 from __future__ import annotations
 
-import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import data
+from ._io import write_json
+from .errors import ArgumentError, TrainingError, require, suggest
 from .models import SPECS, features_spec
 from .reference import torch_model
-from .weights import save_npz
+from .weights import ASSETS, save_npz
+
+DEFAULT_OUT = ASSETS      # zfcore/assets/models inside the package, wherever it is run from
 
 CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30)  # and the last epoch
 RMS_RADIUS = 0.1
@@ -158,6 +164,8 @@ def _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt, precision,
         sched.step()
         renormed += renormalise_filters(model)
         lv = loss.item()
+        if not math.isfinite(lv):
+            raise TrainingError(f"the training loss became {lv} at step {step + 1} of {steps}")
         run_loss = 0.98 * run_loss + 0.02 * lv if step else lv
         if progress is not None and (step % 20 == 0 or step == steps - 1):
             _progress(progress[0], progress[1], step + 1, steps, run_loss, progress[2])
@@ -172,7 +180,90 @@ def _record(model, xte, yte, device, channels_last, epoch, run_loss, renormed, t
                 renormalised_filters=renormed, seconds=time.time() - t0)
 
 
-def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch_size=128, lr=1e-2,
+def _positive_int(value, what, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ArgumentError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _positive_float(value, what, allow_zero=False):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ArgumentError(f"{what} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return v
+
+
+def check_args(epochs, batch_size, lr, weight_decay, subset, device, threads, precision, arch,
+               checkpoints) -> None:
+    """Every training argument, checked before any work starts: ``ArgumentError`` naming the bad one."""
+    if arch not in SPECS:
+        raise ArgumentError(f"unknown architecture {arch!r}{suggest(str(arch), SPECS)}")
+    _positive_int(epochs, "epochs")
+    _positive_int(batch_size, "batch size")
+    _positive_float(lr, "learning rate")
+    _positive_float(weight_decay, "weight decay", allow_zero=True)
+    _positive_int(subset, "subset", allow_none=True)
+    _positive_int(threads, "threads", allow_none=True)
+    for e in checkpoints:
+        _positive_int(e, "checkpoint epoch")
+    if precision not in ("fp32", "bf16"):
+        raise ArgumentError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or (
+            device.startswith("cuda:") and device[5:].isdigit())):
+        raise ArgumentError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
+
+
+RUN_FILES = ("history.json",)
+
+
+def _check_out(out: Path, arch: str, overwrite: bool) -> None:
+    """``out`` must be a folder (or not exist) holding nothing but an earlier run's files, and those
+    only with ``overwrite``: the new run replaces the folder as a whole."""
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"--out {out}: is a file, not a folder")
+    if not out.is_dir():
+        return
+    run = {f"{arch}.npz", *RUN_FILES, "checkpoints"}
+    entries = sorted(out.iterdir())
+    foreign = [p for p in entries if p.name not in run or (p.name == "checkpoints" and any(
+        not q.name.startswith("epoch_") for q in p.iterdir()))]
+    if foreign:
+        raise ArgumentError(f"--out {out}: holds {foreign[0].name}, which is not a training run's file; "
+                            "a run replaces its --out folder as a whole, so give an empty or new folder")
+    if entries and not overwrite:
+        raise FileExistsError(f"{entries[0]} exists (and {len(entries) - 1} more entries from an "
+                              "earlier run); pass --force (--overwrite) to replace them")
+
+
+def _stage(out: Path) -> Path:
+    """A fresh folder beside ``out`` for the run (found unwritable here, before any training)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.run-"))
+    except OSError as e:
+        why = ("a parent of it is a file" if isinstance(e, (FileExistsError, NotADirectoryError))
+               else e.strerror or str(e))
+        raise ArgumentError(f"--out {out}: cannot write there ({why})") from None
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Put the finished run in place of ``out`` (the earlier run's folder is removed after)."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.rmdir(old)
+        os.rename(out, old)
+    os.rename(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train(epochs=40, out=None, arch="fmnist_zf", seed=0, batch_size=128, lr=1e-2,
           weight_decay=5e-4, subset=None, device="auto", root=None, threads=None, overwrite=False,
           checkpoints=CHECKPOINT_EPOCHS, quiet=False, batchnorm=True, precision="bf16"):
     """Train ``arch`` on the Fashion-MNIST training split and export the weights. Returns the history.
@@ -182,18 +273,34 @@ def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
     ``batchnorm``: train with a BatchNorm2d after every conv, folded into the conv weights on export
     (``fold_batchnorm``), so the shipped network is the plain spec. ``precision="bf16"``: the forward
     and backward passes under bfloat16 autocast (weights, optimiser state and every evaluation stay
-    float32); about 2x faster on CPUs with AVX512-BF16. On the CPU, activations are channels-last."""
-    import torch
+    float32); about 2x faster on CPUs with AVX512-BF16. On the CPU, activations are channels-last.
 
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
-    out = Path(out)
+    ``out`` (default: the package's ``zfcore/assets/models``) is a folder that the run replaces as a
+    whole when it completes: files are written into a fresh folder beside it first, so a failed or
+    killed run leaves ``out`` as it was. Every argument is checked before any work (``ArgumentError``);
+    a loss that stops being finite stops the run with ``TrainingError``."""
+    check_args(epochs, batch_size, lr, weight_decay, subset, device, threads, precision, arch, checkpoints)
+    torch = require("torch", "torch", "training")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ArgumentError(f"device {device!r}: no CUDA device is available here")
+    out = Path(DEFAULT_OUT if out is None else out).expanduser().absolute()
+    _check_out(out, arch, overwrite)
+    data.find_split("train", root)          # missing data found before the run starts
+    stage = _stage(out)
+    try:
+        history = _run(torch, stage, epochs, arch, seed, batch_size, lr, weight_decay, subset, device,
+                       root, threads, checkpoints, quiet, batchnorm, precision)
+        _swap_in(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return history
+
+
+def _run(torch, out, epochs, arch, seed, batch_size, lr, weight_decay, subset, device, root, threads,
+         checkpoints, quiet, batchnorm, precision):
+    """The training run of ``train``, writing into the fresh folder ``out``."""
     final = out / f"{arch}.npz"
-    existing = [p for p in [final, out / "history.json", *(out / "checkpoints").glob("epoch_*.npz")]
-                if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists (and {len(existing) - 1} more files from an "
-                              "earlier run); pass --overwrite to replace them")
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":
@@ -226,8 +333,12 @@ def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
                                   evaluate(model, xte, yte, device, channels_last=channels_last)))
     for epoch in range(1, epochs + 1):
         t0 = time.time()
-        run_loss, renormed = _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt, precision,
-                                    None if quiet else (epoch, epochs, t0))
+        try:
+            run_loss, renormed = _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt,
+                                        precision, None if quiet else (epoch, epochs, t0))
+        except TrainingError as e:
+            raise TrainingError(f"epoch {epoch}: {e} (learning rate {lr}); the run stopped and wrote "
+                                "nothing") from None
         rec = _record(model, xte, yte, device, channels_last, epoch, run_loss, renormed, t0)
         history["epochs"].append(rec)
         if not quiet:
@@ -244,5 +355,5 @@ def train(epochs=40, out="zfcore/assets/models", arch="fmnist_zf", seed=0, batch
     test_loss, test_acc = evaluate(plain, xte, yte, device, channels_last=channels_last)
     history["final"] = dict(test_loss=test_loss, test_acc=test_acc, batchnorm_folded=batchnorm)
     save_npz(final, params, arch, meta=dict(epoch=epochs, test_acc=test_acc, seed=seed), overwrite=True)
-    (out / "history.json").write_text(json.dumps(history, indent=1))
+    write_json(out / "history.json", history)
     return history

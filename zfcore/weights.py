@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write
+from ._safenpz import MAX_FILE_BYTES, read_npz
+from .errors import WeightsError
 from .models import SPECS, _check_arch, _features_end, _spec_of, build, check_params, features_spec, \
     get_spec, param_shapes
 
@@ -62,8 +65,11 @@ def torchvision_names(arch) -> dict[str, str]:
 
 
 def _to_numpy(v) -> np.ndarray:
-    if hasattr(v, "detach"):  # a torch tensor
-        v = v.detach().cpu().numpy()
+    if hasattr(v, "detach"):  # a torch tensor; numpy has no bfloat16 (nor float8): read those as float32
+        v = v.detach().cpu()
+        if v.is_floating_point() and str(v.dtype) not in ("torch.float16", "torch.float32", "torch.float64"):
+            v = v.float()
+        v = v.numpy()
     return np.asarray(v)
 
 
@@ -106,62 +112,68 @@ def _is_torchvision_layout(keys) -> bool:
 # ------------------------------------------------------------------------------------------------
 # .npz files
 
+SAVE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _storage_arrays(path, params: dict, dtype) -> dict[str, np.ndarray]:
+    """The arrays to store: real floating (or integer, stored as float32) arrays, converted to ``dtype``
+    (float16, float32 or float64 only: anything else would round or not load)."""
+    if dtype is not None:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise WeightsError(f"{path}: dtype {dtype!r} is not a numpy dtype") from None
+        if dt not in SAVE_DTYPES:
+            raise WeightsError(f"{path}: cannot store weights as {dt}; use float16, float32 or float64")
+    out = {}
+    for k, v in params.items():
+        a = _to_numpy(v)
+        if a.dtype.kind not in "biuf":
+            raise WeightsError(f"{path}: parameter {k!r} has dtype {a.dtype}, not a real number type")
+        store = dtype if dtype is not None else (a.dtype if a.dtype in SAVE_DTYPES else np.float32)
+        out[k] = np.ascontiguousarray(a, dtype=store)
+    return out
+
+
 def save_npz(path, params: dict, arch: str, meta: dict | None = None, dtype=None,
              overwrite: bool = False) -> Path:
     """Write ``params`` (name -> array) to a compressed .npz with the architecture name and metadata.
 
-    ``dtype`` (e.g. ``np.float16``) converts every parameter for storage; loading converts back to
-    float32. Refuses to overwrite an existing file unless ``overwrite=True``. Writes to a temporary
-    file next to ``path`` and renames it, so a failure leaves neither a partial file nor the temporary.
+    ``dtype`` (float16, float32 or float64) converts every parameter for storage; loading converts back
+    to float32. Refuses to overwrite an existing file unless ``overwrite=True``. Written atomically
+    (``zfcore._io``: a unique temporary file in the same folder, renamed into place; without
+    ``overwrite`` a rename that cannot replace a file), so concurrent writers never leave a corrupt file.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    arrays = {k: (np.asarray(v, dtype=dtype) if dtype is not None else np.asarray(v))
-              for k, v in params.items()}
+    arrays = _storage_arrays(path, params, dtype)
     header = {"arch": arch, "meta": meta or {}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    try:
-        np.savez_compressed(tmp, __zfcore__=np.array(json.dumps(header)), **arrays)
-        tmp.replace(path)  # no partial file left behind on failure
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez_compressed(
+        f, __zfcore__=np.array(json.dumps(header, sort_keys=True)), **arrays), overwrite)
 
 
 def load_npz(path) -> tuple[dict[str, np.ndarray], str, dict]:
     """Read a zfcore .npz: returns (params as float32 arrays, arch name, metadata).
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for anything
-    unreadable (not a zip, truncated, no zfcore header, damaged members).
+    Raises ``FileNotFoundError`` for a missing file and ``WeightsError`` (a ValueError) naming the file
+    for anything unreadable (not a zip, truncated, no zfcore header, damaged members, members that do
+    not fit the architecture, a file over the size cap); see ``zfcore._safenpz`` for the checks made
+    before any array is read.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: not a zfcore weights file (a bare .npy array, not an .npz)")
-        with z:
-            if "__zfcore__" not in z.files:
-                raise ValueError(f"{path}: not a zfcore weights file (no '__zfcore__' header)")
-            header = json.loads(str(z["__zfcore__"]))
-            if not isinstance(header, dict):
-                raise ValueError(f"{path}: not a zfcore weights file (bad '__zfcore__' header)")
-            params = {k: z[k].astype(np.float32) for k in z.files if k != "__zfcore__"}
-    except ValueError as e:
-        if str(e).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: corrupt weights file ({e})") from None
-    except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, zlib.error, JSON errors ...
-        raise ValueError(f"{path}: corrupt weights file ({type(e).__name__}: {e})") from None
-    return params, header.get("arch", ""), header.get("meta", {})
+    return read_npz(path)
 
 
 # ------------------------------------------------------------------------------------------------
 # weights in any format
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
 
 def _load_pth(path: Path) -> dict:
     try:
@@ -169,15 +181,18 @@ def _load_pth(path: Path) -> dict:
     except ImportError:
         raise ImportError(f"{path}: reading .pth/.pt files needs PyTorch (pip install torch), "
                           "or convert it to .npz with save_weights where torch is installed") from None
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise WeightsError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit for weights files")
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=_is_zip(path))
     except Exception as e:
-        raise ValueError(f"{path}: corrupt or unreadable PyTorch weights file "
+        raise WeightsError(f"{path}: corrupt or unreadable PyTorch weights file "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a training checkpoint
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
-        raise ValueError(f"{path}: not a state dict (found {type(obj).__name__}); "
+        raise WeightsError(f"{path}: not a state dict (found {type(obj).__name__}); "
                          "save the model with torch.save(model.state_dict(), path)")
     return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
 
@@ -202,7 +217,7 @@ def _guess_arch(path, state: dict, torchvision_layout: bool) -> str:
                 pass
         candidates = fits
     if len(candidates) != 1:
-        raise ValueError(f"{path}: cannot tell which architecture these weights are for "
+        raise WeightsError(f"{path}: cannot tell which architecture these weights are for "
                          f"({'several' if candidates else 'none'} of {', '.join(SPECS)} fit); "
                          "pass arch=")
     return candidates[0]
@@ -227,9 +242,9 @@ def load_weights(path, arch: str | None = None) -> tuple[dict[str, np.ndarray], 
     if suffix == ".npz":
         params, stored, _ = load_npz(path)
         if stored not in SPECS:
-            raise ValueError(f"{path}: weights for an unknown architecture {stored!r}")
+            raise WeightsError(f"{path}: weights for an unknown architecture {stored!r}")
         if arch is not None and stored != arch:
-            raise ValueError(f"{path}: a weights file for architecture {stored!r}, not {arch!r}")
+            raise WeightsError(f"{path}: a weights file for architecture {stored!r}, not {arch!r}")
         arch = stored
     elif suffix in (".pth", ".pt"):
         state = _load_pth(path)
@@ -240,11 +255,11 @@ def load_weights(path, arch: str | None = None) -> tuple[dict[str, np.ndarray], 
         params = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
                   for k, v in params.items()}
     else:
-        raise ValueError(f"{path}: unknown weights format {suffix!r} (expected .npz, .pth or .pt)")
+        raise WeightsError(f"{path}: unknown weights format {suffix!r} (expected .npz, .pth or .pt)")
     try:
         check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
     except ValueError as e:
-        raise ValueError(f"{e}\n  (checked against architecture {arch!r})") from None
+        raise WeightsError(f"{e}\n  (checked against architecture {arch!r})") from None
     return params, arch
 
 
@@ -258,7 +273,7 @@ def save_weights(net_or_params, path, arch: str, overwrite: bool = False, meta: 
     path = Path(path)
     _check_arch(arch)
     if path.suffix.lower() != ".npz":
-        raise ValueError(f"{path}: save_weights writes zfcore .npz files; give a path ending in .npz")
+        raise WeightsError(f"{path}: save_weights writes zfcore .npz files; give a path ending in .npz")
     params = getattr(net_or_params, "params", net_or_params)
     check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
     return save_npz(path, params, arch, meta=meta, dtype=dtype, overwrite=overwrite)
@@ -357,7 +372,7 @@ def load_checkpoint(path, arch: str = "fmnist_zf", dtype=np.float32):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     params, stored, _ = load_npz(path)
     if stored != arch:
-        raise ValueError(f"{path}: a checkpoint for architecture {stored!r}, not {arch!r}")
+        raise WeightsError(f"{path}: a checkpoint for architecture {stored!r}, not {arch!r}")
     spec = features_spec(arch)
     check_params(spec, params, source=str(path))
     return build(spec, params=params, dtype=dtype)
