@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from zfcore import data, explain, models, network
+from zfcore import data, explain, models
 
 HEAD = [  # 1x6x6 -> conv 3 maps -> relu -> flatten (3*4*4) -> linear 2 logits
     ("conv1", "conv", dict(in_channels=1, out_channels=3, kernel=3, stride=1, padding=0)),
@@ -14,9 +14,9 @@ HEAD = [  # 1x6x6 -> conv 3 maps -> relu -> flatten (3*4*4) -> linear 2 logits
 
 @pytest.fixture(scope="module")
 def tiny():
-    params = network.kaiming_params(HEAD, seed=4, dtype=np.float64)
+    params = models.kaiming_params(HEAD, seed=4, dtype=np.float64)
     params["fc.weight"][:, 16:32] = 0.0              # the classifier ignores map 1 entirely
-    return network.build(HEAD, params, dtype=np.float64)
+    return models.build(HEAD, params, dtype=np.float64)
 
 
 def test_zeroing_an_ignored_feature_changes_no_logit(tiny):
@@ -68,7 +68,7 @@ def test_rank_and_spearman_by_hand():
 def test_class_specificity_of_identical_classes_is_one(tiny):
     params = dict(tiny.params)
     params["fc.weight"] = np.tile(params["fc.weight"][:1], (2, 1))     # both logits: the same unit
-    same = network.build(HEAD, params, dtype=np.float64)
+    same = models.build(HEAD, params, dtype=np.float64)
     x = np.random.default_rng(2).random((3, 1, 6, 6))
     for rule in ("deconvnet", "guided", "gradient"):
         corr, projs = explain.class_specificity(same, x, rule, layer="fc")

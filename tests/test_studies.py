@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from zfcore import models, network, studies
+from zfcore import models, studies
 
 TINY = [  # 1x7x7 -> conv 3x3 stride 3 -> 2x2x2: pixels in row 6 and column 6 are seen by no unit
     ("conv1", "conv", dict(in_channels=1, out_channels=2, kernel=3, stride=3, padding=0)),
@@ -23,7 +23,7 @@ def embedded():
 
 
 def test_occluder_over_unseen_pixels_changes_nothing():
-    net = network.build(TINY, seed=1, dtype=np.float64)
+    net = models.build(TINY, seed=1, dtype=np.float64)
     img = np.random.default_rng(0).random((1, 7, 7))
     acts, ref, rows, cols = studies.occluded_activations(net, img, "conv1", size=1, stride=1, fill=5.0)
     assert acts.shape == (7, 7, 2, 2, 2)
@@ -48,7 +48,7 @@ def test_occluder_outside_a_units_field_leaves_it_unchanged(embedded):
 
 
 def test_translation_by_total_stride_moves_maps_exactly():
-    net = network.build(SHIFT, seed=2, dtype=np.float64)
+    net = models.build(SHIFT, seed=2, dtype=np.float64)
     img = np.random.default_rng(3).random((1, 40, 40)).astype(np.float32)
     shifted = studies.transform(img, "translate", 4)          # 4 px right = 2 steps of the total stride
     np.testing.assert_array_equal(shifted[:, :, 4:], img[:, :, :-4])
@@ -140,7 +140,7 @@ def test_study_modules_do_not_import_torch():
 def test_variant_specs_fit_the_image():
     from zfcore import variants
     for name in variants.NAMES:
-        net = network.build(variants.variant_spec(name), seed=0)
+        net = models.build(variants.variant_spec(name), seed=0)
         assert net.forward(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
     with pytest.raises(ValueError, match="unknown variant"):
         variants.variant_spec("wide")

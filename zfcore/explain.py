@@ -175,7 +175,7 @@ def cascading_randomisation(net, images, targets, rules=("deconvnet", "guided", 
     and compare each rule's projection of output unit ``targets[n]`` of ``layer`` with the trained
     network's, by Spearman rank correlation of absolute values. Returns (randomised layer names, top
     first (L,), dict rule -> (L + 1, N) correlations; row 0 = trained network, 1.0 by definition)."""
-    from .network import build
+    from .models import build
 
     weighted = [n for n, kind, _ in _entries(net) if kind in ("conv", "linear")][::-1]
     images = np.asarray(images)

@@ -273,19 +273,3 @@ class Network:
                              f"{out_shape[1]}x{out_shape[2]}")
         return rfs[layer].box(r, c, clip=(H, W))
 
-
-# Building networks from specs lives in ``zfcore.models`` (the spec vocabulary), which imports this
-# module; these two names stay here for existing callers and import it only when called.
-
-def kaiming_params(spec, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Seeded random weights for a spec: ``zfcore.models.kaiming_params``."""
-    from .models import kaiming_params
-
-    return kaiming_params(spec, seed, dtype)
-
-
-def build(spec, params: dict | None = None, seed: int = 0, dtype=np.float32) -> Network:
-    """A ``Network`` from a spec: ``zfcore.models.build``."""
-    from .models import build
-
-    return build(spec, params, seed, dtype)

@@ -21,7 +21,7 @@ class StudyError(ValueError):
 # --- running a spec with zfcore.ops -------------------------------------------------------------------
 def _entries(net):
     if net.spec is None:
-        raise StudyError("net has no spec: build it with zfcore.models or zfcore.network.build")
+        raise StudyError("net has no spec: build it with zfcore.models.build")
     return [tuple(e) for e in net.spec]
 
 

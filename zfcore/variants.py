@@ -51,15 +51,8 @@ def variant_spec(name: str) -> list:
     return out
 
 
-def features_of(spec) -> list:
-    kinds = [k for _, k, _ in spec]
-    return spec[:kinds.index("flatten")]
-
-
 def load_variant(name: str, folder=None):
     """(Network of the feature extractor, record dict) of a shipped variant."""
-    from . import network
-
     folder = Path(folder) if folder is not None else ASSETS
     path = folder / f"{name}.npz"
     if name not in NAMES:
@@ -70,7 +63,7 @@ def load_variant(name: str, folder=None):
     with np.load(path) as z:
         params = {k: z[k].astype(np.float32) for k in z.files}
     record = json.loads((folder / f"{name}.json").read_text())
-    return network.build(features_of(variant_spec(name)), params=params), record
+    return models.build(models.features_spec(variant_spec(name)), params=params), record
 
 
 def train_variant(name, epochs=3, out=ASSETS, seed=0, batch_size=128, lr=1e-2, weight_decay=5e-4,
@@ -127,7 +120,7 @@ def train_variant(name, epochs=3, out=ASSETS, seed=0, batch_size=128, lr=1e-2, w
     with torch.no_grad():   # accuracy of the float16-rounded weights (classifier included)
         model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in half.items()})
     rec["test_acc_float16"] = train.evaluate(model, xte, yte, "cpu")[1]    # all 10,000 test images
-    feats = {n for n, _, _ in features_of(spec)}
+    feats = {n for n, _, _ in models.features_spec(spec)}
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(npz, **{k: v for k, v in half.items() if k.split(".")[0] in feats})
     js.write_text(json.dumps(rec, indent=1))
