@@ -6,6 +6,8 @@ STAMP := $(VENV)/.zfcore-installed
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
+REPORT_SCRATCH ?= .report-test
+
 .PHONY: env report test test-fast test-code test-notebooks bench clean
 
 $(STAMP): pyproject.toml
@@ -16,14 +18,19 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
-# Main job: execute the numbered notebooks on the embedded default and render the report.
+# Main job: execute the numbered notebooks on the embedded default and render the report
+# (report/build/: index.html, one page per chapter, report.html, report.pdf; all offline).
 report: $(STAMP)
 	$(PY) report/build.py
 
-# All tests: the package's tests, then every notebook under nbval (cells must run cleanly).
+# All tests: the package's tests (and the builder's unit tests), every notebook under nbval (cells must
+# run cleanly), then a report built into a scratch folder and checked (HTML offline, in Chromium
+# when installed, and the PDF).
 test: $(STAMP)
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
+	$(PY) report/build.py --out $(REPORT_SCRATCH)
+	ZFCORE_REPORT_DIR=$(REPORT_SCRATCH) $(PY) -m pytest -p no:cacheprovider tests/report/test_built_report.py
 
 # Development: the package's tests without those marked slow (the 1,000-example property runs against
 # torch, the VGG16-sized cases); a few minutes instead of the full run.
@@ -34,4 +41,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) report/build
+	rm -rf $(VENV) report/build $(REPORT_SCRATCH)

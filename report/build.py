@@ -1,24 +1,26 @@
-"""Build the technical report: execute the numbered notebooks and render them to HTML.
+"""Build the technical report: execute the numbered notebooks, render them to HTML and PDF.
 
-    python report/build.py [--out report/build] [--only 01 03] [--timeout 1200]
+    python report/build.py [--out report/build] [--only 01 03] [--timeout 1200] [--no-pdf]
+                           [--from-executed DIR]
 
 Each ``notebooks/NN-title.ipynb`` is executed top to bottom in a fresh kernel (working directory
-``notebooks/``) on the embedded default model and the shipped Fashion-MNIST test split, so the build
-needs no network. Outputs:
+``notebooks/``) on the embedded model and the shipped Fashion-MNIST test split, so the build needs no
+network. The conventions (tags, figure/table labels and captions, ``@fig-``/``@tbl-`` references,
+``[@key]`` citations from ``report/references.bib``) are in ``report/conventions.py`` and the README.
+Outputs, all self-contained (no request leaves the machine when they are opened):
 
-- ``<out>/NN-title.html``: one page per chapter, with previous/next links;
-- ``<out>/index.html``: the contents, generated from the numbering and each notebook's first heading;
-- ``<out>/report.html``: the whole report in one page (all chapters in order);
+- ``<out>/index.html``: the contents; ``<out>/NN-title.html``: one page per chapter;
+- ``<out>/report.html``: the whole report on one page; ``<out>/report.pdf``: the same as a PDF
+  (pandoc to typst, both installed by pip); ``<out>/mathjax/``: the local MathJax;
 - ``<out>/notebooks/NN-title.ipynb``: the executed notebooks.
 
-The report is built in a temporary folder and moved into place only when every notebook ran
-cleanly: a failing chapter leaves the previous report untouched and exits non-zero.
+The sources are checked first (an unknown label or citation key fails at once, naming the chapter),
+then executed, then rendered into a temporary folder that is moved into place only when everything
+succeeded: a failing chapter leaves the previous report untouched and exits non-zero.
 """
 from __future__ import annotations
 
 import argparse
-import html
-import re
 import shutil
 import sys
 import tempfile
@@ -26,45 +28,123 @@ import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-from nbconvert import HTMLExporter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bib  # noqa: E402
+import conventions as cv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAME = re.compile(r"^(\d\d)-[\w-]+\.ipynb$")
+BIB = ROOT / "report" / "references.bib"
+REFS = "91-references"
+DEFAULT_TITLE = "zfcore report"
 
 
-def chapters(only=None):
-    found = sorted(p for p in NOTEBOOKS.glob("*.ipynb") if NAME.match(p.name))
-    if only:
-        found = [p for p in found if p.name[:2] in set(only)]
-    return found
+def find_chapters(only=None) -> list[Path]:
+    found = sorted(p for p in NOTEBOOKS.glob("*.ipynb") if cv.NAME.match(p.stem))
+    return [p for p in found if p.name[:2] in set(only)] if only else found
 
 
-def title_of(nb, fallback):
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return fallback
+def execute(path: Path, timeout: int):
+    from nbclient import NotebookClient
 
-
-def nav_cell(prev, nxt, title):
-    parts = ["[Contents](index.html)"]
-    if prev:
-        parts.insert(0, f"[← {prev[1]}]({prev[0]})")
-    if nxt:
-        parts.append(f"[{nxt[1]} →]({nxt[0]})")
-    return nbformat.v4.new_markdown_cell(" · ".join(parts))
-
-
-def execute(path, timeout):
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
-    client.execute()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return nb
+
+
+def _child_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes: the kernels, once shut down. On a
+    shared machine this, not the wall time, says what a chapter costs."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def execute_all(paths, timeout, source=None):
+    """[(path, executed notebook)]; ``source``: a folder of already executed notebooks to reuse.
+    Raises RuntimeError listing the chapters that failed (after trying all of them)."""
+    from tqdm import tqdm
+
+    done, failures = [], []
+    bar = tqdm(paths, desc="executing", unit="chapter", file=sys.stdout)
+    for p in bar:
+        bar.set_postfix_str(p.stem)
+        t0, c0 = time.time(), _child_cpu()
+        try:
+            nb = nbformat.read(Path(source) / p.name, as_version=4) if source else execute(p, timeout)
+        except Exception as e:  # CellExecutionError carries the traceback text
+            failures.append(p.name)
+            tqdm.write(f"FAILED: {p.name}\n{e}", file=sys.stderr)
+            continue
+        done.append((p, nb))
+        cpu = f", kernel CPU {_child_cpu() - c0:.0f} s" if not source else ""
+        tqdm.write(f"  {p.stem}: {time.time() - t0:.0f} s{cpu}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} notebook(s) failed: {', '.join(failures)}")
+    return done
+
+
+def references_cells(entries, cited, fmt):
+    """The references chapter's generated list: the cited entries, sorted by author and year."""
+    keys = sorted(cited, key=lambda k: bib.sort_key(entries[k]))
+    if fmt == "html":
+        items = [f'- <a id="ref-{k}"></a>{bib.reference(entries[k])}' for k in keys]
+    else:
+        items = [f"- [{bib.reference(entries[k])}]{{#ref-{k}}}" for k in keys]
+    return [nbformat.v4.new_markdown_cell("\n".join(items) or "*(No work is cited.)*")]
+
+
+def assemble(executed, entries, others=()):
+    """Chapters in order, the references chapter filled (and created when the notebook is absent).
+    ``others``: [(path, notebook)] of chapters left out by ``--only``, numbered and linkable but not
+    rendered. Checks every convention once (raises ReportError); returns (chapters, labels, stems)."""
+    chapters = [cv.Chapter(p.stem, nb) for p, nb in executed]
+    if not any(ch.stem == REFS for ch in chapters):
+        stub = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# References")])
+        chapters.append(cv.Chapter(REFS, stub))
+        chapters.sort(key=lambda ch: ch.stem)
+    every = sorted(chapters + [cv.Chapter(p.stem, nb) for p, nb in others], key=lambda ch: ch.stem)
+    labels = cv.number_labels(every)
+    stems = {ch.stem for ch in every}
+    ctx = context(stems, labels, entries, single_page=True)
+    for ch in chapters:
+        cv.prepare(ch, ctx, "md")
+    refs = next(ch for ch in chapters if ch.stem == REFS)
+    refs.extra = {fmt: references_cells(entries, ctx.cited, fmt) for fmt in ("html", "md")}
+    return chapters, labels, stems
+
+
+def context(stems, labels, entries, single_page):
+    return cv.Context(labels, entries, stems, REFS, single_page)
+
+
+def render(chapters, labels, stems, entries, out: Path, pdf: bool):
+    """Write the HTML pages (and the PDF) of the assembled chapters into ``out``."""
+    import render_html
+
+    title = chapters[0].title if chapters[0].stem.startswith("00") else DEFAULT_TITLE
+    pages = context(stems, labels, entries, single_page=False)
+    single = context(stems, labels, entries, single_page=True)
+    exp = render_html.exporter()
+    render_html.copy_mathjax(out / "mathjax")
+    for name, body in render_html.chapter_pages([(ch, cv.prepare(ch, pages, "html"))
+                                                 for ch in chapters], exp).items():
+        (out / name).write_text(body, encoding="utf-8")
+    whole = [(ch, cv.prepare(ch, single, "html")) for ch in chapters]
+    (out / "report.html").write_text(render_html.whole_report(whole, title, exp), encoding="utf-8")
+    (out / "index.html").write_text(render_html.index_page(whole, title, pdf), encoding="utf-8")
+    if pdf:
+        import render_pdf
+
+        md = [(ch, cv.prepare(ch, single, "md")) for ch in chapters]
+        render_pdf.build_pdf(md, labels, out / "report.pdf", title)
+
+
+def sources(paths):
+    return [(p, nbformat.read(p, as_version=4)) for p in paths]
 
 
 def main(argv=None):
@@ -72,69 +152,39 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "report" / "build"))
     ap.add_argument("--only", nargs="*", help="chapter numbers to build (default: all)")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    ap.add_argument("--no-pdf", action="store_true", help="HTML only")
+    ap.add_argument("--from-executed", metavar="DIR",
+                    help="reuse the executed notebooks of an earlier build (<out>/notebooks)")
     args = ap.parse_args(argv)
 
-    paths = chapters(args.only)
+    paths, every = find_chapters(args.only), find_chapters()
     if not paths:
         print(f"error: no numbered notebooks (NN-title.ipynb) in {NOTEBOOKS}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out, t0 = Path(args.out), time.time()
     tmp = Path(tempfile.mkdtemp(prefix="zfcore-report-"))
-    (tmp / "notebooks").mkdir()
-    executed, failures = [], []
-    for p in paths:
-        t0 = time.time()
-        print(f"executing {p.name} ...", flush=True)
-        try:
-            nb = execute(p, args.timeout)
-        except Exception as e:  # CellExecutionError carries the traceback text
-            failures.append((p.name, str(e)))
-            print(f"  FAILED: {p.name}\n{e}", file=sys.stderr)
-            continue
-        nbformat.write(nb, tmp / "notebooks" / p.name)
-        executed.append((p, nb))
-        print(f"  done in {time.time() - t0:.0f} s", flush=True)
-    if failures:
-        shutil.rmtree(tmp)
-        print(f"error: {len(failures)} notebook(s) failed: {', '.join(n for n, _ in failures)}; "
-              f"the previous report in {out} is untouched", file=sys.stderr)
+    try:
+        entries = bib.load(BIB)
+        others = sources(p for p in every if p not in paths)
+        assemble(sources(paths), entries, others)     # fail fast: the conventions, before executing
+        executed = execute_all(paths, args.timeout, args.from_executed)
+        chapters, labels, stems = assemble(executed, entries, others)
+        (tmp / "notebooks").mkdir()
+        for p, nb in executed:
+            nbformat.write(nb, tmp / "notebooks" / p.name)
+        print("rendering HTML" + ("" if args.no_pdf else " and PDF") + " ...", flush=True)
+        render(chapters, labels, stems, entries, tmp, pdf=not args.no_pdf)
+    except (ValueError, RuntimeError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"error: {e}\nThe previous report in {out} is untouched.", file=sys.stderr)
         return 1
-
-    exporter = HTMLExporter(template_name="lab")
-    pages = [(p.with_suffix(".html").name, title_of(nb, p.stem)) for p, nb in executed]
-    for i, (p, nb) in enumerate(executed):
-        prev = pages[i - 1] if i else None
-        nxt = pages[i + 1] if i + 1 < len(pages) else None
-        page = nbformat.from_dict(nb)
-        page.cells = [nav_cell(prev, nxt, pages[i][1])] + page.cells + [nav_cell(prev, nxt, pages[i][1])]
-        body, _ = exporter.from_notebook_node(page, resources={"metadata": {"name": pages[i][1]}})
-        (tmp / pages[i][0]).write_text(body, encoding="utf-8")
-
-    whole = nbformat.v4.new_notebook()
-    whole.metadata = executed[0][1].metadata
-    toc = ["# zfcore: visualizing and understanding convolutional networks, from scratch", "",
-           "A technical report in chapters; each chapter is a notebook in `notebooks/`.", ""]
-    toc += [f"{i + 1}. {t}" for i, (_, t) in enumerate(pages)]
-    whole.cells.append(nbformat.v4.new_markdown_cell("\n".join(toc)))
-    for _, nb in executed:
-        whole.cells.extend(nb.cells)
-    body, _ = exporter.from_notebook_node(whole, resources={"metadata": {"name": "zfcore report"}})
-    (tmp / "report.html").write_text(body, encoding="utf-8")
-
-    items = "\n".join(f'<li><a href="{html.escape(f)}">{html.escape(t)}</a></li>' for f, t in pages)
-    (tmp / "index.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>zfcore report</title>"
-        "<body style='font-family:sans-serif;max-width:50em;margin:2em auto'>"
-        "<h1>zfcore: visualizing and understanding convolutional networks, from scratch</h1>"
-        f"<p>The whole report on one page: <a href='report.html'>report.html</a>.</p><ol>{items}</ol>"
-        "</body>", encoding="utf-8")
-
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(tmp), str(out))
     out.chmod(0o755)  # mkdtemp made it private
-    print(f"report written to {out}/index.html and {out}/report.html ({len(pages)} chapters)")
+    print(f"report written to {out}/index.html, report.html" + ("" if args.no_pdf else ", report.pdf")
+          + f" ({len(chapters)} chapters, {len(labels)} figures and tables) in {time.time() - t0:.0f} s")
     return 0
 
 

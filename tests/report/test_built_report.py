@@ -1,0 +1,154 @@
+"""Tests of a built report: ``ZFCORE_REPORT_DIR`` names its folder (``make test`` builds one into a
+scratch folder and sets it). Skipped when no built report is given.
+
+- every HTML page: no remote script, stylesheet or image; the math is there in TeX for the local MathJax;
+- a real browser (Debian's chromium, driven by playwright) opens report.html with every non-file request
+  aborted: none is made, the math is typeset (no raw ``$...$`` left), the explorer's frame is an image;
+- the PDF: a sane page count, every figure's image and every "Figure N." / "Table N." caption present.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+BUILT = os.environ.get("ZFCORE_REPORT_DIR")
+pytestmark = pytest.mark.skipif(not BUILT, reason="no built report (set ZFCORE_REPORT_DIR; make test does)")
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+REMOTE = re.compile(r"^\s*(https?:)?//", re.I)
+RAW_MATH = re.compile(r"\$[^$\s][^$]*\$|\\\(|\\\[")
+
+
+@pytest.fixture(scope="module")
+def out() -> Path:
+    path = Path(BUILT)
+    if not (path / "report.html").exists():
+        pytest.fail(f"ZFCORE_REPORT_DIR={path} has no report.html: build the report first")
+    return path
+
+
+@pytest.fixture(scope="module")
+def soups(out):
+    from bs4 import BeautifulSoup
+
+    return {p.name: BeautifulSoup(p.read_text(encoding="utf-8"), "html.parser") for p in out.glob("*.html")}
+
+
+@pytest.fixture(scope="module")
+def captions(soups):
+    """[(id, "Figure N." or "Table N.")] of the whole-report page, in order."""
+    found = []
+    for div in soups["report.html"].select("div.zf-caption"):
+        strong = div.find("strong")
+        found.append((div["id"], strong.get_text(strip=True) if strong else ""))
+    return found
+
+
+def test_every_page_is_there(out, soups):
+    chapters = sorted(p.name for p in out.glob("[0-9][0-9]-*.html"))
+    assert len(chapters) >= 6 and {"index.html", "report.html"} <= set(soups)
+    links = {a["href"] for a in soups["index.html"].find_all("a")}
+    assert set(chapters) <= links
+    assert (out / "report.pdf").exists()
+
+
+def test_no_remote_script_stylesheet_or_image(soups):
+    bad = [(name, tag.name, tag.get(attr)) for name, soup in soups.items()
+           for tag, attr in [(t, "src") for t in soup.find_all(["script", "img", "iframe", "source"])]
+           + [(t, "href") for t in soup.find_all("link")]
+           if tag.get(attr) and REMOTE.match(tag[attr])]
+    assert not bad, f"remote resources: {bad[:5]}"
+
+
+def test_math_is_tex_for_a_local_mathjax(out, soups):
+    for name, soup in soups.items():
+        if name == "index.html":
+            continue
+        srcs = [s.get("src") for s in soup.find_all("script") if s.get("src")]
+        assert srcs == ["mathjax/MathJax.js"], f"{name}: scripts {srcs}"
+    assert (out / "mathjax" / "MathJax.js").exists()
+    assert (out / "mathjax" / "config" / "TeX-AMS-MML_HTMLorMML-full.js").exists()
+    assert any((out / "mathjax" / "fonts" / "HTML-CSS" / "STIX-Web" / "woff").glob("*.woff"))
+    text = soups["report.html"].get_text()
+    assert "\\times" in text and "$$" in text       # TeX left for MathJax, inline and display
+
+
+def test_figures_numbered_in_order_and_no_convention_left_raw(soups, captions):
+    figs = [c for _, c in captions if c.startswith("Figure")]
+    tbls = [c for _, c in captions if c.startswith("Table")]
+    assert figs == [f"Figure {i}." for i in range(1, len(figs) + 1)] and len(figs) >= 8
+    assert tbls == [f"Table {i}." for i in range(1, len(tbls) + 1)]
+    for name, soup in soups.items():
+        for code in soup.find_all(["pre", "code"]):
+            code.decompose()
+        text = soup.get_text()
+        assert not re.search(r"@(fig|tbl)-\w|\[@\w", text), f"{name}: unreplaced reference or citation"
+    refs = soups["91-references.html"].select("a[id^=ref-]")
+    assert {a["id"] for a in refs} >= {"ref-zeiler2014", "ref-xiao2017"}
+
+
+def test_report_in_a_browser_without_network(out):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package chromium; .ci/run installs it as root)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    blocked = []
+
+    def route(r):
+        if r.request.url.startswith(("file:", "data:", "about:")):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.route("**/*", route)
+        failed = []
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.goto((out / "report.html").resolve().as_uri(), wait_until="load")
+        page.wait_for_selector("html[data-mathjax=done]", state="attached", timeout=180_000)
+        typeset = page.locator(".MathJax").count()
+        text = page.evaluate("""() => { const b = document.body.cloneNode(true);
+            b.querySelectorAll('pre, code, script, style')
+             .forEach(e => e.remove()); return b.innerText; }""")
+        frame = page.evaluate("""() => { const i = document.querySelector('img.zf-frame');
+            return i && {w: i.naturalWidth, h: i.naturalHeight, src: i.src.slice(0, 22)}; }""")
+        controls = page.locator(".zf-controls input[type=range], .zf-controls select").count()
+        browser.close()
+    assert blocked == [], f"requests that would leave the machine: {blocked[:5]}"
+    assert [u for u in failed if not u.startswith(("data:", "about:"))] == []
+    assert typeset > 20, "MathJax typeset (almost) nothing"
+    raw = RAW_MATH.findall(text)
+    assert not raw, f"raw math left in the rendered text: {raw[:5]}"
+    assert frame and frame["w"] > 100 and frame["h"] > 50 and frame["src"] == "data:image/png;base64"
+    assert controls == 4
+
+
+def test_pdf_pages_figures_and_captions(out, captions, tmp_path):
+    pdfium = pytest.importorskip("pypdfium2")
+    import pypdfium2.raw as raw
+
+    pdf = pdfium.PdfDocument(str(out / "report.pdf"))
+    n = len(pdf)
+    assert 20 <= n <= 400, f"{n} pages"
+    images, text = 0, []
+    for page in pdf:
+        images += sum(1 for _ in page.get_objects(filter=[raw.FPDF_PAGEOBJ_IMAGE], max_depth=3))
+        text.append(page.get_textpage().get_text_range())
+    text = re.sub(r"\s+", " ", " ".join(text))
+    figures = [c for _, c in captions if c.startswith("Figure")]
+    assert images >= len(figures), f"{images} images for {len(figures)} figures"
+    missing = [c for _, c in captions if c not in text]
+    assert not missing, f"captions missing from the PDF: {missing}"
+    assert "Contents" in text and "References" in text
+    for i in (0, 1, n // 2):                               # title page, contents, a middle page
+        img = pdf[i].render(scale=0.5).to_pil().convert("L")
+        img.save(tmp_path / f"page{i}.png")
+        lo, hi = img.getextrema()
+        assert hi - lo > 100, f"page {i + 1} looks blank"
+
