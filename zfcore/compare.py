@@ -8,7 +8,8 @@ the measures and tables of notebook 06 and ``benchmarks/bench_compare.py``.
   ORIGINAL code, run from a user's clone through ``zfcore.original``);
 - timing: :func:`median_time` (also used by the benchmarks, with its shared-machine guard),
   :func:`time_zfcore`, :func:`time_recreation`, :func:`time_captum`, :func:`timing_rows`;
-- tables: :func:`format_table` (Markdown), :func:`show_table` (displays it in a notebook).
+- tables: :func:`format_table` (Markdown), :func:`show_table` (displays it in a notebook),
+  :func:`read_results_table` (a table of ``benchmarks/RESULTS.md``).
 
 torch is imported inside functions only; importing this module needs numpy alone.
 """
@@ -395,6 +396,29 @@ def timing_rows(results: dict, reference: str = "zfcore") -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------
 # tables
+
+def read_results_table(path, heading: str) -> list[dict]:
+    """The first Markdown table under the ``## <heading>...`` section of a results file (e.g.
+    ``benchmarks/RESULTS.md``) as rows of {column: str or float} (numbers parsed, "n/a" as NaN).
+    Raises ValueError naming the file when the section or its table is missing."""
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    start = next((i for i, line in enumerate(text.splitlines()) if line.startswith("## " + heading)), None)
+    lines = text.splitlines()[start + 1:] if start is not None else []
+    lines = lines[:next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))]
+    table = [line for line in lines if line.startswith("|")]
+    if len(table) < 3:
+        raise ValueError(f"{path}: no table under a heading starting with {heading!r}")
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
+
+    def value(c):
+        try:
+            return float("nan") if c == "n/a" else float(c)
+        except ValueError:
+            return c
+    return [dict(zip(cells[0], map(value, row))) for row in cells[2:]]
+
 
 def _fmt(v, spec=None):
     if isinstance(v, str):
