@@ -4,10 +4,12 @@ the measures and tables of notebook 06 and ``benchmarks/bench_compare.py``.
 - measures: :func:`relative_error`, :func:`support` (share of pixels touched), :func:`duplicate_switches`;
 - comparison runs on one image: :func:`agreement` (zfcore vs the re-creation vs captum, per layer),
   :func:`bias_effect` (the original's random deconv biases), :func:`channel_order` (BGR vs RGB input),
-  :func:`zfcore_figure` (zfcore's version of the original's figure);
+  :func:`zfcore_figure` (zfcore's version of the original's figure), :func:`original_agreement` (the
+  ORIGINAL code, run from a user's clone through ``zfcore.original``);
 - timing: :func:`median_time` (also used by the benchmarks, with its shared-machine guard),
   :func:`time_zfcore`, :func:`time_recreation`, :func:`time_captum`, :func:`timing_rows`;
-- tables: :func:`format_table` (Markdown), :func:`show_table` (displays it in a notebook).
+- tables: :func:`format_table` (Markdown), :func:`show_table` (displays it in a notebook),
+  :func:`read_results_table` (a table of ``benchmarks/RESULTS.md``).
 
 torch is imported inside functions only; importing this module needs numpy alone.
 """
@@ -209,6 +211,57 @@ def channel_order(spec, params, img_uint8, layers) -> list[dict]:
     return rows
 
 
+def original_agreement(orig, net, x, layers) -> tuple[list[dict], dict]:
+    """The ORIGINAL huybery/VisualizingCNN (``zfcore.original.Original``, run from a clone) against zfcore
+    (``net``: VGG16 with the same weights) on one image x (1, 3, 224, 224), at ``layers`` (``features``
+    indices), each through the original's own ``vis_layer``.
+
+    Deconv biases zeroed: ``zfcore vs original`` (relative error, zfcore projecting the original's
+    selection), the same with the original's mirror fed zfcore's switches (what is left once the two
+    forward passes' near-ties are taken out, see :func:`switch_flips`), and both supports. Biases as
+    published: the relative difference to zfcore, the support of the original's output and the share
+    of the image it covers outside the chosen unit's receptive field. A tied selection (several
+    positions) is projected whole by the original and has no single-unit counterpart: NaN.
+    Returns (rows, {layer name: dict(zero=Run, published=Run, zfcore=(C, H, W))}).
+    """
+    import torch
+
+    names = [name for name, _, _ in models.features_spec(net.spec)]
+    orig.forward(x)
+    net.forward(x)
+    zf_switches = {i: torch.from_numpy(np.ascontiguousarray(net.trace.caches[net.index(names[i])]["switches"]))
+                   for i in orig.conv.pool_locs}
+    rows, runs = [], {}
+    try:
+        for i in layers:
+            name = names[i]
+            orig.deconv_bias("zero")
+            zero = orig.vis_layer(i)
+            own_sw = orig.mirror(zero.start, i, zero.feature, zf_switches)
+            orig.deconv_bias("published")
+            pub = orig.vis_layer(i)
+            pos = zero.positions[0]
+            z = net.project(name, feature=zero.feature, position=pos)
+            single = len(zero.positions) == 1
+            inside = np.zeros(z.shape[1:], bool)
+            t, l, b, r = net.input_box(name, pos, input_size=x.shape[1:])
+            inside[t:b + 1, l:r + 1] = True
+            nan = float("nan")
+            rows.append({
+                "layer": name, "feature": zero.feature, "position": pos, "ties": len(zero.positions),
+                "zfcore vs original (bias zeroed)": relative_error(z, zero.output) if single else nan,
+                "same, on zfcore's switches": relative_error(z, own_sw) if single else nan,
+                "support zfcore": support(z), "support original (bias zeroed)": support(zero.output),
+                "original (published biases) vs zfcore": relative_error(pub.output, z) if single else nan,
+                "support original (published)": support(pub.output),
+                "published: support outside the receptive field": float((support_mask(pub.output) & ~inside).mean()),
+            })
+            runs[name] = dict(zero=zero, published=pub, zfcore=z)
+    finally:
+        orig.deconv_bias("published")
+    return rows, runs
+
+
 # ------------------------------------------------------------------------------------------------
 # timings
 
@@ -343,6 +396,29 @@ def timing_rows(results: dict, reference: str = "zfcore") -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------
 # tables
+
+def read_results_table(path, heading: str) -> list[dict]:
+    """The first Markdown table under the ``## <heading>...`` section of a results file (e.g.
+    ``benchmarks/RESULTS.md``) as rows of {column: str or float} (numbers parsed, "n/a" as NaN).
+    Raises ValueError naming the file when the section or its table is missing."""
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    start = next((i for i, line in enumerate(text.splitlines()) if line.startswith("## " + heading)), None)
+    lines = text.splitlines()[start + 1:] if start is not None else []
+    lines = lines[:next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))]
+    table = [line for line in lines if line.startswith("|")]
+    if len(table) < 3:
+        raise ValueError(f"{path}: no table under a heading starting with {heading!r}")
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
+
+    def value(c):
+        try:
+            return float("nan") if c == "n/a" else float(c)
+        except ValueError:
+            return c
+    return [dict(zip(cells[0], map(value, row))) for row in cells[2:]]
+
 
 def _fmt(v, spec=None):
     if isinstance(v, str):
