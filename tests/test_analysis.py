@@ -121,3 +121,16 @@ def test_bad_input(numpy_setup):
         analysis.top_k(net, x[:4], "fc6", k=1)
     with pytest.raises(ValueError, match="occluder size"):
         analysis.occlusion(net, x[0], 0, size=40)
+
+
+def test_weight_settling_by_hand():
+    """Cosines against the last network's weights, worked out by hand on 2-element filters."""
+    class N:
+        def __init__(self, w):
+            self.params = {"c.weight": np.asarray(w, np.float32)}
+
+    nets = [N([1.0, 0.0]), N([1.0, 1.0]), N([0.0, 2.0])]
+    cos, first = analysis.weight_settling(nets, ["c"], threshold=0.7)
+    assert np.allclose(cos["c"], [0.0, 1 / np.sqrt(2), 1.0])
+    assert first["c"] == 1          # 0.707 >= 0.7 first at the second network
+    assert analysis.weight_settling(nets, ["c"], threshold=0.99)[1]["c"] == 2

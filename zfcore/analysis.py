@@ -237,3 +237,21 @@ def feature_evolution(nets, images, layer: str, features, batch_size: int = 500)
         vals.append(t.values[:, 0])
         idxs.append(t.images[:, 0])
     return np.stack(projs), np.stack(vals), np.stack(idxs)
+
+
+def weight_settling(nets, layers, threshold: float = 0.9):
+    """How early each layer's filters reach their final direction: for networks ``nets`` in training order
+    (the last one final), the cosine similarity of each layer's flattened weights with the last network's.
+    Returns (dict layer -> (len(nets),) cosines, dict layer -> index of the first network whose cosine is
+    >= ``threshold``)."""
+    final = nets[-1].params
+    cos, first = {}, {}
+    for layer in layers:
+        b = final[f"{layer}.weight"].ravel().astype(np.float64)
+        c = []
+        for n in nets:
+            a = n.params[f"{layer}.weight"].ravel().astype(np.float64)
+            c.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+        cos[layer] = np.array(c)
+        first[layer] = int(np.argmax(cos[layer] >= threshold))
+    return cos, first
