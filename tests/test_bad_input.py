@@ -65,6 +65,7 @@ def peak_rss_growth_mb(code: str) -> tuple[float, str]:
 def test_npz_bomb_refused_without_unpacking(params, tmp_path):
     """A ~1 MB .npz whose extra member unpacks to 1 GiB: refused by its member name, in < 200 MB (the
     probe found 2 GB); the same bomb under a parameter's name is refused by its declared size."""
+    pytest.importorskip("PIL")  # the memory probe and image files need Pillow
     for member, want in (("extra.npy", "unexpected member 'extra.npy'"),
                          ("fc7.bias.npy", r"shape mismatch for fc7.bias: expected \(10,\), found \(268435456,\)")):
         path = tmp_path / f"bomb-{member}.npz"
@@ -202,6 +203,7 @@ def test_failed_write_keeps_old_file(params, tmp_path, monkeypatch):
 
 # --- images ----------------------------------------------------------------------------------------------
 def test_16bit_png_keeps_its_values(tmp_path):
+    pytest.importorskip("PIL")  # the memory probe and image files need Pillow
     from PIL import Image
     a = np.array([[0, 1000, 30000], [40000, 65535, 12345]], np.uint16)
     Image.fromarray(a).save(tmp_path / "g16.png")
@@ -212,6 +214,7 @@ def test_16bit_png_keeps_its_values(tmp_path):
 
 
 def test_decompression_bomb_wrapped(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")  # the memory probe and image files need Pillow
     from PIL import Image
     Image.new("L", (300, 300)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)       # Pillow raises at 2x this
@@ -227,6 +230,7 @@ def test_decompression_bomb_wrapped(tmp_path, monkeypatch):
                                            ("ab", "L", "size must be"), ((5, 5), "CMYK", "mode must be"),
                                            ((10**6, 5), "RGB", "size must be")])
 def test_bad_size_or_mode_names_the_file(tmp_path, size, mode, msg):
+    pytest.importorskip("PIL")  # the memory probe and image files need Pillow
     from PIL import Image
     Image.new("L", (4, 4)).save(tmp_path / "a.png")
     with pytest.raises(ArgumentError, match=f"a.png: {msg}"):

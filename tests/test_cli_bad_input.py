@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("matplotlib")  # the command line draws its figures with matplotlib (extra "cli")
+pytest.importorskip("PIL")
+
 from zfcore import cli, data, models
 
 from test_cli import snapshot
