@@ -145,6 +145,43 @@ def test_forward_upto_stops_early_and_bad_input():
     assert net64.forward(x.astype(np.float32)).dtype == np.float64
 
 
+def test_infer_matches_torch_keeps_layers_and_touches_nothing():
+    """Inference without a trace (no switches, in-place ReLUs on its own scratch arrays): the same
+    logits and kept activations as the PyTorch mirror; the input, the kept arrays and the previous
+    trace are left alone."""
+    torch = pytest.importorskip("torch")
+    from zfcore.reference import torch_model
+
+    params = models.kaiming_params(TINY, seed=3)
+    net = models.build(TINY, params=params)
+    x = tiny_input(4, seed=1)
+    x_copy = x.copy()
+    net.forward(tiny_input(1, seed=9))
+    before = net.trace
+    keep = ["conv1", "pool1", "relu2", "fc"]
+    y, kept = net.infer(x, keep=keep)
+    tm = torch_model(TINY, params).eval()
+    acts = {}
+    for name, module in tm.named_children():
+        module.register_forward_hook(lambda m, i, o, name=name: acts.__setitem__(name, o.detach().numpy().copy()))
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    assert rel(y, ref) < 1e-6 and sorted(kept) == sorted(keep)
+    for name in keep:
+        assert rel(kept[name], acts[name]) < 1e-6, name
+    assert (kept["conv1"] < 0).any()        # relu1 did not rectify the kept conv1 output in place
+    np.testing.assert_array_equal(x, x_copy)
+    assert net.trace is before
+    out, kept = net.infer(x, upto="pool1", keep="conv1")
+    assert out.shape == (4, 4, 5, 6) and list(kept) == ["conv1"]
+    with pytest.raises(ValueError, match="comes after upto"):
+        net.infer(x, upto="pool1", keep=["fc"])
+    with pytest.raises(ValueError, match="valid layer names"):
+        net.infer(x, keep=["conv9"])
+    with pytest.raises(ValueError, match="empty"):
+        net.infer(np.zeros((0, 2, 10, 12), np.float32))
+
+
 # --------------------------------------------------------------------------------------------------
 # layers
 

@@ -74,10 +74,10 @@ def test_linear_transpose_is_the_adjoint_of_linear():
 # fast versions against their naive loop twins
 # ----------------------------------------------------------------------------------------------
 @hyp(200)
-@given(conv_cases())
-def test_conv2d_fast_equals_naive(c):
+@given(conv_cases(), st.sampled_from([None, True, False]))
+def test_conv2d_fast_equals_naive(c, flat):
     _, x, w, b = conv_inputs(c)
-    with chunk_bytes(c["chunk"]):
+    with chunk_bytes(c["chunk"]), tuning(flat=flat):     # both im2col layouts at stride 1
         fast = ops.conv2d(x, w, b, c["s"], c["p"])
     naive = ops.conv2d_naive(x, w, b, c["s"], c["p"])
     assert naive.dtype == fast.dtype == c["dtype"]
@@ -108,6 +108,20 @@ def test_max_pool2d_fast_equals_naive(c, with_ties):
     yn, sn = ops.max_pool2d_naive(x, c["K"], c["s"], c["p"])
     np.testing.assert_array_equal(y, yn)
     np.testing.assert_array_equal(s, sn)
+
+
+@hyp(200)
+@given(pool_cases(), st.booleans(), st.sampled_from([1, 8, 100]))
+def test_max_pool2d_values_equals_the_pool_with_switches(c, with_ties, t_width):
+    """The inference pool (separable, no padded copy; planes last below ``pool_t_width`` output
+    columns) gives exactly the values of the pool with switches."""
+    rng, x = distinct_inputs(c)
+    if with_ties:
+        x = rng.integers(0, 3, x.shape).astype(c["dtype"])
+    with chunk_bytes(c["chunk"]), tuning(pool_t_width=t_width):
+        y = ops.max_pool2d_values(x, c["K"], c["s"], c["p"])
+    assert y.dtype == c["dtype"]
+    np.testing.assert_array_equal(y, ops.max_pool2d_naive(x, c["K"], c["s"], c["p"])[0])
 
 
 @hyp(200)

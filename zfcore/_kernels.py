@@ -21,6 +21,8 @@ class Tuning:
     wino_min_tiles: int = 512        # ... but at least this many tiles per GEMM
     winograd: bool | None = None     # force Winograd on (True) / off (False) for 3x3 stride-1 convs
     deconv_as_conv: bool | None = None  # force the stride-1 deconv strategy
+    flat: bool | None = None         # force the flat (True) / strided (False) im2col layout at stride 1
+    pool_t_width: int = 8            # max-pool values: planes-last layout below this output width
 
 
 TUNING = Tuning()
@@ -132,6 +134,11 @@ def col2im_band(xp, cols_k, n0, r0, kernel, stride, Wp, Wo, flat):
 # ----------------------------------------------------------------------------------------------
 # convolution: im2col + one GEMM per band
 # ----------------------------------------------------------------------------------------------
+# The flat layout computes KW - 1 throw-away columns per output row: on narrow maps (the embedded
+# model's 28, 14 and 7 columns) the strided copy costs less than that waste (RESULTS.md).
+FLAT_MIN_WIDTH = 32
+
+
 def conv2d(x, w, b, stride, padding, out_hw):
     """y (N, F, Ho, Wo) = conv of checked float arrays; Winograd for large 3x3 stride-1 convs."""
     N, C, H, W = x.shape
@@ -147,7 +154,7 @@ def conv2d(x, w, b, stride, padding, out_hw):
     if b is not None:
         wb[:, K] = b
     Wp = W + 2 * pw
-    flat = sy == 1 and sx == 1
+    flat = sy == 1 and sx == 1 and (TUNING.flat if TUNING.flat is not None else Wo >= FLAT_MIN_WIDTH)
     xp = pad_flat(x, ph, pw, KW - 1) if flat else pad(x, ph, pw)
     Wc = Wp if flat else Wo              # GEMM columns per output row
     y = np.empty((N, F, Ho, Wo), dt)
@@ -323,6 +330,47 @@ def max_pool2d(x, kernel, stride, padding, out_hw):
         if lost.any():
             switches = np.where(lost, np.maximum(top, 0) * W + np.maximum(left, 0), switches)
     return y.reshape(N, C, Ho, Wo), switches.reshape(N, C, Ho, Wo)
+
+
+def max_pool_values(x, kernel, stride, padding, out_hw):
+    """y (N, C, Ho, Wo) of checked x, without switches (inference): separable, rows of windows first
+    (max over the KW column offsets -> (N*C, H, Wo)), then columns (max over the KH row offsets). The
+    padding is never materialised: each offset updates only the outputs whose window it reaches.
+    NaN propagates (np.maximum), as torch."""
+    N, C, H, W = x.shape
+    (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    if Wo < TUNING.pool_t_width:
+        # narrow maps: numpy's inner loops would run over a handful of columns; put the planes last
+        t = np.ascontiguousarray(x.reshape(N * C, H, W).transpose(1, 2, 0))        # (H, W, N*C)
+        h = np.empty((H, Wo, N * C), x.dtype)
+        y = np.empty((Ho, Wo, N * C), x.dtype)
+        _max_offsets(t[None], h[None], KW, sx, pw, W, Wo, axis=2)
+        _max_offsets(h[None], y[None], KH, sy, ph, H, Ho, axis=1)
+        return np.ascontiguousarray(y.transpose(2, 0, 1)).reshape(N, C, Ho, Wo)
+    planes = x.reshape(N * C, H, W)
+    y = np.empty((N * C, Ho, Wo), x.dtype)
+    mb = max(1, TUNING.pool_chunk_bytes // max(1, H * Wo * x.dtype.itemsize))
+    h = np.empty((min(mb, N * C), H, Wo), x.dtype)
+    for m0 in range(0, N * C, mb):
+        src, hm, ym = planes[m0:m0 + mb], h[:min(mb, N * C - m0)], y[m0:m0 + mb]
+        _max_offsets(src, hm, KW, sx, pw, W, Wo, axis=2)
+        _max_offsets(hm, ym, KH, sy, ph, H, Ho, axis=1)
+    return y.reshape(N, C, Ho, Wo)
+
+
+def _max_offsets(src, dst, K, s, p, n_in, n_out, axis):
+    """dst[..., j, ...] = max over k < K of src[..., j*s - p + k, ...] along ``axis`` (1 or 2), taking
+    only the offsets inside 0 .. n_in - 1 (implicit -inf padding)."""
+    def along(a, sl):
+        return a[:, sl] if axis == 1 else a[:, :, sl]
+    dst[...] = -np.inf
+    for k in range(K):
+        j0 = max(0, -(-(p - k) // s))                      # first output whose offset k is inside
+        j1 = min(n_out, (n_in - 1 + p - k) // s + 1)       # one past the last
+        if j1 > j0:
+            i0 = j0 * s - p + k
+            d = along(dst, slice(j0, j1))
+            np.maximum(d, along(src, slice(i0, i0 + (j1 - j0 - 1) * s + 1, s)), out=d)
 
 
 def pool_offsets(xp, KH, KW, sy, sx, Ho, Wo, nan):

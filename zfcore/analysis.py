@@ -1,8 +1,9 @@
 """Analyses built on the deconvnet: classification summaries, the strongest features of an image,
 top-k activations across a dataset, occlusion sensitivity and feature evolution during training.
 
-numpy only. Every function that runs the network in batches leaves ``net.trace`` holding the *last*
-batch it ran, so call ``net.forward`` again before projecting from your own images.
+numpy only. ``predict`` and ``scan_maxima`` run the network with ``Network.infer`` (no trace, no
+switches) and leave ``net.trace`` as it was; ``top_k``, ``occlusion`` and ``feature_evolution`` leave it
+holding the *last* batch they ran, so call ``net.forward`` again before projecting from your own images.
 
 Axis letters: N images, C channels, H W height and width, F features, K items.
 """
@@ -23,7 +24,7 @@ def predict(net, images, batch_size: int = 500) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"images must be a non-empty (N, C, H, W) array, got shape {images.shape}")
-    return np.concatenate([net.forward(images[i:i + batch_size])
+    return np.concatenate([net.infer(images[i:i + batch_size])[0]
                            for i in range(0, len(images), batch_size)])
 
 
@@ -100,9 +101,9 @@ def scan_maxima(net, images, layer, batch_size: int = 500):
     vals = {name: [] for name in layers}
     poss = {name: [] for name in layers}
     for i in range(0, len(images), batch_size):
-        net.forward(images[i:i + batch_size], upto=deepest)
+        _, acts = net.infer(images[i:i + batch_size], upto=deepest, keep=layers)
         for name in layers:
-            act = net.activations(name)
+            act = acts[name]
             if act.ndim != 4:
                 raise ValueError(f"layer {name!r} is not spatial (output {act.shape[1:]})")
             flat = act.reshape(act.shape[0], act.shape[1], -1)

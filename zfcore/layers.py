@@ -80,6 +80,11 @@ class Layer:
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def infer(self, x):
+        """The output of ``forward`` alone, for inference: layers that can skip work the inverse would
+        need (the switches of a pool) override it."""
+        return self.forward(x)[0]
+
     def inverse(self, r, cache, rule="deconvnet"):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -229,6 +234,9 @@ class MaxPool2d(Layer):
     def forward(self, x):
         y, switches = ops.max_pool2d(x, self.kernel, self.stride, self.padding)
         return y, {"input_shape": x.shape, "switches": switches}
+
+    def infer(self, x):
+        return ops.max_pool2d_values(x, self.kernel, self.stride, self.padding)
 
     def inverse(self, r, cache, rule="deconvnet"):
         return ops.max_unpool2d(r, cache["switches"], cache["input_shape"])

@@ -124,14 +124,7 @@ class Network:
         """Run x (N, C, H, W) through the layers (all, or up to and including ``upto``) and return the
         last output. Records a ``Trace`` in ``self.trace`` (replacing the previous one). The input is
         cast to the network's dtype."""
-        x = np.asarray(x)
-        if x.dtype.kind not in "biuf":
-            raise ValueError(f"input must be a real numeric array, got dtype {x.dtype}")
-        if x.ndim != 4:
-            raise ValueError(f"input must be 4-D (N, C, H, W), got shape {x.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"input batch is empty: shape {x.shape}")
-        x = np.ascontiguousarray(x, dtype=self.dtype)
+        x = self._checked_input(x)
         last = len(self.layers) - 1 if upto is None else self.index(upto)
         trace = Trace(x)
         self.trace = None                       # no half-recorded trace if a layer raises
@@ -149,6 +142,44 @@ class Network:
         return x
 
     __call__ = forward
+
+    def infer(self, x, upto: str | None = None, keep=()) -> tuple[np.ndarray, dict]:
+        """Inference without a trace: run x (N, C, H, W) up to ``upto`` (default: all layers) and return
+        (last output, {name: output} for the layers named in ``keep``). Records nothing, so ``self.trace``
+        is left as it was; pools skip their switches and ReLUs rectify in place where the array is the
+        network's own scratch (not the input, not kept). Same values as ``forward``."""
+        x = self._checked_input(x)
+        keep = [keep] if isinstance(keep, str) else list(keep)
+        last = len(self.layers) - 1 if upto is None else self.index(upto)
+        for name in keep:
+            if self.index(name) > last:
+                raise ValueError(f"keep: layer {name!r} comes after upto={self.layers[last].name!r}")
+        kept, own = {}, False                # own: x is an array this pass made and nobody else sees
+        for layer in self.layers[:last + 1]:
+            try:
+                if layer.kind == "relu" and own and x.base is None:
+                    y = np.maximum(x, 0, out=x)
+                else:
+                    y = layer.infer(x)
+            except ValueError as e:
+                raise ValueError(f"layer {layer.name!r} ({layer.kind}) on input {x.shape}: {e}") from None
+            own = y is not x and y.base is None
+            if layer.name in keep:
+                kept[layer.name] = y
+                own = False
+            x = y
+        return x, kept
+
+    def _checked_input(self, x) -> np.ndarray:
+        """x as a contiguous (N, C, H, W) array of the network's dtype; ValueError otherwise."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"input must be a real numeric array, got dtype {x.dtype}")
+        if x.ndim != 4:
+            raise ValueError(f"input must be 4-D (N, C, H, W), got shape {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"input batch is empty: shape {x.shape}")
+        return np.ascontiguousarray(x, dtype=self.dtype)
 
     def activations(self, layer: str) -> np.ndarray:
         """The recorded output of ``layer`` from the last forward pass."""

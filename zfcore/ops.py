@@ -26,6 +26,7 @@ Output size of a convolution or pooling window, per spatial axis (:func:`conv_ou
 The fast convolutions are im2col + GEMM (:func:`im2col`, :func:`col2im`), run in bands of output rows
 that stay in cache, with Winograd's F(2x2, 3x3) for large 3x3 stride-1 layers; those kernels live in
 ``zfcore._kernels`` and the argument checks in ``zfcore._checks``. Tests hold fast == naive == PyTorch.
+For inference, where nothing is projected, :func:`max_pool2d_values` pools without switches.
 
 Dtypes: float32 and float64 are preserved. When inputs mix dtypes the result is float64 if any input
 is float64, else float32; any other real dtype (bool, integers, float16) is computed in float32.
@@ -43,7 +44,7 @@ __all__ = [
     "conv2d", "conv2d_naive", "conv_transpose2d", "conv_transpose2d_naive",
     "conv2d_winograd", "winograd_filters",
     "relu", "unrelu",
-    "max_pool2d", "max_pool2d_naive", "max_unpool2d", "max_unpool2d_naive",
+    "max_pool2d", "max_pool2d_values", "max_pool2d_naive", "max_unpool2d", "max_unpool2d_naive",
     "local_response_norm", "adaptive_pool_size", "adaptive_avg_pool2d", "adaptive_avg_pool2d_transpose",
     "linear", "linear_transpose", "flatten", "softmax", "dropout",
 ]
@@ -202,6 +203,13 @@ def max_pool2d(x, kernel, stride=None, padding=0):
     return kern.max_pool2d(x, kernel, stride, padding, out_hw)
 
 
+def max_pool2d_values(x, kernel, stride=None, padding=0):
+    """The values of :func:`max_pool2d` without the switches, as ``torch.nn.functional.max_pool2d``:
+    for inference, where nothing will be projected. Separable (rows, then columns), no padded copy."""
+    x, _, kernel, stride, padding, out_hw = chk.check_pool(x, kernel, stride, padding)
+    return kern.max_pool_values(x, kernel, stride, padding, out_hw)
+
+
 def max_pool2d_naive(x, kernel, stride=None, padding=0):
     """Loop twin of :func:`max_pool2d` (same signature and output; for NaN it keeps the first)."""
     x, dt, (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = chk.check_pool(x, kernel, stride, padding)
@@ -229,14 +237,26 @@ def max_unpool2d(y, switches, input_shape):
     elsewhere. Where overlapping windows chose the same position their values ADD UP: this is
     the adjoint of max-pooling with fixed switches (its gradient). ``torch.nn.functional
     .max_unpool2d`` assigns instead (last write wins), which agrees only for non-overlapping pools.
-    Fast path: one scatter-add ``np.add.at`` over the global flat indices.
+    Fast path: where windows cannot overlap (every switch distinct in its plane) one assignment, else
+    one ``np.bincount`` over the global flat indices (a scatter-add ten times faster than ``np.add.at``;
+    it sums in float64, then rounds once to the input's dtype).
     """
     y, s, dt, (H, W) = chk.check_unpool(y, switches, input_shape)
     N, C, Ho, Wo = y.shape
     flat = s.reshape(N * C, Ho * Wo) + (np.arange(N * C, dtype=np.int64) * (H * W))[:, None]
-    x = np.zeros(N * C * H * W, dt)
-    np.add.at(x, flat.ravel(), y.ravel())
+    flat = flat.ravel()
+    if Ho * Wo <= 1 or _distinct(s.reshape(N * C, Ho * Wo)):
+        x = np.zeros(N * C * H * W, dt)
+        x[flat] = y.ravel()
+    else:
+        x = np.bincount(flat, weights=y.ravel(), minlength=N * C * H * W).astype(dt, copy=False)
     return x.reshape(N, C, H, W)
+
+
+def _distinct(s):
+    """True if no plane of switches s (M, Ho*Wo) holds the same index twice."""
+    srt = np.sort(s, axis=1)
+    return not (srt[:, 1:] == srt[:, :-1]).any()
 
 
 def max_unpool2d_naive(y, switches, input_shape):
