@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ("bench_ops", "bench_project", "bench_inference", "bench_compare")
+SCRIPTS = ("bench_ops", "bench_project", "bench_inference", "bench_compare", "bench_memory")
 
 
 def main(argv=None):
