@@ -97,6 +97,23 @@ def test_open_client_blas_threads_tree_progress_and_errors(net, tmp_path, monkey
         assert client.status == "running"                    # an open client stays open
 
 
+def test_existing_scheduler(net):
+    """scheduler=ADDRESS: a cluster started here (one worker thread in this process, so the same BLAS
+    threads as this process)."""
+    dist = pytest.importorskip("distributed")
+    from zfcore import distributed
+    src = sources.TestSetSource(limit=90)
+    with dist.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        got = distributed.top_k(net, src, ["conv2", "conv4"], k=3, features=[1, 2], batch_size=25,
+                                scheduler=cluster.scheduler_address, progress=None)
+        assert list(cluster.scheduler.clients) == ["fire-and-forget"]    # our client is closed again
+    ref = stream.top_k(net, src, ["conv2", "conv4"], k=3, features=[1, 2], batch_size=25)
+    for layer in ref:
+        assert_same(got[layer], ref[layer])
+    with pytest.raises(ArgumentError, match="scheduler notanaddress: cannot connect"):
+        distributed.top_k(net, src, "conv1", k=1, scheduler="notanaddress")
+
+
 def test_bad_arguments(net):
     pytest.importorskip("distributed")
     from zfcore import distributed

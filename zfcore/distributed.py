@@ -34,6 +34,7 @@ from .errors import ArgumentError, require
 from .sources import ArraySource
 
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+CONNECT_TIMEOUT = 20             # seconds to reach a scheduler
 _NETS: dict = {}                 # in each worker process: (token, thread id) -> Network
 _LOCK = threading.Lock()
 
@@ -75,8 +76,8 @@ def connect(workers: int | None = None, scheduler: str | None = None, client=Non
         if not isinstance(scheduler, str) or not scheduler.strip():
             raise ArgumentError(f"scheduler must be an address such as 'tcp://host:8786', got {scheduler!r}")
         try:
-            c = dist.Client(scheduler, timeout=30)
-        except OSError as e:
+            c = dist.Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, ValueError, TypeError) as e:     # refused, timed out, not an address
             raise ArgumentError(f"scheduler {scheduler}: cannot connect ({e})") from None
         with contextlib.closing(c):
             yield c
