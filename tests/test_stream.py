@@ -276,3 +276,15 @@ def test_bad_arguments(net, images):
         stream.top_k(net, x, "conv1", k=1, batch_size=0)
     with pytest.raises(ArgumentError, match="non-empty real"):
         stream.top_k(net, x[:0], "conv1", k=1)
+
+
+def test_streaming_imports_numpy_only():
+    """The single-process path imports neither dask nor torch nor Pillow (for an array or the test set)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, zfcore.stream as s, zfcore.sources as src, zfcore.distributed, zfcore.models as m; "
+            "s.top_k(m.load_model(), src.TestSetSource(limit=12), ['conv1', 'conv2'], k=2, features=[0]); "
+            "bad = [n for n in ('torch', 'dask', 'distributed', 'PIL', 'matplotlib') if n in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
