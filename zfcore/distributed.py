@@ -26,8 +26,6 @@ import os
 import threading
 import uuid
 
-import numpy as np
-
 from . import stream
 from ._argcheck import check_count
 from .errors import ArgumentError, require
@@ -148,11 +146,31 @@ def _tree_merge(client, futures):
     return futures[0]
 
 
-def _scan(client, dist, shipped, source, spans, names, feats, k, batch_size, progress):
-    futs = [client.submit(_scan_task, shipped, source, lo, hi, names, feats, k, batch_size, pure=False)
+def _check_spec(net):
+    if net.spec is None:
+        raise ArgumentError("distributed.top_k ships the network as its spec and parameters: build it "
+                            "with zfcore.models.build / load_model")
+
+
+def ship(client, net, source):
+    """Scatter the network (a fresh token, its spec and parameters) and the source to every worker:
+    (network future, source future)."""
+    _check_spec(net)
+    shipped = client.scatter([(uuid.uuid4().hex, net.spec, net.params, net.dtype)], broadcast=True)[0]
+    return shipped, client.scatter([source], broadcast=True)[0]
+
+
+def scan(client, shipped, source, n: int, layers, features, k: int, batch_size: int,
+         shard_size: int | None = None, progress=None) -> dict:
+    """Pass 1 on the workers: the ``n`` images of the shipped ``source`` in shards (``shards``), each
+    scanned by a task, the states merged in a tree. Returns dict layer -> ``stream.TopState``."""
+    dist = _distributed()
+    n_workers = len(client.scheduler_info().get("workers", {}))
+    spans = shards(n, batch_size, n_workers, shard_size)
+    futs = [client.submit(_scan_task, shipped, source, lo, hi, layers, features, k, batch_size, pure=False)
             for lo, hi in spans]
     total = _tree_merge(client, futs)
-    step, close = stream._progress_fn(progress, spans[-1][1], "scan")
+    step, close = stream._progress_fn(progress, n, "scan")
     try:
         if step is not None:
             size = {f.key: hi - lo for f, (lo, hi) in zip(futs, spans)}
@@ -172,20 +190,15 @@ def top_k(net, source, layers, k: int = 9, features=None, batch_size: int | None
     processes (default: one per core), on the cluster of ``scheduler`` (an address), or through an
     open ``client``. ``shard_size``: images per scan task (a multiple of the batch size; default about
     four shards per worker). ``progress``: True (a tqdm bar of the images scanned), None or a callable."""
-    dist = _distributed()
+    _distributed()
     source = source if hasattr(source, "load") else ArraySource(source)
-    if net.spec is None:
-        raise ArgumentError("distributed.top_k ships the network as its spec and parameters: build it "
-                            "with zfcore.models.build / load_model")
+    _check_spec(net)                             # before any cluster starts
     names, feats, batch_size, k = stream.plan(net, source, layers, k, features, batch_size)
     if rule not in ("deconvnet", "guided", "gradient"):
         raise ArgumentError(f"rule {rule!r}: expected deconvnet, guided or gradient")
     with connect(workers, scheduler, client) as c:
-        n_workers = len(c.scheduler_info().get("workers", {}))
-        spans = shards(len(source), batch_size, n_workers, shard_size)
-        shipped = c.scatter([(uuid.uuid4().hex, net.spec, net.params, net.dtype)], broadcast=True)[0]
-        src = c.scatter([source], broadcast=True)[0]
-        states = _scan(c, dist, shipped, src, spans, names, feats, k, batch_size, progress)
+        shipped, src = ship(c, net, source)
+        states = scan(c, shipped, src, len(source), names, feats, k, batch_size, shard_size, progress)
         st = c.scatter([states], broadcast=True)[0]
         futs = [c.submit(_project_task, shipped, src, st, feats, ids, rule, pure=False)
                 for ids in stream.chunks(stream.winners(states), batch_size)]
