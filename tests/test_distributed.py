@@ -45,7 +45,8 @@ def test_shards_are_whole_batches():
     from zfcore import distributed
     assert distributed.shards(10, 3, 1, shard_size=6) == [(0, 6), (6, 10)]
     assert distributed.shards(1000, 150, 2) == [(i, min(i + 150, 1000)) for i in range(0, 1000, 150)]
-    assert distributed.shards(10_000, 500, 2) == [(i, min(i + 1500, 10_000)) for i in range(0, 10_000, 1500)]
+    assert distributed.shards(10_000, 500, 2) == [(i, i + 500) for i in range(0, 10_000, 500)]
+    assert distributed.shards(10_000, 100, 2) == [(i, min(i + 400, 10_000)) for i in range(0, 10_000, 400)]
     with pytest.raises(ArgumentError, match="shard_size 7 must be a multiple of batch_size 3"):
         distributed.shards(10, 3, 1, shard_size=7)
 

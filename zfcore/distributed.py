@@ -128,10 +128,11 @@ def blas_threads() -> list:
 
 # --- the client side ----------------------------------------------------------------------------------
 def shards(n: int, batch_size: int, n_workers: int, shard_size: int | None = None) -> list:
-    """(lo, hi) id ranges covering 0..n-1; each a whole number of batches (about four per worker by
-    default), so that every batch is the one a single process would run."""
+    """(lo, hi) id ranges covering 0..n-1; each a whole number of batches, so that every batch is the one
+    a single process would run. Default: one batch per shard, or as many as make about 16 shards per
+    worker (small shards keep the workers evenly loaded; each costs only a state of F*k entries)."""
     if shard_size is None:
-        shard_size = batch_size * max(1, math.ceil(n / (batch_size * max(n_workers, 1) * 4)))
+        shard_size = batch_size * max(1, math.ceil(n / (batch_size * max(n_workers, 1) * 16)))
     shard_size = check_count(shard_size, "shard_size", 1)
     if shard_size % batch_size:
         raise ArgumentError(f"shard_size {shard_size} must be a multiple of batch_size {batch_size}")
@@ -188,8 +189,8 @@ def top_k(net, source, layers, k: int = 9, features=None, batch_size: int | None
     """``stream.top_k`` on Dask: same arguments and the same result (images, positions, values, boxes
     and patches identical; projections to rounding). Runs on a new ``LocalCluster`` of ``workers``
     processes (default: one per core), on the cluster of ``scheduler`` (an address), or through an
-    open ``client``. ``shard_size``: images per scan task (a multiple of the batch size; default about
-    four shards per worker). ``progress``: True (a tqdm bar of the images scanned), None or a callable."""
+    open ``client``. ``shard_size``: images per scan task (a multiple of the batch size; default: see
+    ``shards``). ``progress``: True (a tqdm bar of the images scanned), None or a callable."""
     _distributed()
     source = source if hasattr(source, "load") else ArraySource(source)
     _check_spec(net)                             # before any cluster starts
