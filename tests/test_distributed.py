@@ -65,6 +65,23 @@ def test_local_cluster_equals_single_process(net):
         assert_same(got[layer], ref[layer])
 
 
+def test_local_cluster_shut_down_after_an_error(net, tmp_path):
+    """A worker's DataError (a corrupt PNG) comes back as itself, and the cluster started for the call
+    is gone afterwards."""
+    pytest.importorskip("distributed")
+    from PIL import Image
+
+    from zfcore import distributed
+    for i in range(4):
+        Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(tmp_path / f"i{i}.png")
+    (tmp_path / "i2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(DataError, match=r"i2.png: not a readable image"):
+        distributed.top_k(net, sources.FolderSource(tmp_path, size=28), "conv1", k=1, batch_size=2, workers=1,
+                          progress=None)
+    assert set(multiprocessing.active_children()) <= before
+
+
 def test_open_client_blas_threads_tree_progress_and_errors(net, tmp_path, monkeypatch):
     """Through an open client: each worker runs one BLAS thread even when the parent's environment asks
     for two (and the parent's environment is left as it was); 7 shards merged in a tree; the progress
