@@ -90,7 +90,8 @@ def build_parser():
                    "layout (FOLDER/<class>/<image>); default: the shipped test set")
     c.add_argument("--layout", default="auto", choices=("auto", "folder", "imagefolder"),
                    help="--images layout; auto: an ImageFolder when FOLDER holds sub-folders and no images")
-    c.add_argument("--limit", type=int, default=2000, help="use the first N images")
+    c.add_argument("--limit", type=int, default=None,
+                   help="use the first N images; default: 2000 of the shipped test set, all of a folder")
     c.add_argument("--rule", default="deconvnet", help="deconvnet, guided or gradient")
     c.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass; default: as many as fit about 512 MB of activations (<= 500)")

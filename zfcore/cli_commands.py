@@ -14,6 +14,7 @@ from .errors import ArgumentError, ZfcoreError
 # a source checkout holds report/build.py and notebooks/ beside the package; an installed wheel does not
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 MAX_LISTED_FILES = 10_000       # topk.json lists the input files of a folder up to this many
+TEST_SET_LIMIT = 2000           # topk's default number of shipped test images (a folder: all its images)
 
 
 def _stem(info: dict, i: int) -> str:
@@ -104,7 +105,7 @@ def _topk_source(args):
         if args.model != "fmnist_zf":
             raise ArgumentError(f"topk: the shipped test set is for --model fmnist_zf; give --images "
                                 f"FOLDER for {args.model}")
-        src = sources.TestSetSource(limit=args.limit)
+        src = sources.TestSetSource(limit=TEST_SET_LIMIT if args.limit is None else args.limit)
         return src, {"source": "shipped Fashion-MNIST test set", "count": len(src)}
     try:
         src = sources.open_folder(args.images, limit=args.limit, layout=args.layout,
@@ -148,7 +149,8 @@ def cmd_topk(args):
     """The paper's Fig. 2 for one or more layers: per feature, the k strongest images of a collection
     (streamed: one scan for all layers, then only the winners are loaded and projected)."""
     check_count(args.k, "--k", 1)
-    check_count(args.limit, "--limit", 1)
+    if args.limit is not None:
+        check_count(args.limit, "--limit", 1)
     if args.batch_size is not None:
         check_count(args.batch_size, "--batch-size", 1)
     if args.workers is not None:
