@@ -236,6 +236,9 @@ def test_sources_pickle_small():
     back = pickle.loads(pickle.dumps(src))
     assert len(pickle.dumps(src)) < 1000 and len(back) == 30
     np.testing.assert_array_equal(back.load([3, 1]), x)
+    np.testing.assert_array_equal(back.labels, data.load_dataset("test", limit=30)[1])
+    arr = sources.ArraySource(x)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(arr)).load([1]), x[1:])
 
 
 # --- bad input ------------------------------------------------------------------------------------------

@@ -85,17 +85,23 @@ class TestSetSource:
     def __init__(self, limit: int | None = None):
         self.limit = _limit(limit, 10**9)
         self._n = None
-        self._images = None
+        self._images = self._labels = None
 
     def _data(self):
         if self._images is None:
             from .data import load_dataset
 
-            self._images, self.labels = load_dataset("test", limit=self.limit)
+            self._images, self._labels = load_dataset("test", limit=self.limit)
         return self._images
 
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 class of each image (``zfcore.data.CLASSES``)."""
+        self._data()
+        return self._labels
+
     def __getstate__(self):
-        return {"limit": self.limit, "_n": len(self), "_images": None}
+        return {"limit": self.limit, "_n": len(self), "_images": None, "_labels": None}
 
     def __len__(self):
         if self._n is None:
