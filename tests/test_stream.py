@@ -156,6 +156,12 @@ def test_ties_go_to_the_smaller_image_id():
     s = stream.merge(late, early)
     assert s.ids[0].tolist() == [4, 6, 9, 0] and s.values[0].tolist() == [3, 3, 3, 1]
     assert s.ids[1].tolist() == [0, 1, 2, 3]
+    # NaN maxima go last and -0.0 ties with 0.0, as in argsort(-values, kind="stable")
+    v = np.array([1.0, np.nan, 3.0, -0.0, 0.0, np.nan, 3.0], np.float32)[:, None]
+    p = np.zeros((7, 1, 2), np.int64)
+    parts = [stream.TopState.from_batch(v[i:i + 2], p[i:i + 2], np.arange(i, min(i + 2, 7)), 7) for i in (4, 0, 6, 2)]
+    s = stream.merge(stream.merge(parts[0], parts[1]), stream.merge(parts[2], parts[3]))
+    assert s.ids[0].tolist() == np.argsort(-v[:, 0], kind="stable").tolist() == [2, 6, 0, 3, 4, 1, 5]
 
 
 def test_merge_refuses_unlike_states():
