@@ -96,8 +96,12 @@ def test_memory_bounded_and_only_winners_loaded(net, images):
 
 # --- the mergeable state ------------------------------------------------------------------------------
 def _maxima(rng, n, F, levels=5):
-    """Random maxima with many ties: values from a few levels, positions random."""
+    """Random maxima with many ties: values from a few levels (0.0 and -0.0 among them), some NaN (one
+    feature all NaN), positions random."""
     vals = rng.integers(0, levels, size=(n, F)).astype(np.float32)
+    vals[(vals == 0) & (rng.random((n, F)) < 0.5)] = -0.0
+    vals[rng.random((n, F)) < 0.05] = np.nan
+    vals[:, -1] = np.nan
     return vals, rng.integers(0, 7, size=(n, F, 2))
 
 
@@ -109,7 +113,7 @@ def _reference(vals, poss, k):
 
 
 def _equal(a, b):
-    return (a.k == b.k and np.array_equal(a.values, b.values) and np.array_equal(a.ids, b.ids)
+    return (a.k == b.k and np.array_equal(a.values, b.values, equal_nan=True) and np.array_equal(a.ids, b.ids)
             and np.array_equal(a.positions, b.positions))
 
 
@@ -120,7 +124,7 @@ def test_random_splits_and_orders_give_one_state(seed):
     vals, poss = _maxima(rng, n, F)
     ids, ref_vals, ref_pos = _reference(vals, poss, k)
     for _ in range(6):
-        cuts = np.sort(rng.choice(np.arange(1, n), size=rng.integers(1, 12), replace=False))
+        cuts = np.sort(rng.choice(np.arange(1, n), size=rng.integers(1, 12), replace=False))   # parts of 1..199
         parts = [stream.TopState.from_batch(vals[p], poss[p], p, k) for p in np.split(rng.permutation(n), cuts)]
         rng.shuffle(parts)
         while len(parts) > 1:                     # merge random pairs in random order: any tree

@@ -54,9 +54,9 @@ class TopState:
         if values.ndim != 2 or positions.shape != values.shape + (2,) or ids.shape != values.shape[:1]:
             raise ArgumentError(f"from_batch: values (n, F), positions (n, F, 2), ids (n,) expected, "
                                 f"got {values.shape}, {positions.shape}, {ids.shape}")
-        F = values.shape[1]
-        return _best(cls, int(k), values.T, np.broadcast_to(ids, (F, len(ids))),
-                     positions.transpose(1, 0, 2).astype(np.int64, copy=False))
+        F, k = values.shape[1], int(k)
+        cand = values.T, np.broadcast_to(ids, (F, len(ids))), positions.transpose(1, 0, 2).astype(np.int64, copy=False)
+        return _best(cls, k, *(_candidates(*cand, k) if len(ids) > k else cand))
 
     def update(self, values, positions, ids) -> "TopState":
         """This state with one more batch (see ``from_batch``) taken in; a new object."""
@@ -65,6 +65,22 @@ class TopState:
     @property
     def n_features(self) -> int:
         return self.values.shape[0]
+
+
+def _candidates(values, ids, positions, k):
+    """Per row of (F, n) entries, those that can be among the k best: values >= the row's k-th largest,
+    all ties kept (a row whose k-th largest is NaN keeps everything). Padded to the longest row with NaN
+    values and the largest id, which sort after every real entry. Saves sorting whole batches."""
+    neg = -values
+    kth = np.partition(neg, k - 1, axis=1)[:, k - 1:k]
+    keep = (neg <= kth) | np.isnan(kth)
+    counts = keep.sum(axis=1)
+    rows, cols = np.nonzero(keep)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    shape = (values.shape[0], int(counts.max()))
+    v, i, p = np.full(shape, np.nan, values.dtype), np.full(shape, np.iinfo(np.int64).max), np.zeros(shape + (2,), np.int64)
+    v[rows, slot], i[rows, slot], p[rows, slot] = values[rows, cols], ids[rows, cols], positions[rows, cols]
+    return v, i, p
 
 
 def _best(cls, k, values, ids, positions):
