@@ -123,7 +123,8 @@ def blas_threads() -> list:
         from threadpoolctl import threadpool_info
     except ImportError:
         return []
-    return [(d.get("internal_api"), d.get("num_threads")) for d in threadpool_info() if d.get("user_api") == "blas"]
+    return [(d.get("internal_api"), d.get("num_threads")) for d in threadpool_info()
+            if d.get("user_api") == "blas"]
 
 
 # --- the client side ----------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ class TopState:
             raise ArgumentError(f"from_batch: values (n, F), positions (n, F, 2), ids (n,) expected, "
                                 f"got {values.shape}, {positions.shape}, {ids.shape}")
         F, k = values.shape[1], int(k)
-        cand = values.T, np.broadcast_to(ids, (F, len(ids))), positions.transpose(1, 0, 2).astype(np.int64, copy=False)
+        cand = (values.T, np.broadcast_to(ids, (F, len(ids))),
+                positions.transpose(1, 0, 2).astype(np.int64, copy=False))
         return _best(cls, k, *(_candidates(*cand, k) if len(ids) > k else cand))
 
     def update(self, values, positions, ids) -> "TopState":
@@ -78,7 +79,8 @@ def _candidates(values, ids, positions, k):
     rows, cols = np.nonzero(keep)
     slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     shape = (values.shape[0], int(counts.max()))
-    v, i, p = np.full(shape, np.nan, values.dtype), np.full(shape, np.iinfo(np.int64).max), np.zeros(shape + (2,), np.int64)
+    v, i = np.full(shape, np.nan, values.dtype), np.full(shape, np.iinfo(np.int64).max)
+    p = np.zeros(shape + (2,), np.int64)
     v[rows, slot], i[rows, slot], p[rows, slot] = values[rows, cols], ids[rows, cols], positions[rows, cols]
     return v, i, p
 
