@@ -239,6 +239,23 @@ def test_image_folder_layout(net, tmp_path, uint8_images):
                 analysis.top_k(net, x, "conv2", k=4, features=[0, 9]))
 
 
+def test_folder_for_an_imagenet_model(tmp_path):
+    """RGB files of another size for VGG16: resized to 224x224 and ImageNet-normalised, as the command
+    line loads single images (cli_common.load_inputs)."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for name in ("b.png", "a/c.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / name)
+    src = sources.open_folder(tmp_path, **sources.for_model("vgg16"))
+    assert src.files == ["a/c.jpg", "b.png"] and src.shape == (3, 224, 224)
+    want = np.concatenate([data.imagenet_normalize(data.load_image(tmp_path / f, size=(224, 224), mode="RGB"))
+                           for f in src.files])
+    np.testing.assert_array_equal(src.load([0, 1]), want)
+    assert sources.for_model("fmnist_zf") == {"size": (28, 28), "mode": "L", "imagenet": False}
+
+
 def test_sources_pickle_small():
     src = sources.TestSetSource(limit=30)
     x = src.load([3, 1])
