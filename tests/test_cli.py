@@ -113,6 +113,81 @@ def test_topk(tmp_path, png, capsys, fmnist_net):
     assert rc == 0 and s["inputs"]["files"] == ["pullover.png"] and s["results"][0]["images"] == [0]
 
 
+def _hand_top(net, x, layer, feature, k):
+    """Images and values of a feature's top k, by hand from the forward pass (argsort, stable)."""
+    m = net.forward(x, upto=layer)[:, feature].reshape(len(x), -1).max(axis=1)
+    order = np.argsort(-m, kind="stable")[:k]
+    return order.tolist(), m[order]
+
+
+def test_topk_several_layers_one_scan(tmp_path, capsys, fmnist_net):
+    rc, _, _ = run(["topk", "--layer", "conv1", "conv4", "--k", 3, "--features", 0, 5, "--limit", 40,
+                    "--batch-size", 7, "--out", tmp_path, "--quiet"], capsys)
+    assert rc == 0
+    s = json.loads((tmp_path / "topk.json").read_text())
+    x, _ = data.load_dataset("test", limit=40)
+    assert s["layer"] == ["conv1", "conv4"] and s["inputs"]["count"] == 40
+    assert [(r["layer"], r["feature"]) for r in s["results"]] == [("conv1", 0), ("conv1", 5), ("conv4", 0), ("conv4", 5)]
+    for r in s["results"]:
+        images, values = _hand_top(fmnist_net, x, r["layer"], r["feature"], 3)
+        assert r["images"] == images
+        np.testing.assert_allclose(r["values"], values, rtol=1e-6)
+    with np.load(tmp_path / "topk.npz") as z:
+        assert z["conv4.projections"].shape == (2, 3, 1, 28, 28) and z["conv1.images"].tolist() == \
+            [r["images"] for r in s["results"][:2]]
+        assert z["conv4.patches"].shape[:2] == (2, 3) and z["conv1.boxes"].shape == (2, 3, 4)
+
+
+def _pngs(root, x, names):
+    from PIL import Image
+    for a, name in zip(x, names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((a[0] * 255).round().astype(np.uint8)).save(root / name)
+
+
+def test_topk_recursive_folder_and_image_folder(tmp_path, capsys, fmnist_net):
+    x, _ = data.load_dataset("test", limit=12)
+    names = ["b/2.png", "a/1.png", "top.png", "b/c/3.png"] * 3
+    names = [f"{i:02d}-{n}" if "/" not in n else n.replace("/", f"/{i:02d}", 1) for i, n in enumerate(names)]
+    _pngs(tmp_path / "flat", x, names)
+    rc, _, _ = run(["topk", "--layer", "conv2", "--k", 2, "--features", 1, "--images", tmp_path / "flat",
+                    "--out", tmp_path / "o1", "--quiet"], capsys)
+    s = json.loads((tmp_path / "o1" / "topk.json").read_text())
+    assert rc == 0 and s["inputs"]["layout"] == "folder" and s["inputs"]["files"] == sorted(names)
+    order = [names.index(f) for f in sorted(names)]               # file id -> shipped image
+    images, _ = _hand_top(fmnist_net, x[order], "conv2", 1, 2)
+    assert s["results"][0]["images"] == images
+    assert s["results"][0]["files"] == [sorted(names)[i] for i in images]
+    classes = ["bag", "boot", "coat"]
+    _pngs(tmp_path / "classes", x, [f"{classes[i % 3]}/{i:02d}.png" for i in range(12)])
+    rc, _, _ = run(["topk", "--layer", "conv1", "--k", 2, "--features", 3, "--images", tmp_path / "classes",
+                    "--out", tmp_path / "o2", "--quiet"], capsys)
+    s = json.loads((tmp_path / "o2" / "topk.json").read_text())
+    assert rc == 0 and s["inputs"]["layout"] == "imagefolder" and s["inputs"]["classes"] == classes
+    r = s["results"][0]
+    assert r["labels"] == [f.split("/")[0] for f in r["files"]]
+    order = [int(f.split("/")[1][:2]) for f in s["inputs"]["files"]]
+    assert r["images"] == _hand_top(fmnist_net, x[order], "conv1", 3, 2)[0]
+
+
+def test_topk_on_dask_workers_equals_one_process(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    argv = ["topk", "--layer", "conv1", "--k", 3, "--features", 0, 7, "--limit", 60, "--batch-size", 16, "--quiet"]
+    assert run(argv + ["--out", tmp_path / "a"], capsys)[0] == 0
+    assert run(argv + ["--workers", 2, "--out", tmp_path / "b"], capsys)[0] == 0
+    a, b = (json.loads((tmp_path / d / "topk.json").read_text()) for d in "ab")
+    assert [r["images"] for r in a["results"]] == [r["images"] for r in b["results"]]
+    # the workers run one BLAS thread, this process maybe more: float32 sums may round differently
+    np.testing.assert_allclose([r["values"] for r in a["results"]], [r["values"] for r in b["results"]], rtol=1e-6)
+
+
+def test_topk_workers_without_dask(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    rc, _, err = run(["topk", "--layer", "conv1", "--workers", 2, "--limit", 20, "--out", tmp_path], capsys)
+    assert rc == 2 and "pip install 'zfcore[dask]'" in err and not tmp_path.joinpath("topk.json").exists()
+    assert run(["topk", "--layer", "conv1", "--limit", 20, "--out", tmp_path, "--quiet"], capsys)[0] == 0
+
+
 def test_occlusion(tmp_path, png, capsys):
     rc, _, _ = run(["occlusion", "--test-index", 0, "--size", 8, "--stride", 4, "--out", tmp_path / "a",
                     "--quiet"], capsys)

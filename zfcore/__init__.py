@@ -14,7 +14,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("ops", "layers", "network", "models", "data", "analysis", "plotting", "widgets",
-               "reference", "train", "compare", "weights", "huybery")
+               "reference", "train", "compare", "weights", "huybery", "sources", "stream", "distributed")
 
 
 def __getattr__(name):

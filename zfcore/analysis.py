@@ -146,7 +146,7 @@ def top_k(net, images, layer: str, k: int = 9, features=None, batch_size: int = 
     proj = proj.reshape((len(features), k) + proj.shape[1:])
     rf = net.receptive_field(layer)                      # once: every box below comes from it
     H, W = images.shape[2:]
-    boxes = np.array([[rf.box(r, c, clip=(H, W)) for r, c in row] for row in pos]).reshape(pos.shape[:2] + (4,))
+    boxes = _boxes(rf, pos, H, W)
     patches = _patches(images, img_idx, pos, rf)
     return TopK(layer, features, img_idx, pos, val, proj, boxes, patches)
 
@@ -160,6 +160,13 @@ def _patches(images, img_idx, pos, rf):
         t0, l0, b, r = rf.box(*pos[idx], clip=(H, W))
         out[idx][:, t0 - top:b + 1 - top, l0 - left:r + 1 - left] = images[img_idx[idx], :, t0:b + 1, l0:r + 1]
     return out
+
+
+def _boxes(rf, pos, H, W):
+    """(F, k, 4) input boxes (top, left, bottom, right) of the units at ``pos`` (F, k, 2), clipped to
+    an H x W image."""
+    return np.array([[rf.box(r, c, clip=(H, W)) for r, c in row] for row in pos],
+                    dtype=np.int64).reshape(pos.shape[:2] + (4,))
 
 
 # --- occlusion sensitivity (the paper's Fig. 7) -------------------------------------------------------

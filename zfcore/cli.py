@@ -4,7 +4,8 @@ Commands:
   classify   top classes of images (files, or --test-index into the shipped Fashion-MNIST test set)
   project    project a feature of a layer back to pixels (deconvnet, guided or gradient), with its
              receptive field drawn on the image
-  topk       the paper's Fig. 2 for a layer: each feature's k strongest images and their projections
+  topk       the paper's Fig. 2 for layers: each feature's k strongest images of a collection and their
+             projections (streamed; --workers N or --scheduler ADDRESS run it on Dask)
   occlusion  occlusion sensitivity of one image (the paper's Fig. 7)
   train      train the embedded Fashion-MNIST model (PyTorch) and export weights and checkpoints
   report     build the report from the notebooks (source checkout only)
@@ -78,15 +79,26 @@ def build_parser():
     c.add_argument("--layer", required=True, help="layer name, e.g. conv5")
     c.add_argument("--feature", type=int, default=None, help="feature map; default: the strongest")
     c.add_argument("--rule", default="deconvnet", help="deconvnet, guided or gradient")
-    c = _add(sub, "topk", K.cmd_topk, "the paper's Fig. 2 for a layer over a set of images", common)
+    c = _add(sub, "topk", K.cmd_topk, "the paper's Fig. 2 for layers over a collection of images", common)
     _model_args(c)
-    c.add_argument("--layer", required=True, help="layer name, e.g. conv5")
+    c.add_argument("--layer", required=True, nargs="+", metavar="LAYER",
+                   help="layer name(s), e.g. --layer conv5 or --layer conv1 conv3 conv5 (one scan serves all)")
     c.add_argument("--k", type=int, default=9, help="images per feature")
     c.add_argument("--features", type=int, nargs="+", default=None,
-                   help="feature maps to show; default: the first four")
-    c.add_argument("--images", default=None, help="folder of images; default: the shipped test set")
-    c.add_argument("--limit", type=int, default=2000, help="use the first N images")
+                   help="feature maps to show (of every layer); default: the first four")
+    c.add_argument("--images", default=None, help="folder of images, searched recursively, or an ImageFolder "
+                   "layout (FOLDER/<class>/<image>); default: the shipped test set")
+    c.add_argument("--layout", default="auto", choices=("auto", "folder", "imagefolder"),
+                   help="--images layout; auto: an ImageFolder when FOLDER holds sub-folders and no images")
+    c.add_argument("--limit", type=int, default=None,
+                   help="use the first N images; default: 2000 of the shipped test set, all of a folder")
     c.add_argument("--rule", default="deconvnet", help="deconvnet, guided or gradient")
+    c.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass; default: as many as fit about 512 MB of activations (<= 500)")
+    c.add_argument("--workers", type=int, default=None,
+                   help="run on a local Dask cluster of N worker processes (needs zfcore[dask])")
+    c.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster, e.g. tcp://host:8786 (needs zfcore[dask])")
     c = _add(sub, "occlusion", K.cmd_occlusion, "occlusion sensitivity of one image", common)
     _model_args(c)
     _input_args(c)
