@@ -174,6 +174,11 @@ def test_infer_matches_torch_keeps_layers_and_touches_nothing():
     assert net.trace is before
     out, kept = net.infer(x, upto="pool1", keep="conv1")
     assert out.shape == (4, 4, 5, 6) and list(kept) == ["conv1"]
+    assert rel(out, acts["pool1"]) < 1e-6       # relu1 + pool1 run as pool then relu: same values
+    _, kept = net.infer(x, upto="pool1", keep=["relu1", "pool1"])   # a kept ReLU runs in its place
+    assert rel(kept["relu1"], acts["relu1"]) < 1e-6 and rel(kept["pool1"], acts["pool1"]) < 1e-6
+    out, _ = net.infer(x, upto="relu1")
+    assert rel(out, acts["relu1"]) < 1e-6
     with pytest.raises(ValueError, match="comes after upto"):
         net.infer(x, upto="pool1", keep=["fc"])
     with pytest.raises(ValueError, match="valid layer names"):

@@ -146,8 +146,9 @@ class Network:
     def infer(self, x, upto: str | None = None, keep=()) -> tuple[np.ndarray, dict]:
         """Inference without a trace: run x (N, C, H, W) up to ``upto`` (default: all layers) and return
         (last output, {name: output} for the layers named in ``keep``). Records nothing, so ``self.trace``
-        is left as it was; pools skip their switches and ReLUs rectify in place where the array is the
-        network's own scratch (not the input, not kept). Same values as ``forward``."""
+        is left as it was; pools skip their switches, a ReLU followed by a max-pool runs after it (on
+        the smaller map; the two commute) unless the ReLU is kept, and ReLUs rectify in place where the
+        array is the network's own scratch (not the input, not kept). Same values as ``forward``."""
         x = self._checked_input(x)
         keep = [keep] if isinstance(keep, str) else list(keep)
         last = len(self.layers) - 1 if upto is None else self.index(upto)
@@ -155,9 +156,19 @@ class Network:
             if self.index(name) > last:
                 raise ValueError(f"keep: layer {name!r} comes after upto={self.layers[last].name!r}")
         kept, own = {}, False                # own: x is an array this pass made and nobody else sees
-        for layer in self.layers[:last + 1]:
+        layers = self.layers[:last + 1]
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
             try:
-                if layer.kind == "relu" and own and x.base is None:
+                if layer.kind == "relu" and i + 1 < len(layers) and layers[i + 1].kind == "maxpool" \
+                        and layer.name not in keep:
+                    # relu(maxpool(x)) == maxpool(relu(x)) (both monotone): rectify the 4x smaller output
+                    i += 1
+                    layer = layers[i]
+                    y = layer.infer(x)
+                    np.maximum(y, 0, out=y)
+                elif layer.kind == "relu" and own and x.base is None:
                     y = np.maximum(x, 0, out=x)
                 else:
                     y = layer.infer(x)
@@ -168,6 +179,7 @@ class Network:
                 kept[layer.name] = y
                 own = False
             x = y
+            i += 1
         return x, kept
 
     def _checked_input(self, x) -> np.ndarray:
