@@ -111,11 +111,43 @@ def part_fig2(args):
     print(f"    total {total:.2f} s = scan {scan_s:.2f} s + project {proj_s:.2f} s ({n_proj} projections of "
           f"{runs[-1][3]} distinct images, boxes and patches); median of {args.repeats}; "
           f"target <= 5 s: {'met' if total <= 5 else 'NOT met'}")
+    floor(net, len(src))
     if args.baseline:
         x = src.load(np.arange(len(src)))
         t, _ = timed(lambda: [analysis.top_k(net, x, layer, k=9) for layer in FIG2_LAYERS])
         print(f"    baseline: analysis.top_k one layer at a time on the array in memory: {t:.2f} s "
               f"({t / total:.2f}x the streaming total)")
+
+
+def conv_flops(net, upto: str, shape) -> float:
+    """FLOPs (2 per multiply-add) of one image's direct convolutions up to ``upto`` (im2col + GEMM does
+    exactly these)."""
+    x = np.zeros((1,) + tuple(shape), net.dtype)
+    total = 0.0
+    for layer in net.layers[:net.index(upto) + 1]:
+        y = layer.infer(x)
+        if layer.kind == "conv":
+            F, C, KH, KW = layer.weight.shape
+            total += 2.0 * F * C * KH * KW * y.shape[2] * y.shape[3]
+        x = y
+    return total
+
+
+def sgemm_rate(n: int = 2048, repeats: int = 5) -> float:
+    """numpy's float32 GEMM rate (GFLOP/s) on n x n operands now, median of ``repeats``."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    a @ a
+    times = [timed(lambda: a @ a)[0] for _ in range(repeats)]
+    return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
+def floor(net, n_images: int):
+    """Print the scan's convolution work and the time its GEMMs alone take at numpy's GEMM rate now."""
+    flops = conv_flops(net, FIG2_LAYERS[-1], (1, 28, 28)) * n_images
+    rate = sgemm_rate()
+    print(f"    the scan's convolutions: {flops / 1e9:.1f} GFLOP ({flops / n_images / 1e6:.1f} MFLOP per image); "
+          f"numpy's sgemm runs at {rate:.0f} GFLOP/s now (2048^3, median of 5), so their GEMMs alone "
+          f"take at least {flops / rate / 1e9:.2f} s")
 
 
 # --- (b) scan throughput on Dask ---------------------------------------------------------------------------
@@ -305,28 +337,29 @@ def part_vgg16(args):
     feats = None if args.vgg16_features is None else np.arange(args.vgg16_features)
     names, fmap, bs, k = stream.plan(net, src, "conv5_3", 9, features=feats)
     F = len(fmap["conv5_3"])
+    print(f"(d) VGG16 (random Kaiming weights) conv5_3: top-9 of {F} features over {n} natural-ish 224x224 "
+          f"images, batches of {bs}", flush=True)
     t_load, _ = timed(lambda: [src.load(ids) for ids in stream.chunks(np.arange(n), bs)])
+    print(f"    image generation {t_load:.1f} s ({1e3 * t_load / n:.1f} ms/image, inside the scan's time too)",
+          flush=True)
     t_scan, states = timed(lambda: stream.scan(net, src, names, fmap, k, bs))
     sub = min(n, max(bs, args.vgg16_one_thread))
     with one_blas_thread():
         t_scan1, _ = timed(lambda: stream.scan(net, src, names, fmap, k, bs, stop=sub))
+    rate, rate1 = n / t_scan, sub / t_scan1
+    print(f"    scan {t_scan:.1f} s: {rate:.2f} images/s (default threads); one BLAS thread on {sub} images: "
+          f"{rate1:.2f} images/s per worker", flush=True)
     chunks = stream.chunks(stream.winners(states), bs)
     t_proj, n_proj = timed(lambda: _project_all(net, src, states, fmap, bs, chunks))
     with one_blas_thread():
         t_proj1, n_proj1 = timed(lambda: _project_all(net, src, states, fmap, bs, chunks[:1]))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    rate, rate1 = n / t_scan, sub / t_scan1
     # one projection alone at one thread: chunk 1's time less the forward passes of its images
     s_proj1 = max(t_proj1 - len(chunks[0]) / rate1, 0.0) / max(n_proj1, 1)
-    print(f"(d) VGG16 (random Kaiming weights) conv5_3: top-9 of {F} features over {n} natural-ish 224x224 "
-          f"images, batches of {bs}")
-    print(f"    image generation {t_load:.1f} s ({1e3 * t_load / n:.1f} ms/image, inside the scan's time too)")
-    print(f"    scan {t_scan:.1f} s: {rate:.2f} images/s (default threads); one BLAS thread on {sub} images: "
-          f"{rate1:.2f} images/s per worker")
     print(f"    pass 2 (forward the {sum(map(len, chunks))} distinct winners again, project {n_proj} entries): "
           f"{t_proj:.1f} s (default threads); one BLAS thread, first chunk ({len(chunks[0])} images, "
           f"{n_proj1} projections): {t_proj1:.1f} s, i.e. {s_proj1:.3f} s per projection besides the forward")
-    print(f"    scan + pass 2: {t_scan + t_proj:.1f} s; peak RSS of this process {rss / MB:.0f} MB")
+    print(f"    scan + pass 2: {t_scan + t_proj:.1f} s; peak RSS of this process {rss / MB:.0f} MB", flush=True)
     P = F * k
     print(f"    extrapolation to M images on W one-thread workers: scan M / ({rate1:.2f} images/s x W), pass 2 at "
           f"most {P} forwards + {P} projections / W; Yosinski's toolbox: ~{YOSINSKI_HOURS:.0f} h for 1.3 M "

@@ -12,7 +12,9 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ("bench_ops", "bench_project", "bench_inference", "bench_compare", "bench_memory")
+SCRIPTS = ("bench_ops", "bench_project", "bench_inference", "bench_compare", "bench_memory", "bench_topk")
+# bench_topk's VGG16 part takes about 15 minutes on two cores: run it on its own (RESULTS.md has the command)
+ARGS = {"bench_topk": ["--only", "fig2", "dask", "memory"]}
 
 
 def main(argv=None):
@@ -21,7 +23,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     for name in args.only or SCRIPTS:
         print(f"\n=== {name} ===", flush=True)
-        rc = subprocess.run([sys.executable, os.path.join(HERE, f"{name}.py")]).returncode
+        rc = subprocess.run([sys.executable, os.path.join(HERE, f"{name}.py")] + ARGS.get(name, [])).returncode
         if rc:
             raise SystemExit(f"{name} failed (exit status {rc})")
 
