@@ -5,8 +5,8 @@ that process, against the issue-12 bound of 1.5 GB.
     python benchmarks/bench_memory.py [--batch N]
 
 Weights: seeded Kaiming (``zfcore.models.kaiming_params``; the memory does not depend on training),
-the whole network (13 convs and the classifier, 138 M parameters, 553 MB in float32) and the feature
-extractor alone (conv1_1 ... pool5, 14.7 M parameters). The image: random noise (memory does not
+the whole network (13 convs and the classifier) and the feature extractor alone (conv1_1 ... pool5);
+the header prints the size of each one's float32 parameters. The image: random noise (memory does not
 depend on it either). Cases: ``forward`` (batch N), ``+ project`` (the strongest conv5_3 unit,
 cropped, the default), ``+ project_batch 16`` (16 conv5_3 features), ``+ whole maps`` (``crop=False``).
 Printed: the process's peak RSS and python + numpy alone for scale.
@@ -19,6 +19,8 @@ import os
 import resource
 import subprocess
 import sys
+
+import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 BOUND_MB = 1500
@@ -67,8 +69,15 @@ def main():
     if args.worker:
         print(json.dumps(worker(args.worker, not args.features_only, args.batch)))
         return
+    sys.path.insert(0, ROOT)
+    from zfcore import models
+
+    sizes = {name: 4 * sum(int(np.prod(s)) for s in models.param_shapes(spec).values()) / 2**20
+             for name, spec in (("VGG16", models.get_spec("vgg16")),
+                                ("VGG16 conv1_1..pool5", models.features_spec("vgg16")))}
     print(f"VGG16, random weights, batch {args.batch} of 224x224, peak RSS (ru_maxrss) of a fresh process "
-          f"per case; bound {BOUND_MB} MB")
+          f"per case; bound {BOUND_MB} MB; float32 parameters: "
+          + ", ".join(f"{name} {mb:.0f} MB" for name, mb in sizes.items()))
     print(f"{'network':22s} {'case':34s} {'peak MB':>8s}")
     for full in (True, False):
         for case in CASES:
