@@ -29,7 +29,7 @@ def chunk_bytes(n):
     chunk; None: the defaults), through the kernels' test hook ``zfcore._kernels.tuning``."""
     if n is None:
         return contextlib.nullcontext()
-    return tuning(chunk_bytes=n, pool_chunk_bytes=n, min_cols=1)
+    return tuning(chunk_bytes=n, pool_chunk_bytes=n, nhwc_chunk_bytes=n, min_cols=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from zfcore import layers as L
 from zfcore import models, network
+from zfcore._kernels import tuning
 
 
 def rel(a, b) -> float:
@@ -145,10 +146,18 @@ def test_forward_upto_stops_early_and_bad_input():
     assert net64.forward(x.astype(np.float32)).dtype == np.float64
 
 
-def test_infer_matches_torch_keeps_layers_and_touches_nothing():
+@pytest.mark.parametrize("nhwc", [None, True, False])
+def test_infer_matches_torch_keeps_layers_and_touches_nothing(nhwc):
     """Inference without a trace (no switches, in-place ReLUs on its own scratch arrays): the same
     logits and kept activations as the PyTorch mirror; the input, the kept arrays and the previous
-    trace are left alone."""
+    trace are left alone. With the channels-last convs and pools by the rule (None: TINY's convs have
+    too few channels), everywhere (True: back to NCHW before the LRN, the average pool and at the
+    end) and nowhere."""
+    with tuning(nhwc=nhwc):
+        _infer_case()
+
+
+def _infer_case():
     torch = pytest.importorskip("torch")
     from zfcore.reference import torch_model
 

@@ -125,6 +125,41 @@ def test_max_pool2d_values_equals_the_pool_with_switches(c, with_ties, t_width):
 
 
 @hyp(200)
+@given(conv_cases())
+def test_conv2d_nhwc_equals_naive(c):
+    """The channels-last conv of inference (one run of KW*C values per kernel row) against the loop
+    twin, any stride and padding, in chunks of rows or of images."""
+    _, x, w, b = conv_inputs(c)
+    with chunk_bytes(c["chunk"]):
+        fast = ops.conv2d_nhwc(x.transpose(0, 2, 3, 1), w, b if c["seed"] % 2 else None, c["s"], c["p"])
+    naive = ops.conv2d_naive(x, w, b if c["seed"] % 2 else None, c["s"], c["p"])
+    assert fast.dtype == c["dtype"] and fast.shape == naive.transpose(0, 2, 3, 1).shape
+    assert rel_err(fast.transpose(0, 3, 1, 2), naive) <= TOL[c["dtype"]]
+
+
+@hyp(200)
+@given(pool_cases(), st.booleans())
+def test_max_pool2d_values_nhwc_equals_naive(c, with_ties):
+    rng, x = distinct_inputs(c)
+    if with_ties:
+        x = rng.integers(0, 3, x.shape).astype(c["dtype"])
+    with chunk_bytes(c["chunk"]):
+        y = ops.max_pool2d_values_nhwc(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), c["K"], c["s"], c["p"])
+    assert y.dtype == c["dtype"]
+    np.testing.assert_array_equal(y.transpose(0, 3, 1, 2), ops.max_pool2d_naive(x, c["K"], c["s"], c["p"])[0])
+
+
+def test_channels_last_ops_check_their_input():
+    x = np.zeros((2, 5, 6, 3), np.float32)                    # (N, H, W, C) with C = 3
+    with pytest.raises(ValueError, match="channel mismatch"):
+        ops.conv2d_nhwc(x, np.zeros((4, 2, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="4-D"):
+        ops.conv2d_nhwc(x[0], np.zeros((4, 3, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="padding"):
+        ops.max_pool2d_values_nhwc(x, 2, 2, 2)
+
+
+@hyp(200)
 @given(pool_cases())
 def test_max_unpool2d_fast_equals_naive(c):
     rng, x = distinct_inputs(c)

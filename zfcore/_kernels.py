@@ -23,6 +23,9 @@ class Tuning:
     deconv_as_conv: bool | None = None  # force the stride-1 deconv strategy
     flat: bool | None = None         # force the flat (True) / strided (False) im2col layout at stride 1
     pool_t_width: int = 8            # max-pool values: planes-last layout below this output width
+    nhwc: bool | None = None         # Network.infer: every conv channels last (True), none (False)
+    nhwc_min_channels: int = 16      # ... or (None) the convs with at least this many input channels
+    nhwc_chunk_bytes: int = 8 * 2**20  # channels-last im2col columns of one chunk
 
 
 TUNING = Tuning()
@@ -170,6 +173,69 @@ def conv2d(x, w, b, stride, padding, out_hw):
         out = out_buf[:F * L].reshape(F, L)
         np.matmul(wb, cols, out=out)
         y[n0:n0 + m, :, r0:r0 + r] = out.reshape(F, m, r, Wc)[..., :Wo].transpose(1, 0, 2, 3)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# channels-last convolution and pooling (inference: Network.infer)
+# ----------------------------------------------------------------------------------------------
+# With the channels last, x (N, H, W, C), the KW*C values under one row of a window are contiguous,
+# so im2col copies KH runs of KW*C values per output position (one strided view per kernel row)
+# instead of KH*KW runs of Wo values; the GEMM cols (L, K) @ w (K, F) writes y (N, Ho, Wo, F)
+# directly. On the embedded model's 14- and 7-column maps this halves the convolutions (RESULTS.md).
+def nhwc_filters(w):
+    """w (F, C, KH, KW) -> (KH*KW*C, F), rows in (u, v, c) order: the im2col rows of channels-last x."""
+    F, C, KH, KW = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(KH * KW * C, F))
+
+
+def conv2d_nhwc(x, wk, b, kernel, stride, padding, out_hw):
+    """y (N, Ho, Wo, F) = conv of the C-contiguous x (N, H, W, C); wk from :func:`nhwc_filters`."""
+    (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    N, H, W, C = x.shape
+    K, F = wk.shape
+    dt = x.dtype
+    xp = x
+    if ph or pw:
+        xp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), dt)
+        xp[:, ph:ph + H, pw:pw + W] = x
+    y = np.empty((N, Ho, Wo, F), dt)
+    row = Wo * K * dt.itemsize                          # the columns of one output row
+    rows = max(TUNING.nhwc_chunk_bytes // max(row, 1), -(-TUNING.min_cols // max(Wo, 1)), 1)
+    if rows >= Ho:
+        nb, rb = max(1, min(N, rows // Ho)), Ho
+    else:
+        nb, rb = 1, -(-Ho // -(-Ho // rows))
+    cols_buf = np.empty(nb * rb * Wo * K, dt)
+    it = dt.itemsize                                     # xp is C-contiguous: its strides from its shape
+    s3, s2, s1, s0 = it, xp.shape[3] * it, xp.shape[2] * xp.shape[3] * it, xp[0].size * it
+    for n0, m, r0, r in bands(N, Ho, nb, rb):
+        L = m * r * Wo
+        cols = cols_buf[:K * L].reshape(m, r, Wo, KH, KW * C)
+        for u in range(KH):
+            # rows (r0 + i)*sy + u, columns j*sx .. j*sx + KW - 1, all channels: one run each
+            src = np.lib.stride_tricks.as_strided(xp[n0:n0 + m, r0 * sy + u:], (m, r, Wo, KW * C),
+                                                  (s0, s1 * sy, s2 * sx, s3), writeable=False)
+            cols[:, :, :, u] = src
+        out = y[n0:n0 + m, r0:r0 + r].reshape(L, F)     # contiguous: whole images, or rows of one
+        np.matmul(cols.reshape(L, K), wk, out=out)
+        if b is not None:
+            out += b
+    return y
+
+
+def max_pool_values_nhwc(x, kernel, stride, padding, out_hw):
+    """y (N, Ho, Wo, C) of x (N, H, W, C) without switches: as :func:`max_pool_values`, separable,
+    the channels the contiguous inner axis; in chunks of images."""
+    N, H, W, C = x.shape
+    (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    y = np.empty((N, Ho, Wo, C), x.dtype)
+    nb = max(1, TUNING.pool_chunk_bytes // max(1, H * Wo * C * x.dtype.itemsize))
+    h = np.empty((min(nb, N), H, Wo, C), x.dtype)
+    for n0 in range(0, N, nb):
+        hm = h[:min(nb, N - n0)]
+        _max_offsets(x[n0:n0 + nb], hm, KW, sx, pw, W, Wo, axis=2)
+        _max_offsets(hm, y[n0:n0 + nb], KH, sy, ph, H, Ho, axis=1)
     return y
 
 

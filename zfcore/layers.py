@@ -170,6 +170,10 @@ class Conv2d(Layer):
         y = ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
         return y, {"input_shape": x.shape}
 
+    def infer_nhwc(self, x):
+        """Inference with the channels last: x (N, H, W, C) -> (N, Ho, Wo, F)."""
+        return ops.conv2d_nhwc(x, self.weight, self.bias, self.stride, self.padding)
+
     def inverse(self, r, cache, rule="deconvnet"):
         return ops.conv_transpose2d(r, self.weight, self.stride, self.padding,
                                     output_size=cache["input_shape"][2:])
@@ -237,6 +241,10 @@ class MaxPool2d(Layer):
 
     def infer(self, x):
         return ops.max_pool2d_values(x, self.kernel, self.stride, self.padding)
+
+    def infer_nhwc(self, x):
+        """Inference with the channels last: x (N, H, W, C) -> (N, Ho, Wo, C)."""
+        return ops.max_pool2d_values_nhwc(x, self.kernel, self.stride, self.padding)
 
     def inverse(self, r, cache, rule="deconvnet"):
         return ops.max_unpool2d(r, cache["switches"], cache["input_shape"])

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _kernels as _kern
 from . import layers as L
 from . import projection
 from .projection import MODES  # noqa: F401  (re-exported)
@@ -148,38 +149,59 @@ class Network:
         (last output, {name: output} for the layers named in ``keep``). Records nothing, so ``self.trace``
         is left as it was; pools skip their switches, a ReLU followed by a max-pool runs after it (on
         the smaller map; the two commute) unless the ReLU is kept, and ReLUs rectify in place where the
-        array is the network's own scratch (not the input, not kept). Same values as ``forward``."""
+        array is the network's own scratch (not the input, not kept). Same values as ``forward``.
+
+        From a conv with at least ``TUNING.nhwc_min_channels`` (16) input channels on (with fewer, the
+        runs of KW*C values im2col copies are too short), runs of conv, ReLU and
+        max-pool layers are computed with the channels last (``ops.conv2d_nhwc``,
+        ``ops.max_pool2d_values_nhwc``); kept outputs of such layers are returned as (N, C, H, W)
+        views of the channels-last arrays (not contiguous), and the run goes back to NCHW before any
+        other layer and at the end."""
         x = self._checked_input(x)
         keep = [keep] if isinstance(keep, str) else list(keep)
         last = len(self.layers) - 1 if upto is None else self.index(upto)
         for name in keep:
             if self.index(name) > last:
                 raise ValueError(f"keep: layer {name!r} comes after upto={self.layers[last].name!r}")
+        nhwc, min_channels = _kern.TUNING.nhwc, _kern.TUNING.nhwc_min_channels
         kept, own = {}, False                # own: x is an array this pass made and nobody else sees
+        cl = False                           # x is (N, H, W, C)
         layers = self.layers[:last + 1]
         i = 0
         while i < len(layers):
             layer = layers[i]
+            if layer.kind == "conv":
+                want = nhwc if nhwc is not None else layer.weight.shape[1] >= min_channels
+            else:
+                want = cl and layer.kind in ("relu", "maxpool")
+            if want != cl:
+                x = np.ascontiguousarray(x.transpose((0, 2, 3, 1) if want else (0, 3, 1, 2)))
+                cl, own = want, True
             try:
                 if layer.kind == "relu" and i + 1 < len(layers) and layers[i + 1].kind == "maxpool" \
                         and layer.name not in keep:
                     # relu(maxpool(x)) == maxpool(relu(x)) (both monotone): rectify the 4x smaller output
                     i += 1
                     layer = layers[i]
-                    y = layer.infer(x)
+                    y = layer.infer_nhwc(x) if cl else layer.infer(x)
                     np.maximum(y, 0, out=y)
                 elif layer.kind == "relu" and own and x.base is None:
                     y = np.maximum(x, 0, out=x)
+                elif cl and layer.kind in ("conv", "maxpool"):
+                    y = layer.infer_nhwc(x)
                 else:
                     y = layer.infer(x)
             except ValueError as e:
-                raise ValueError(f"layer {layer.name!r} ({layer.kind}) on input {x.shape}: {e}") from None
+                shape = (x.shape[0], x.shape[3], *x.shape[1:3]) if cl else x.shape
+                raise ValueError(f"layer {layer.name!r} ({layer.kind}) on input {shape}: {e}") from None
             own = y is not x and y.base is None
             if layer.name in keep:
-                kept[layer.name] = y
+                kept[layer.name] = y.transpose(0, 3, 1, 2) if cl else y
                 own = False
             x = y
             i += 1
+        if cl:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         return x, kept
 
     def _checked_input(self, x) -> np.ndarray:

@@ -41,10 +41,11 @@ from ._checks import adaptive_pool_size, conv_output_size, pair
 
 __all__ = [
     "pair", "conv_output_size", "im2col", "col2im",
-    "conv2d", "conv2d_naive", "conv_transpose2d", "conv_transpose2d_naive",
+    "conv2d", "conv2d_nhwc", "conv2d_naive", "conv_transpose2d", "conv_transpose2d_naive",
     "conv2d_winograd", "winograd_filters",
     "relu", "unrelu",
-    "max_pool2d", "max_pool2d_values", "max_pool2d_naive", "max_unpool2d", "max_unpool2d_naive",
+    "max_pool2d", "max_pool2d_values", "max_pool2d_values_nhwc", "max_pool2d_naive",
+    "max_unpool2d", "max_unpool2d_naive",
     "local_response_norm", "adaptive_pool_size", "adaptive_avg_pool2d", "adaptive_avg_pool2d_transpose",
     "linear", "linear_transpose", "flatten", "softmax", "dropout",
 ]
@@ -98,6 +99,19 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     """
     x, w, b, _, stride, padding, out_hw = chk.check_conv(x, w, b, stride, padding)
     return kern.conv2d(x, w, b, stride, padding, out_hw)
+
+
+def conv2d_nhwc(x, w, b=None, stride=1, padding=0):
+    """:func:`conv2d` with the channels last, for inference: x (N, H, W, C) -> y (N, Ho, Wo, F), the
+    same values as ``conv2d(x.transpose(0, 3, 1, 2), w, b).transpose(0, 2, 3, 1)``; w (F, C, KH, KW)
+    and b as in :func:`conv2d`. im2col copies one run of KW*C values per kernel row and output
+    position, and one GEMM per chunk writes y; see ``_kernels.conv2d_nhwc``."""
+    xv = np.asarray(x)
+    if xv.ndim == 4:
+        xv = xv.transpose(0, 3, 1, 2)
+    xv, w, b, _, stride, padding, out_hw = chk.check_conv(xv, w, b, stride, padding)
+    xin = np.ascontiguousarray(xv.transpose(0, 2, 3, 1))
+    return kern.conv2d_nhwc(xin, kern.nhwc_filters(w), b, w.shape[2:], stride, padding, out_hw)
 
 
 def conv2d_naive(x, w, b=None, stride=1, padding=0):
@@ -208,6 +222,14 @@ def max_pool2d_values(x, kernel, stride=None, padding=0):
     for inference, where nothing will be projected. Separable (rows, then columns), no padded copy."""
     x, _, kernel, stride, padding, out_hw = chk.check_pool(x, kernel, stride, padding)
     return kern.max_pool_values(x, kernel, stride, padding, out_hw)
+
+
+def max_pool2d_values_nhwc(x, kernel, stride=None, padding=0):
+    """:func:`max_pool2d_values` with the channels last: x (N, H, W, C) -> (N, Ho, Wo, C)."""
+    xv = np.asarray(x)
+    xv, _, kernel, stride, padding, out_hw = chk.check_pool(
+        xv.transpose(0, 3, 1, 2) if xv.ndim == 4 else xv, kernel, stride, padding)
+    return kern.max_pool_values_nhwc(xv.transpose(0, 2, 3, 1), kernel, stride, padding, out_hw)
 
 
 def max_pool2d_naive(x, kernel, stride=None, padding=0):
