@@ -47,7 +47,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from zfcore import analysis, data, models, sources, stream  # noqa: E402  (numpy only)
+from zfcore import analysis, data, models, parallel, sources, stream  # noqa: E402  (numpy only)
 
 FIG2_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 YOSINSKI_HOURS = 40.0
@@ -83,13 +83,15 @@ def timed(fn):
 
 
 # --- (a) the Fig. 2 workload ----------------------------------------------------------------------------
-def fig2_once(net, src, layers, k=9):
+def fig2_once(net, src, layers, threads, k=9):
+    """stream.top_k's steps, timed: (scan s, pass 2 s, tops, distinct winners, batch size)."""
     t0 = time.perf_counter()
     names, feats, bs, k = stream.plan(net, src, layers, k)
-    states = stream.scan(net, src, names, feats, k, bs)
+    states = stream.scan(net, src, names, feats, k, bs, threads=threads)
     t1 = time.perf_counter()
     win = stream.winners(states)
-    parts = [stream.project_winners(net, src, states, feats, ids) for ids in stream.chunks(win, bs)]
+    parts = parallel.map_items(lambda n, ids: stream.project_winners(n, src, states, feats, ids),
+                               stream.chunks(win, bs, threads), threads, net=net)
     tops = stream.assemble(net, src, states, feats, parts)
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1, tops, len(win), bs
@@ -99,7 +101,8 @@ def part_fig2(args):
     net = models.load_model()
     src = sources.TestSetSource(limit=args.images)
     src.load([0])                                              # read the idx file before timing
-    runs = [fig2_once(net, src, FIG2_LAYERS) for _ in range(args.repeats)]
+    threads = parallel.resolve(args.threads)
+    runs = [fig2_once(net, src, FIG2_LAYERS, threads) for _ in range(args.repeats)]
     scan_s = statistics.median(r[0] for r in runs)
     proj_s = statistics.median(r[1] for r in runs)
     total = statistics.median(r[0] + r[1] for r in runs)
@@ -107,7 +110,8 @@ def part_fig2(args):
     F = sum(len(t.features) for t in tops.values())
     n_proj = sum(t.images.size for t in tops.values())
     print(f"(a) Fig. 2 workload: embedded model, top-9 of all {F} conv features of {', '.join(FIG2_LAYERS)} "
-          f"over {len(src)} test images, one scan (batches of {runs[-1][4]})")
+          f"over {len(src)} test images, one scan (batches of {runs[-1][4]}), {threads} thread"
+          f"{'s' if threads > 1 else ''} (zfcore.parallel)")
     print(f"    total {total:.2f} s = scan {scan_s:.2f} s + project {proj_s:.2f} s ({n_proj} projections of "
           f"{runs[-1][3]} distinct images, boxes and patches); median of {args.repeats}; "
           f"target <= 5 s: {'met' if total <= 5 else 'NOT met'}")
@@ -382,6 +386,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=10_000, help="test images for (a) and (b)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of (a) and (b) (median)")
     ap.add_argument("--baseline", action="store_true", help="(a): also analysis.top_k one layer at a time")
+    ap.add_argument("--threads", type=int, default=None, help="(a): threads of zfcore.parallel (default: every core)")
     ap.add_argument("--dask-workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10_000])
     ap.add_argument("--vgg16", type=int, default=1000, metavar="N", help="(d): images")

@@ -1,8 +1,9 @@
 """Analyses built on the deconvnet: classification summaries, the strongest features of an image,
 top-k activations across a dataset, occlusion sensitivity and feature evolution during training.
 
-numpy only. ``predict`` and ``scan_maxima`` run the network with ``Network.infer`` (no trace, no
-switches) and leave ``net.trace`` as it was; ``top_k``, ``occlusion`` and ``feature_evolution`` leave it
+numpy only (threadpoolctl, when installed, for ``zfcore.parallel``). ``predict`` and ``scan_maxima``
+run the network with ``Network.infer`` (no trace, no switches), in threads over each batch, and leave
+``net.trace`` as it was; ``top_k``, ``occlusion`` and ``feature_evolution`` leave it
 holding the *last* batch they ran, so call ``net.forward`` again before projecting from your own images.
 
 Axis letters: N images, C channels, H W height and width, F features, K items.
@@ -13,19 +14,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
+from . import ops, parallel
 from ._argcheck import check_count, check_feature, check_layer, num_classes
 from .errors import ArgumentError, check_index
 
 
 # --- classification -----------------------------------------------------------------------------------
-def predict(net, images, batch_size: int = 500) -> np.ndarray:
-    """Logits (N, classes) of ``images`` (N, C, H, W), computed in batches of ``batch_size``."""
+def predict(net, images, batch_size: int = 500, threads=None) -> np.ndarray:
+    """Logits (N, classes) of ``images`` (N, C, H, W), computed in batches of ``batch_size``, each batch
+    split over ``threads`` threads (``zfcore.parallel``; None: every core)."""
     images = np.asarray(images)
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"images must be a non-empty (N, C, H, W) array, got shape {images.shape}")
-    return np.concatenate([net.infer(images[i:i + batch_size])[0]
-                           for i in range(0, len(images), batch_size)])
+    threads = parallel.resolve(threads)
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size]
+        out += parallel.map_parts(lambda lo, hi: net.infer(batch[lo:hi])[0], len(batch), threads)
+    return np.concatenate(out)
 
 
 def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
@@ -90,26 +96,39 @@ class TopK:
     patches: np.ndarray
 
 
-def scan_maxima(net, images, layer, batch_size: int = 500):
-    """For every image and feature map of ``layer``: the map's maximum and its position.
-    Returns (values (N, F), positions (N, F, 2)). ``layer`` may be a list of layers: then one forward
-    pass (up to the deepest of them) serves all, and the result is a dict layer -> (values, positions)."""
+def scan_maxima(net, images, layer, batch_size: int = 500, threads=None):
+    """For every image and feature map of ``layer``: the map's maximum and its position (the first in
+    row-major order where the maximum repeats). Returns (values (N, F), positions (N, F, 2)). ``layer``
+    may be a list of layers: then one forward pass (up to the deepest of them) serves all, and the
+    result is a dict layer -> (values, positions). Each batch is split over ``threads`` threads
+    (``zfcore.parallel``; None: every core)."""
     layers = [layer] if isinstance(layer, str) else list(layer)
     if not layers:
         raise ValueError("scan_maxima needs at least one layer")
     deepest = max(layers, key=net.index)
+    threads = parallel.resolve(threads)
     vals = {name: [] for name in layers}
     poss = {name: [] for name in layers}
-    for i in range(0, len(images), batch_size):
-        _, acts = net.infer(images[i:i + batch_size], upto=deepest, keep=layers)
+
+    def part(batch):
+        _, acts = net.infer(batch, upto=deepest, keep=layers)
+        res = {}
         for name in layers:
             act = acts[name]
             if act.ndim != 4:
                 raise ValueError(f"layer {name!r} is not spatial (output {act.shape[1:]})")
             flat = act.reshape(act.shape[0], act.shape[1], -1)
             arg = flat.argmax(axis=2)
-            vals[name].append(np.take_along_axis(flat, arg[..., None], axis=2)[..., 0])
-            poss[name].append(np.stack(np.divmod(arg, act.shape[3]), axis=-1))
+            res[name] = (np.take_along_axis(flat, arg[..., None], axis=2)[..., 0],
+                         np.stack(np.divmod(arg, act.shape[3]), axis=-1))
+        return res
+
+    for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size]
+        for res in parallel.map_parts(lambda lo, hi: part(batch[lo:hi]), len(batch), threads):
+            for name in layers:
+                vals[name].append(res[name][0])
+                poss[name].append(res[name][1])
     out = {name: (np.concatenate(vals[name]), np.concatenate(poss[name])) for name in layers}
     return out[layer] if isinstance(layer, str) else out
 

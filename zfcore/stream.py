@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import analysis
+from . import analysis, parallel
 from ._argcheck import check_count, check_layer
 from .errors import ArgumentError
 from .sources import ArraySource
@@ -153,15 +153,18 @@ def plan(net, source, layers, k: int, features=None, batch_size: int | None = No
 
 # --- pass 1: the scan ---------------------------------------------------------------------------------
 def scan(net, source, layers, features, k: int, batch_size: int, start: int = 0, stop: int | None = None,
-         progress=None) -> dict:
+         progress=None, threads=1) -> dict:
     """Pass 1 over the images with ids ``start``..``stop``-1: dict layer -> ``TopState`` of the features
-    ``features[layer]``. Batches start at ``start`` and hold ``batch_size`` images (the last fewer);
-    ``progress(n)`` is called after each batch with its number of images."""
+    ``features[layer]``. Batches start at ``start`` and hold ``batch_size`` images (the last fewer),
+    each split over ``threads`` threads (``zfcore.parallel``); ``progress(n)`` is called after each
+    batch with its number of images."""
     stop = len(source) if stop is None else stop
+    threads = parallel.resolve(threads)
     states = {name: TopState.empty(len(features[name]), k, net.dtype) for name in layers}
     for lo in range(start, stop, batch_size):
         ids = np.arange(lo, min(lo + batch_size, stop))
-        maxima = analysis.scan_maxima(net, source.load(ids), list(layers), batch_size=len(ids))
+        maxima = analysis.scan_maxima(net, source.load(ids), list(layers), batch_size=len(ids),
+                                      threads=threads)
         for name in layers:
             vals, poss = maxima[name]
             f = features[name]
@@ -202,9 +205,12 @@ def project_winners(net, source, states: dict, features: dict, ids, rule: str = 
     return out
 
 
-def chunks(ids, size: int) -> list:
-    """``ids`` cut into consecutive pieces of ``size`` (the last shorter)."""
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+def chunks(ids, size: int, threads: int = 1) -> list:
+    """``ids`` cut into consecutive pieces of at most ``size``, as equal as they can be and as many as a
+    multiple of ``threads`` (so that each thread gets the same share)."""
+    n = len(ids)
+    pieces = threads * -(-n // (threads * size)) if n else 0
+    return [ids[n * i // pieces:n * (i + 1) // pieces] for i in range(pieces)]
 
 
 def assemble(net, source, states: dict, features: dict, parts) -> dict:
@@ -244,7 +250,7 @@ def _progress_fn(progress, total: int, desc: str):
 
 
 def top_k(net, source, layers, k: int = 9, features=None, batch_size: int | None = None,
-          rule: str = "deconvnet", progress=None):
+          rule: str = "deconvnet", progress=None, threads=None):
     """The paper's Fig. 2 over an image collection of any size, in one process: for each feature of
     each layer, the ``k`` images with the strongest activation (one per image: its map's maximum), each
     projected to pixels on its own, with receptive-field boxes and patches, as ``analysis.top_k`` gives
@@ -253,17 +259,21 @@ def top_k(net, source, layers, k: int = 9, features=None, batch_size: int | None
     source: a ``zfcore.sources`` source, or an (N, C, H, W) array. layers: a layer name (returns one
     ``analysis.TopK``) or a list of names (returns dict layer -> TopK; one scan serves them all).
     features: None (all), indices for every layer, or dict layer -> indices. batch_size: images per
-    forward pass (default: from ``BATCH_BYTES``). progress: None, True (tqdm bar) or a callable(n)."""
+    forward pass (default: from ``BATCH_BYTES``). progress: None, True (tqdm bar) or a callable(n).
+    threads: None (every core) or a count: each scanned batch is split over them, and pass 2 hands
+    its chunks of winners to them (``zfcore.parallel``); the result does not depend on it."""
     source = source if hasattr(source, "load") else ArraySource(source)
     names, feats, batch_size, k = plan(net, source, layers, k, features, batch_size)
     if rule not in ("deconvnet", "guided", "gradient"):
         raise ArgumentError(f"rule {rule!r}: expected deconvnet, guided or gradient")
+    threads = parallel.resolve(threads)
     step, close = _progress_fn(progress, len(source), "scan")
     try:
-        states = scan(net, source, names, feats, k, batch_size, progress=step)
+        states = scan(net, source, names, feats, k, batch_size, progress=step, threads=threads)
     finally:
         close()
-    parts = [project_winners(net, source, states, feats, ids, rule)
-             for ids in chunks(winners(states), batch_size)]
+    parts = parallel.map_items(lambda n, ids: project_winners(n, source, states, feats, ids, rule),
+                               chunks(winners(states), batch_size, threads), threads, net=net)
+    net.trace = None
     tops = assemble(net, source, states, feats, parts)
     return tops[layers] if isinstance(layers, str) else tops
