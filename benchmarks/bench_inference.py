@@ -17,7 +17,7 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def worker(kind, repeats, batch):
+def worker(kind, repeats, batch, threads):
     sys.path.insert(0, ROOT)
     import numpy as np
 
@@ -29,8 +29,8 @@ def worker(kind, repeats, batch):
 
         net = models.load_model()
 
-        def run():
-            return analysis.predict(net, x, batch_size=batch)
+        def run():          # each batch split over `threads` threads, one BLAS thread each
+            return analysis.predict(net, x, batch_size=batch, threads=threads)
     else:
         import torch
 
@@ -63,7 +63,7 @@ def main():
             import torch
 
             torch.set_num_threads(args.threads)
-        return worker(args.worker, args.repeats, args.batch)
+        return worker(args.worker, args.repeats, args.batch, args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
     res = {}
