@@ -2,7 +2,7 @@
 throughput on Dask, the scan's memory, and VGG16 conv5_3 with an extrapolation to ImageNet.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_topk.py
-        [--only fig2 dask memory vgg16] [--images N] [--repeats R] [--baseline]
+        [--only fig2 dask memory vgg16] [--images N] [--repeats R] [--baseline] [--threads T]
         [--dask-workers 1 2] [--memory-sizes 1000 10000] [--vgg16 N] [--vgg16-features F]
         [--extrapolate-workers 1 2 8 32]
 
@@ -10,10 +10,12 @@ throughput on Dask, the scan's memory, and VGG16 conv5_3 with an extrapolation t
     (default all 10,000) shipped test images, one scan for all layers, projections (cropped, batched),
     boxes and patches included (``stream.plan`` + ``stream.scan``, then ``project_winners`` +
     ``assemble``, which is ``stream.top_k``); total seconds and the split scan / project, median of
-    --repeats. ``--baseline`` also times ``analysis.top_k`` one layer at a time on the array in memory.
+    --repeats, with ``--threads`` threads (``zfcore.parallel``; default every core). ``--baseline``
+    also times ``analysis.top_k`` one layer at a time on the array in memory.
 (b) dask: the same scan on a LocalCluster of 1 and 2 worker processes (one BLAS thread each), images
     per second after a warm-up (cluster start and shipping the network not timed), and the speed-up;
-    next to it the scan in this process with one BLAS thread and with the default threads.
+    next to it the scan in this process with one BLAS thread, with the default threads, and split
+    over every core by ``zfcore.parallel``.
 (c) memory: the streaming scan of 1,000 and 10,000 images, each in a fresh subprocess: peak RSS
     (VmHWM, reset at the scan's start) and the tracemalloc peak during the scan. The images cycle through the first 1,000
     shipped test images (image i is test image i mod 1,000), so the source itself does not grow with N.
@@ -166,9 +168,13 @@ def part_dask(args):
     print(f"(b) scan throughput: {', '.join(FIG2_LAYERS)} ({sum(map(len, feats.values()))} features), "
           f"{n} test images, batches of {bs}; median of {args.repeats} after a warm-up")
     rows = {}
-    for label, ctx in (("this process, default BLAS threads", None), ("this process, 1 BLAS thread", one_blas_thread)):
+    T = parallel.resolve(None)
+    cases = [("this process, default BLAS threads", None, 1), ("this process, 1 BLAS thread", one_blas_thread, 1)]
+    if T > 1:
+        cases.append((f"this process, {T} threads (zfcore.parallel)", None, T))
+    for label, ctx, threads in cases:
         def run():
-            return stream.scan(net, src, names, feats, k, bs)
+            return stream.scan(net, src, names, feats, k, bs, threads=threads)
         if ctx is None:
             run()
             t = statistics.median(timed(run)[0] for _ in range(args.repeats))

@@ -183,6 +183,20 @@ def conv2d(x, w, b, stride, padding, out_hw):
 # so im2col copies KH runs of KW*C values per output position (one strided view per kernel row)
 # instead of KH*KW runs of Wo values; the GEMM cols (L, K) @ w (K, F) writes y (N, Ho, Wo, F)
 # directly. On the embedded model's 14- and 7-column maps this halves the convolutions (RESULTS.md).
+def nhwc_pays(C, F, kernel, stride, N, Ho, Wo):
+    """Network.infer's rule for a conv: channels last when the NCHW path would take the strided im2col
+    (maps narrower than ``FLAT_MIN_WIDTH``, or any stride) and not Winograd, and the input has at least
+    ``nhwc_min_channels`` channels (runs of KW*C values long enough). On VGG16's 224..56-column maps
+    the flat NCHW layout is faster, on its 28 and 14 Winograd (RESULTS.md)."""
+    if TUNING.nhwc is not None:
+        return TUNING.nhwc
+    if C < TUNING.nhwc_min_channels:
+        return False
+    flat = stride == (1, 1) and (TUNING.flat if TUNING.flat is not None else Wo >= FLAT_MIN_WIDTH)
+    wino = tuple(kernel) == (3, 3) and stride == (1, 1) and winograd_pays(C, F, N * Ho * Wo)
+    return not flat and not wino
+
+
 def nhwc_filters(w):
     """w (F, C, KH, KW) -> (KH*KW*C, F), rows in (u, v, c) order: the im2col rows of channels-last x."""
     F, C, KH, KW = w.shape

@@ -151,19 +151,17 @@ class Network:
         the smaller map; the two commute) unless the ReLU is kept, and ReLUs rectify in place where the
         array is the network's own scratch (not the input, not kept). Same values as ``forward``.
 
-        From a conv with at least ``TUNING.nhwc_min_channels`` (16) input channels on (with fewer, the
-        runs of KW*C values im2col copies are too short), runs of conv, ReLU and
-        max-pool layers are computed with the channels last (``ops.conv2d_nhwc``,
-        ``ops.max_pool2d_values_nhwc``); kept outputs of such layers are returned as (N, C, H, W)
-        views of the channels-last arrays (not contiguous), and the run goes back to NCHW before any
-        other layer and at the end."""
+        Convs on narrow maps (where ``_kernels.nhwc_pays``: at least 16 input channels, fewer than 32
+        output columns, not Winograd) run with the channels last (``ops.conv2d_nhwc``), and so do the
+        ReLUs and max-pools after them (``ops.max_pool2d_values_nhwc``); kept outputs of such layers
+        are returned as (N, C, H, W) views of the channels-last arrays (not contiguous), and the run
+        goes back to NCHW before any other layer and at the end."""
         x = self._checked_input(x)
         keep = [keep] if isinstance(keep, str) else list(keep)
         last = len(self.layers) - 1 if upto is None else self.index(upto)
         for name in keep:
             if self.index(name) > last:
                 raise ValueError(f"keep: layer {name!r} comes after upto={self.layers[last].name!r}")
-        nhwc, min_channels = _kern.TUNING.nhwc, _kern.TUNING.nhwc_min_channels
         kept, own = {}, False                # own: x is an array this pass made and nobody else sees
         cl = False                           # x is (N, H, W, C)
         layers = self.layers[:last + 1]
@@ -171,7 +169,10 @@ class Network:
         while i < len(layers):
             layer = layers[i]
             if layer.kind == "conv":
-                want = nhwc if nhwc is not None else layer.weight.shape[1] >= min_channels
+                F, C = layer.weight.shape[:2]
+                N, H, W = (x.shape[0], x.shape[1], x.shape[2]) if cl else (x.shape[0], x.shape[2], x.shape[3])
+                Ho, Wo = layer.output_shape((C, H, W))[1:]
+                want = _kern.nhwc_pays(C, F, layer.weight.shape[2:], layer.stride, N, Ho, Wo)
             else:
                 want = cl and layer.kind in ("relu", "maxpool")
             if want != cl:
