@@ -95,6 +95,8 @@ def build_parser():
     c.add_argument("--rule", default="deconvnet", help="deconvnet, guided or gradient")
     c.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass; default: as many as fit about 512 MB of activations (<= 500)")
+    c.add_argument("--threads", type=int, default=None,
+                   help="threads of the single-process path, one BLAS thread each; default: every core")
     c.add_argument("--workers", type=int, default=None,
                    help="run on a local Dask cluster of N worker processes (needs zfcore[dask])")
     c.add_argument("--scheduler", default=None, metavar="ADDRESS",

@@ -139,7 +139,7 @@ def _topk_run(args, net, src, layers, feats):
     if args.workers is None and args.scheduler is None:
         from . import stream
 
-        return stream.top_k(net, src, layers, **kw)
+        return stream.top_k(net, src, layers, threads=args.threads, **kw)
     from . import distributed
 
     return distributed.top_k(net, src, layers, workers=args.workers, scheduler=args.scheduler, **kw)
@@ -157,6 +157,10 @@ def cmd_topk(args):
         check_count(args.workers, "--workers", 1, 256)
         if args.scheduler is not None:
             raise ArgumentError("give --workers N (a local cluster) or --scheduler ADDRESS, not both")
+    if args.threads is not None:
+        check_count(args.threads, "--threads", 1, 1024)
+        if args.workers is not None or args.scheduler is not None:
+            raise ArgumentError("--threads is for the single-process path: each Dask worker runs one thread")
     if args.rule not in ("deconvnet", "guided", "gradient"):
         raise ArgumentError(f"--rule {args.rule!r}: expected deconvnet, guided or gradient")
     net, model = C.load_net(args)
