@@ -151,11 +151,12 @@ class Network:
         the smaller map; the two commute) unless the ReLU is kept, and ReLUs rectify in place where the
         array is the network's own scratch (not the input, not kept). Same values as ``forward``.
 
-        Convs on narrow maps (where ``_kernels.nhwc_pays``: at least 16 input channels, fewer than 32
-        output columns, not Winograd) run with the channels last (``ops.conv2d_nhwc``), and so do the
-        ReLUs and max-pools after them (``ops.max_pool2d_values_nhwc``); kept outputs of such layers
-        are returned as (N, C, H, W) views of the channels-last arrays (not contiguous), and the run
-        goes back to NCHW before any other layer and at the end."""
+        Convs where ``_kernels.nhwc_pays`` (at least 16 input channels, and the NCHW path would take its
+        strided im2col, i.e. a stride above 1 or fewer than 32 output columns, and not Winograd) run
+        with the channels last (``ops.conv2d_nhwc``), and so do the ReLUs and max-pools after them
+        (``ops.max_pool2d_values_nhwc``); kept outputs of such layers are returned as (N, C, H, W)
+        views of the channels-last arrays (not contiguous), and the run goes back to NCHW before any
+        other layer and at the end."""
         x = self._checked_input(x)
         keep = [keep] if isinstance(keep, str) else list(keep)
         last = len(self.layers) - 1 if upto is None else self.index(upto)
@@ -168,17 +169,11 @@ class Network:
         i = 0
         while i < len(layers):
             layer = layers[i]
-            if layer.kind == "conv":
-                F, C = layer.weight.shape[:2]
-                N, H, W = (x.shape[0], x.shape[1], x.shape[2]) if cl else (x.shape[0], x.shape[2], x.shape[3])
-                Ho, Wo = layer.output_shape((C, H, W))[1:]
-                want = _kern.nhwc_pays(C, F, layer.weight.shape[2:], layer.stride, N, Ho, Wo)
-            else:
-                want = cl and layer.kind in ("relu", "maxpool")
-            if want != cl:
-                x = np.ascontiguousarray(x.transpose((0, 2, 3, 1) if want else (0, 3, 1, 2)))
-                cl, own = want, True
             try:
+                want = self._channels_last(layer, x, cl)
+                if want != cl:
+                    x = np.ascontiguousarray(x.transpose((0, 2, 3, 1) if want else (0, 3, 1, 2)))
+                    cl, own = want, True
                 if layer.kind == "relu" and i + 1 < len(layers) and layers[i + 1].kind == "maxpool" \
                         and layer.name not in keep:
                     # relu(maxpool(x)) == maxpool(relu(x)) (both monotone): rectify the 4x smaller output
@@ -204,6 +199,18 @@ class Network:
         if cl:
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         return x, kept
+
+    @staticmethod
+    def _channels_last(layer, x, cl: bool) -> bool:
+        """Whether ``infer`` runs ``layer`` on x with the channels last (x is so already when ``cl``)."""
+        if layer.kind != "conv":
+            return cl and layer.kind in ("relu", "maxpool")
+        if x.ndim != 4:
+            return False                         # the layer's own check reports it
+        F, C = layer.weight.shape[:2]
+        N, H, W = (x.shape[0], x.shape[1], x.shape[2]) if cl else (x.shape[0], x.shape[2], x.shape[3])
+        Ho, Wo = layer.output_shape((C, H, W))[1:]
+        return _kern.nhwc_pays(C, F, layer.weight.shape[2:], layer.stride, N, Ho, Wo)
 
     def _checked_input(self, x) -> np.ndarray:
         """x as a contiguous (N, C, H, W) array of the network's dtype; ValueError otherwise."""

@@ -26,7 +26,9 @@ Output size of a convolution or pooling window, per spatial axis (:func:`conv_ou
 The fast convolutions are im2col + GEMM (:func:`im2col`, :func:`col2im`), run in bands of output rows
 that stay in cache, with Winograd's F(2x2, 3x3) for large 3x3 stride-1 layers; those kernels live in
 ``zfcore._kernels`` and the argument checks in ``zfcore._checks``. Tests hold fast == naive == PyTorch.
-For inference, where nothing is projected, :func:`max_pool2d_values` pools without switches.
+For inference, where nothing is projected, :func:`max_pool2d_values` pools without switches, and
+:func:`conv2d_nhwc` / :func:`max_pool2d_values_nhwc` take (N, H, W, C) arrays (``Network.infer`` uses
+them on narrow maps, where copying runs of KW*C contiguous values beats the NCHW im2col).
 
 Dtypes: float32 and float64 are preserved. When inputs mix dtypes the result is float64 if any input
 is float64, else float32; any other real dtype (bool, integers, float16) is computed in float32.
