@@ -84,7 +84,8 @@ def test_local_cluster_shut_down_after_an_error(net, tmp_path):
 
 def test_open_client_blas_threads_tree_progress_and_errors(net, tmp_path, monkeypatch):
     """Through an open client: each worker runs one BLAS thread even when the parent's environment asks
-    for two (and the parent's environment is left as it was); 7 shards merged in a tree; the progress
+    for two, and without distributed's MALLOC_TRIM_THRESHOLD_ (the parent's environment is left as it
+    was); 7 shards merged in a tree; the progress
     callable sees every image; a corrupt file on a worker raises its DataError here."""
     pytest.importorskip("distributed")
     pytest.importorskip("threadpoolctl")
@@ -93,10 +94,12 @@ def test_open_client_blas_threads_tree_progress_and_errors(net, tmp_path, monkey
     from zfcore import distributed
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with distributed.connect(workers=2) as client:
         assert os.environ["OPENBLAS_NUM_THREADS"] == "2" and "MKL_NUM_THREADS" not in os.environ
-        envs = client.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS"))
-        assert list(envs.values()) == ["1", "1"]
+        assert "MALLOC_TRIM_THRESHOLD_" not in os.environ                 # the nanny did not set it here
+        envs = client.run(lambda: (os.environ.get("OPENBLAS_NUM_THREADS"), os.environ.get("MALLOC_TRIM_THRESHOLD_")))
+        assert list(envs.values()) == [("1", None), ("1", None)]          # glibc's own trimming
         blas = client.run(distributed.blas_threads)                       # [(library, threads)]
         assert all(t and all(n == 1 for _, n in t) for t in blas.values()), blas
         src = sources.TestSetSource(limit=260)
