@@ -261,7 +261,8 @@ def top_k(net, source, layers, k: int = 9, features=None, batch_size: int | None
     features: None (all), indices for every layer, or dict layer -> indices. batch_size: images per
     forward pass (default: from ``BATCH_BYTES``). progress: None, True (tqdm bar) or a callable(n).
     threads: None (every core) or a count: each scanned batch is split over them, and pass 2 hands
-    its chunks of winners to them (``zfcore.parallel``); the result does not depend on it."""
+    its chunks of winners to them (``zfcore.parallel``: each runs a one-thread BLAS, so images,
+    positions and values equal those of one thread with a one-thread BLAS, projections to rounding)."""
     source = source if hasattr(source, "load") else ArraySource(source)
     names, feats, batch_size, k = plan(net, source, layers, k, features, batch_size)
     if rule not in ("deconvnet", "guided", "gradient"):
