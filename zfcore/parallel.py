@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import ArgumentError
@@ -88,7 +89,6 @@ def map_items(fn, items, threads: int, net=None) -> list:
     if net is None:
         call = fn
     else:
-        import threading
         local = threading.local()
 
         def call(item):
