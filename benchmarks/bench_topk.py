@@ -10,8 +10,11 @@ throughput on Dask, the scan's memory, and VGG16 conv5_3 with an extrapolation t
     (default all 10,000) shipped test images, one scan for all layers, projections (cropped, batched),
     boxes and patches included (``stream.plan`` + ``stream.scan``, then ``project_winners`` +
     ``assemble``, which is ``stream.top_k``); total seconds and the split scan / project, median of
-    --repeats, with ``--threads`` threads (``zfcore.parallel``; default every core). ``--baseline``
-    also times ``analysis.top_k`` one layer at a time on the array in memory.
+    --repeats, with ``--threads`` threads (``zfcore.parallel``; default every core). Next to it, in a
+    subprocess with as many threads, PyTorch's time for the scan's forward alone (the same layers and
+    images in batches of the same size, the per-map maxima of the five conv layers; no top-k, no
+    projections): what the workload costs a PyTorch implementation before any of its own work.
+    ``--baseline`` also times ``analysis.top_k`` one layer at a time on the array in memory.
 (b) dask: the same scan on a LocalCluster of 1 and 2 worker processes (one BLAS thread each), images
     per second after a warm-up (cluster start and shipping the network not timed), and the speed-up;
     next to it the scan in this process with one BLAS thread, with the default threads, and split
@@ -118,6 +121,7 @@ def part_fig2(args):
           f"{runs[-1][3]} distinct images, boxes and patches); median of {args.repeats}; "
           f"target <= 5 s: {'met' if total <= 5 else 'NOT met'}")
     floor(net, len(src))
+    torch_scan(args, len(src), runs[-1][4], threads, scan_s)
     if args.baseline:
         x = src.load(np.arange(len(src)))
         t, _ = timed(lambda: [analysis.top_k(net, x, layer, k=9) for layer in FIG2_LAYERS])
@@ -154,6 +158,55 @@ def floor(net, n_images: int):
     print(f"    the scan's convolutions: {flops / 1e9:.1f} GFLOP ({flops / n_images / 1e6:.1f} MFLOP per image); "
           f"numpy's sgemm runs at {rate:.0f} GFLOP/s now (2048^3, median of 5), so their GEMMs alone "
           f"take at least {flops / rate / 1e9:.2f} s")
+
+
+def torch_scan(args, n_images: int, batch: int, threads: int, scan_s: float):
+    """Print PyTorch's time for the scan's forward (conv1 .. conv5 and the maxima of the five conv
+    layers' maps, nothing else: no top-k, no projections) over the same images in batches of the same
+    size, with the same thread count, in a subprocess; next to zfcore's scan."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker", str(n_images),
+                          str(batch), str(threads), str(args.repeats)], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"    torch: not measured ({(out.stderr.strip().splitlines() or ['no output'])[-1]})")
+        return
+    t = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    print(f"    torch {t['version']}, the scan's forward alone (conv1 .. conv5 and the per-map maxima of "
+          f"the five conv layers, batches of {batch}, {threads} thread{'s' if threads > 1 else ''}, "
+          f"its own process): {t['median']:.2f} s, median of {args.repeats}; zfcore's scan (top-k "
+          f"included) / torch's forward: {scan_s / t['median']:.2f}")
+
+
+def torch_scan_worker(n_images: int, batch: int, threads: int, repeats: int):
+    """The subprocess of :func:`torch_scan`: prints {"seconds": {"median", "version"}} as JSON (version
+    says whether torch runs its convolutions on oneDNN)."""
+    import torch
+
+    from zfcore.reference import torch_model
+
+    torch.set_num_threads(threads)
+    net = models.load_model()
+    upto = net.index(FIG2_LAYERS[-1])
+    spec = models.FMNIST_ZF[:upto + 1]
+    names = [layer.name for layer in net.layers[:upto + 1]]
+    assert [name for name, _, _ in spec] == names, "the embedded model is not models.FMNIST_ZF"
+    params = {k: v for k, v in net.params.items() if k.split(".")[0] in set(names)}
+    modules = list(torch_model(spec, params).children())
+    keep = [layer.name in FIG2_LAYERS for layer in net.layers[:upto + 1]]
+    x = torch.from_numpy(data.load_dataset("test", limit=n_images)[0])
+
+    def run():
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                h = x[i:i + batch]
+                for module, k in zip(modules, keep):
+                    h = module(h)
+                    if k:
+                        h.amax(dim=(2, 3))
+
+    run()                                                           # warm-up
+    times = [timed(run)[0] for _ in range(repeats)]
+    version = torch.__version__ + (" (oneDNN)" if torch.backends.mkldnn.is_available() else "")
+    print(json.dumps({"seconds": {"median": statistics.median(times), "version": version}}))
 
 
 # --- (b) scan throughput on Dask ---------------------------------------------------------------------------
@@ -400,7 +453,10 @@ def main(argv=None):
     ap.add_argument("--vgg16-one-thread", type=int, default=100, help="(d): images scanned with one BLAS thread")
     ap.add_argument("--extrapolate-workers", type=int, nargs="+", default=[1, 2, 8, 32])
     ap.add_argument("--memory-worker", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--torch-worker", type=int, nargs=4, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.torch_worker is not None:
+        return torch_scan_worker(*args.torch_worker)
     if args.memory_worker is not None:
         return memory_worker(args.memory_worker)
     print(f"BLAS: {kernel_info()}")
