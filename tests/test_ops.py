@@ -170,6 +170,39 @@ def test_max_unpool2d_fast_equals_naive(c):
     assert rel_err(fast, naive) <= TOL[c["dtype"]]
 
 
+@hyp(200)
+@given(pool_cases())
+def test_max_unpool2d_by_window_classes_equals_naive(c):
+    """window=(kernel, stride): the scatter by classes of outputs with disjoint windows (one class for
+    non-overlapping pools, up to ceil(K/s)^2 with overlaps) equals the loop twin."""
+    rng, x = distinct_inputs(c)
+    _, s = ops.max_pool2d(x, c["K"], c["s"], c["p"])
+    g = rng.standard_normal(s.shape).astype(c["dtype"])
+    fast = ops.max_unpool2d(g, s, x.shape, window=(c["K"], c["s"]))
+    naive = ops.max_unpool2d_naive(g, s, x.shape)
+    assert fast.dtype == naive.dtype == c["dtype"]
+    assert rel_err(fast, naive) <= TOL[c["dtype"]]
+
+
+def test_max_unpool2d_window_fixture():
+    """Overlapping 3x3 stride-2 windows, by hand: outputs (0, 0) and (0, 1) share column 2, so their
+    switches may coincide; the classes (0, 0) and (0, 1) add them."""
+    s = np.array([[[[2, 2], [12, 24]]]])                 # 5x5 plane: (0, 2) twice, (2, 2), (4, 4)
+    y = np.array([[[[1., 2.], [3., 4.]]]])
+    x = ops.max_unpool2d(y, s, (5, 5), window=(3, 2))
+    assert x[0, 0, 0, 2] == 3.0 and x[0, 0, 2, 2] == 3.0 and x[0, 0, 4, 4] == 4.0 and x.sum() == 10.0
+    np.testing.assert_array_equal(x, ops.max_unpool2d(y, s, (5, 5)))
+
+
+@pytest.mark.parametrize("window, match", [((2,), "kernel, stride"), (3, "kernel, stride"),
+                                           ((0, 2), "positive"), ((2, (1, 0)), "positive"),
+                                           ((2.5, 2), "window kernel")])
+def test_max_unpool2d_window_is_checked(window, match):
+    y, s = ops.max_pool2d(np.arange(16.).reshape(1, 1, 4, 4), 2)
+    with pytest.raises(ValueError, match=match):
+        ops.max_unpool2d(y, s, (4, 4), window=window)
+
+
 @pytest.mark.parametrize("as_conv", [False, True])
 def test_conv_transpose2d_both_stride1_strategies(as_conv):
     """Stride 1 runs either GEMM + col2im or a conv with flipped filters (chosen by a cost

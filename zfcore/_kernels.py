@@ -439,6 +439,26 @@ def max_pool_values(x, kernel, stride, padding, out_hw):
     return y.reshape(N, C, Ho, Wo)
 
 
+def unpool_classes(y, s, hw, step):
+    """x (N, C, H, W) = scatter-add of y (N, C, Ho, Wo) at the plane positions s (same shape), for
+    switches inside their pooling windows: outputs (i, j) with the same (i mod py, j mod px), where
+    ``step = (py, px)`` is ``ceil(kernel / stride)``, have disjoint windows, so each such class is one
+    fancy-indexed assignment (the first) or addition (the others) without repeated indices."""
+    N, C, Ho, Wo = y.shape
+    H, W = hw
+    py, px = step
+    x = np.zeros(N * C * H * W, y.dtype)
+    planes = (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1)
+    for a in range(py):
+        for b in range(px):
+            idx = (s[:, :, a::py, b::px] + planes).ravel()
+            if a == 0 and b == 0:
+                x[idx] = y[:, :, a::py, b::px].ravel()
+            else:
+                x[idx] += y[:, :, a::py, b::px].ravel()
+    return x.reshape(N, C, H, W)
+
+
 def _max_offsets(src, dst, K, s, p, n_in, n_out, axis):
     """dst[..., j, ...] = max over k < K of src[..., j*s - p + k, ...] along ``axis`` (1 or 2), taking
     only the offsets inside 0 .. n_in - 1 (implicit -inf padding)."""

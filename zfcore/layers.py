@@ -247,7 +247,7 @@ class MaxPool2d(Layer):
         return ops.max_pool2d_values_nhwc(x, self.kernel, self.stride, self.padding)
 
     def inverse(self, r, cache, rule="deconvnet"):
-        return ops.max_unpool2d(r, cache["switches"], cache["input_shape"])
+        return ops.max_unpool2d(r, cache["switches"], cache["input_shape"], window=(self.kernel, self.stride))
 
     def geometry(self, in_hw):
         return Geometry(self.kernel, self.stride, self.padding)
@@ -261,21 +261,26 @@ class MaxPool2d(Layer):
         # switches of the output window are flat indices into the whole input plane; every one lies
         # inside the input window (its pooling window does): move them into the window's coordinates
         switches = gather_windows(cache["switches"], win.img, win.top_out, win.size_out)
-        W = cache["input_shape"][3]
-        rows, cols = np.divmod(switches, W)
+        H, W = cache["input_shape"][2:]
+        if H * W < 2 ** 31:                 # int32: numpy divides it by a scalar several times faster
+            switches = switches.astype(np.int32)
+        rows = switches // W
+        cols = switches - rows * W
         rows -= win.top_in[:, 0, None, None, None]
         cols -= win.top_in[:, 1, None, None, None]
         h, w = win.size_in
         local = rows * w + cols
         # an output window shared by a batch may reach past an item's own input window; the signal is
         # zero there (it lies outside the item's receptive field), so those switches are parked at 0
-        outside = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
-        if outside.any():
+        if rows.min() < 0 or rows.max() >= h or cols.min() < 0 or cols.max() >= w:
+            outside = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
             if np.any(r[outside]):
                 raise RuntimeError(f"layer {self.name!r}: non-zero signal outside the projection window "
                                    "(a bug in the window arithmetic)")
             local[outside] = 0
-        return ops.max_unpool2d(r, local, tuple(win.size_in))
+            # parked switches may repeat a real one: only the default scatter-add takes any switches
+            return ops.max_unpool2d(r, local, tuple(win.size_in))
+        return ops.max_unpool2d(r, local, tuple(win.size_in), window=(self.kernel, self.stride))
 
     def _describe(self):
         return f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}"

@@ -253,7 +253,7 @@ def max_pool2d_naive(x, kernel, stride=None, padding=0):
     return y, switches
 
 
-def max_unpool2d(y, switches, input_shape):
+def max_unpool2d(y, switches, input_shape, *, window=None):
     """The deconvnet's unpooling: each y value goes back to the input position its switch records.
 
     y (N, C, Ho, Wo), switches (N, C, Ho, Wo) flat indices ``h*W + w`` into each H x W plane
@@ -261,12 +261,31 @@ def max_unpool2d(y, switches, input_shape):
     elsewhere. Where overlapping windows chose the same position their values ADD UP: this is
     the adjoint of max-pooling with fixed switches (its gradient). ``torch.nn.functional
     .max_unpool2d`` assigns instead (last write wins), which agrees only for non-overlapping pools.
-    Fast path: one ``np.bincount`` over the global flat indices (a scatter-add several times faster than
-    ``np.add.at``; it sums in float64, then rounds once to the input's dtype, so a value that lands
+
+    Any switches: one ``np.bincount`` over the global flat indices (a scatter-add several times faster
+    than ``np.add.at``; it sums in float64, then rounds once to the input's dtype, so a value that lands
     alone comes back exactly).
+
+    ``window=(kernel, stride)`` of the pooling that recorded the switches (ints or pairs): a faster
+    scatter for switches that lie inside their own pooling windows, as :func:`max_pool2d`'s always do.
+    Outputs ``ceil(kernel / stride)`` apart along both axes then have disjoint windows, so each of the
+    ``ceil(KH / sy) * ceil(KW / sx)`` classes of outputs (one class, a plain assignment, for
+    non-overlapping pools) is written by one fancy-indexed assignment without collisions. That switches
+    lie in their windows is assumed, not checked (as numpy's ``assume_unique``); where shared positions
+    receive several values they are summed in float32 class by class, so they may differ from the
+    default path in the last bit.
     """
     y, s, dt, (H, W) = chk.check_unpool(y, switches, input_shape)
     N, C, Ho, Wo = y.shape
+    if window is not None:
+        try:
+            kernel, stride = window
+        except (TypeError, ValueError):
+            raise ValueError(f"window must be the pooling's (kernel, stride), got {window!r}") from None
+        (KH, KW), (sy, sx) = pair(kernel, "window kernel"), pair(stride, "window stride")
+        if min(KH, KW, sy, sx) < 1:
+            raise ValueError(f"window kernel and stride must be positive, got {window!r}")
+        return kern.unpool_classes(y, s, (H, W), (-(-KH // sy), -(-KW // sx)))
     flat = s.reshape(N * C, Ho * Wo) + (np.arange(N * C, dtype=np.int64) * (H * W))[:, None]
     x = np.bincount(flat.ravel(), weights=y.ravel(), minlength=N * C * H * W).astype(dt, copy=False)
     return x.reshape(N, C, H, W)
