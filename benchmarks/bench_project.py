@@ -99,7 +99,7 @@ def worker_numpy(args):
         recs[name] = net.project(name, f, position=(r, c))
         box = net.input_box(name, (r, c))
         out["layers"][name] = dict(unit=[f, r, c], crop_ms=1e3 * t_crop, full_ms=1e3 * t_full,
-                                   box=[int(v) for v in box])
+                                   box=[int(v) for v in box], crop_macs=cropped_macs(net, name, (r, c)))
     np.savez(os.path.join(args.out, "numpy.npz"), **recs)
     # batched: one projection per conv5_3 feature, each at its strongest position
     K = args.batch
@@ -116,8 +116,29 @@ def worker_numpy(args):
                             attempts=attempt + 1)
     t_16 = median_time(lambda: net.project_batch("conv5_3", feats[:16]), max(1, args.repeats // 2))
     out["batch16"] = dict(K=16, seconds=t_16, per_second=16 / t_16)
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    out["sgemm_gflops"] = 2 * 2048 ** 3 / median_time(lambda: a @ a, 5) / 1e9
     out["retimed"] = STATS.get("retimed", 0)
     print(json.dumps(out))
+
+
+def cropped_macs(net, layer, position):
+    """Multiply-adds of the transposed convolutions in the cropped projection of one unit: each conv
+    below ``layer`` (itself included) multiplies every value of its output window by its C*KH*KW
+    weights (``projection.own_windows``: a layer's output window is the next layer's input window)."""
+    import numpy as np
+
+    from zfcore import projection
+
+    li = net.index(layer)
+    own = projection.own_windows(net, li, np.asarray([position]), 1)     # own[j]: input of layer li - j
+    macs = 0
+    for j in range(li + 1):
+        i = li - j
+        if net.layers[i].kind == "conv":
+            h, w = (1, 1) if j == 0 else (int(v) for v in own[j - 1][1][0])
+            macs += int(np.prod(net.layers[i].weight.shape)) * h * w
+    return macs
 
 
 def worker_torch(args):
@@ -238,6 +259,16 @@ def main():
         full = med([n_["layers"][name]["full_ms"] for _, n_ in rounds])
         print(f"{name:8s} {str(unit):>16s} {str(tuple(z['box'])):>20s} {tms:9.1f} {zms:10.1f} "
               f"{med(ratios):8.1f}x {rng:>12s} {full:19.1f} {errs[name]:10.1e}")
+    # the ceiling of the top layer's speed-up with dense GEMMs: its cropped walk's multiply-adds at numpy's
+    # GEMM rate measured in the same worker, against the torch pipeline's time
+    top = list(nu["layers"])[-1]
+    macs = nu["layers"][top]["crop_macs"]
+    floor_ms = 2e3 * macs / (nu["sgemm_gflops"] * 1e9)
+    tms = med([t_["layers"][top]["ms"] for t_, _ in rounds])
+    print(f"\n{top}: the cropped walk's transposed convolutions are {macs / 1e9:.2f} GMAC; at numpy's sgemm rate "
+          f"in the numpy worker ({nu['sgemm_gflops']:.0f} GFLOP/s, 2048^3, median of 5) they take at least "
+          f"{floor_ms:.1f} ms, so with dense GEMMs the speed-up over the torch pipeline ({tms:.1f} ms) is at "
+          f"most {tms / floor_ms:.2f}x")
     if "batch" in nu:
         b = nu["batch"]
         share = b.get("others_cpu_share")
