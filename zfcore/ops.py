@@ -29,6 +29,8 @@ that stay in cache, with Winograd's F(2x2, 3x3) for large 3x3 stride-1 layers; t
 For inference, where nothing is projected, :func:`max_pool2d_values` pools without switches, and
 :func:`conv2d_nhwc` / :func:`max_pool2d_values_nhwc` take (N, H, W, C) arrays (``Network.infer`` uses
 them on narrow maps, where copying runs of KW*C contiguous values beats the NCHW im2col).
+:func:`max_unpool2d` scatter-adds by one ``np.bincount``, or, told the pooling's ``window=(kernel,
+stride)`` as the layers do, by one assignment per class of outputs whose windows are disjoint.
 
 Dtypes: float32 and float64 are preserved. When inputs mix dtypes the result is float64 if any input
 is float64, else float32; any other real dtype (bool, integers, float16) is computed in float32.
