@@ -274,8 +274,8 @@ def max_unpool2d(y, switches, input_shape, *, window=None):
     ``ceil(KH / sy) * ceil(KW / sx)`` classes of outputs (one class, a plain assignment, for
     non-overlapping pools) is written by one fancy-indexed assignment without collisions. That switches
     lie in their windows is assumed, not checked (as numpy's ``assume_unique``); where shared positions
-    receive several values they are summed in float32 class by class, so they may differ from the
-    default path in the last bit.
+    receive several values they are summed in the output's dtype, class by class, so they may differ from
+    the default path in the last bit.
     """
     y, s, dt, (H, W) = chk.check_unpool(y, switches, input_shape)
     N, C, Ho, Wo = y.shape
