@@ -123,22 +123,36 @@ def worker_numpy(args):
 
 
 def cropped_macs(net, layer, position):
-    """Multiply-adds of the transposed convolutions in the cropped projection of one unit: each conv
-    below ``layer`` (itself included) multiplies every value of its output window by its C*KH*KW
-    weights (``projection.own_windows``: a layer's output window is the next layer's input window)."""
+    """Multiplications of the transposed convolutions in the cropped projection of one unit, counted
+    three ways: ``direct``, each conv below ``layer`` (itself included) multiplying every value of its
+    output window by its C*KH*KW weights (``projection.own_windows``: a layer's output window is the
+    next layer's input window); ``winograd_rule``, the same with Winograd F(2x2, 3x3)'s 16 per 2x2 tile
+    of the deconv's output and channel pair on the layers where zfcore's own rule takes it
+    (``_kernels.deconv_as_conv`` and ``winograd_pays``, as ``conv_transpose2d`` decides); ``winograd_all``,
+    Winograd on every 3x3 stride-1 layer."""
     import numpy as np
 
+    from zfcore import _kernels as kern
     from zfcore import projection
 
     li = net.index(layer)
     own = projection.own_windows(net, li, np.asarray([position]), 1)     # own[j]: input of layer li - j
-    macs = 0
+    out = dict(direct=0, winograd_rule=0, winograd_all=0)
     for j in range(li + 1):
-        i = li - j
-        if net.layers[i].kind == "conv":
-            h, w = (1, 1) if j == 0 else (int(v) for v in own[j - 1][1][0])
-            macs += int(np.prod(net.layers[i].weight.shape)) * h * w
-    return macs
+        conv = net.layers[li - j]
+        if conv.kind != "conv":
+            continue
+        h, w = (1, 1) if j == 0 else (int(v) for v in own[j - 1][1][0])
+        F, C, KH, KW = conv.weight.shape
+        direct = F * C * KH * KW * h * w
+        H, W = h + KH - 1, w + KW - 1                    # the deconv's output window, before the crop
+        able = (KH, KW) == (3, 3) and conv.stride == (1, 1)
+        wino = 16 * -(-H // 2) * -(-W // 2) * F * C if able else direct
+        rule = able and kern.deconv_as_conv(h * W, C, F) and kern.winograd_pays(F, C, H * W)
+        out["direct"] += direct
+        out["winograd_all"] += min(direct, wino)
+        out["winograd_rule"] += wino if rule else direct
+    return out
 
 
 def worker_torch(args):
@@ -259,16 +273,20 @@ def main():
         full = med([n_["layers"][name]["full_ms"] for _, n_ in rounds])
         print(f"{name:8s} {str(unit):>16s} {str(tuple(z['box'])):>20s} {tms:9.1f} {zms:10.1f} "
               f"{med(ratios):8.1f}x {rng:>12s} {full:19.1f} {errs[name]:10.1e}")
-    # the ceiling of the top layer's speed-up with dense GEMMs: its cropped walk's multiply-adds at numpy's
-    # GEMM rate measured in the same worker, against the torch pipeline's time
+    # the ceiling of the top layer's speed-up with dense GEMMs: its cropped walk's multiplications at
+    # numpy's GEMM rate measured in the same worker, against the torch pipeline's time
     top = list(nu["layers"])[-1]
     macs = nu["layers"][top]["crop_macs"]
-    floor_ms = 2e3 * macs / (nu["sgemm_gflops"] * 1e9)
+    rate = nu["sgemm_gflops"] * 1e9
     tms = med([t_["layers"][top]["ms"] for t_, _ in rounds])
-    print(f"\n{top}: the cropped walk's transposed convolutions are {macs / 1e9:.2f} GMAC; at numpy's sgemm rate "
-          f"in the numpy worker ({nu['sgemm_gflops']:.0f} GFLOP/s, 2048^3, median of 5) they take at least "
-          f"{floor_ms:.1f} ms, so with dense GEMMs the speed-up over the torch pipeline ({tms:.1f} ms) is at "
-          f"most {tms / floor_ms:.2f}x")
+    print(f"\n{top}: the cropped walk's transposed convolutions at numpy's sgemm rate in the numpy worker "
+          f"({nu['sgemm_gflops']:.0f} GFLOP/s, 2048^3, median of 5), against the torch pipeline's {tms:.1f} ms:")
+    for key, what in (("direct", "as direct convolutions (im2col + GEMM)"),
+                      ("winograd_rule", "with Winograd F(2x2, 3x3) where zfcore's rule takes it"),
+                      ("winograd_all", "with Winograd F(2x2, 3x3) on every 3x3 layer")):
+        floor_ms = 2e3 * macs[key] / rate
+        print(f"    {what}: {macs[key] / 1e9:.2f} G multiply-adds, at least {floor_ms:.1f} ms, "
+              f"speed-up at most {tms / floor_ms:.2f}x")
     if "batch" in nu:
         b = nu["batch"]
         share = b.get("others_cpu_share")
