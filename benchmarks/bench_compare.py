@@ -1,4 +1,4 @@
-"""zfcore against the re-creation of huybery/VisualizingCNN's pipeline (``zfcore.huybery``) and captum: VGG16, one photo.
+"""zfcore against the re-creation of huybery/VisualizingCNN's pipeline (``zfcore.comparison.huybery``) and captum: VGG16, one photo.
 
     python benchmarks/bench_compare.py [--threads N] [--repeats R] [--size S]
 
@@ -8,7 +8,7 @@ does (BGR, RGB ImageNet statistics). Three worker processes, one per implementat
 and torch's thread pools never contend; each uses N threads (default: all cores), prints JSON, and
 this process prints one Markdown table. Medians of R runs after one warm-up.
 
-Measures (``zfcore.compare.time_zfcore`` / ``time_recreation`` / ``time_captum``):
+Measures (``zfcore.comparison.compare.time_zfcore`` / ``time_recreation`` / ``time_captum``):
 
   forward             one image through the whole net, recording switches (zfcore: ``Network.forward``,
                       every layer's activation and cache; re-creation: its hooked ``features`` +
@@ -38,7 +38,8 @@ def setup(size):
     sys.path.insert(0, ROOT)
     import skimage.data
 
-    from zfcore import huybery, models
+    from zfcore.comparison import huybery
+    from zfcore import models
 
     net = models.build_model("vgg16", seed=0)
     img = huybery.resize_bilinear(skimage.data.chelsea(), size)
@@ -48,7 +49,8 @@ def setup(size):
 def worker(kind, repeats, threads, size):
     warnings.filterwarnings("ignore")
     net, x = setup(size)
-    from zfcore import compare, huybery, models
+    from zfcore.comparison import compare, huybery
+    from zfcore import models
 
     convs = huybery.conv_layers("vgg16")
     demo = huybery.layer_names("vgg16")
@@ -110,7 +112,7 @@ def main():
     t0 = time.time()
     res = {k: run_worker(k, a.threads, a.repeats, a.size) for k in ("zfcore", "recreation", "captum")}
     sys.path.insert(0, ROOT)
-    from zfcore import compare
+    from zfcore.comparison import compare
 
     rows = compare.timing_rows({k: r["times"] for k, r in res.items()})
     print(f"# zfcore vs re-created huybery/VisualizingCNN vs captum {res['captum']['captum']}: VGG16 "

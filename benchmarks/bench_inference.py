@@ -21,7 +21,8 @@ def worker(kind, repeats, batch, threads):
     sys.path.insert(0, ROOT)
     import numpy as np
 
-    from zfcore import compare, data, models
+    from zfcore.comparison import compare
+    from zfcore import data, models
 
     x, y = data.load_dataset("test")
     if kind == "numpy":
@@ -34,7 +35,7 @@ def worker(kind, repeats, batch, threads):
     else:
         import torch
 
-        from zfcore.reference import torch_model
+        from zfcore.torch.reference import torch_model
 
         params, _, _ = models.load_npz(models.ASSETS / "fmnist_zf.npz")
         tm = torch_model(models.FMNIST_ZF, params)

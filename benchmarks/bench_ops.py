@@ -1,4 +1,4 @@
-"""Speed and memory of zfcore.ops against PyTorch (CPU) on the VGG16 conv stack, 224x224, batch 1.
+"""Speed and memory of zfcore.core.ops against PyTorch (CPU) on the VGG16 conv stack, 224x224, batch 1.
 
     python benchmarks/bench_ops.py [--threads N] [--repeats R]
 
@@ -47,14 +47,14 @@ STACK_GFLOP = sum(flops(*c) for c in CONVS) / 1e9      # 30.69
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from zfcore import compare  # noqa: E402  (numpy only)
+from zfcore.comparison import compare  # noqa: E402  (numpy only)
 
 QUIET = 0.05                            # a timing counts only if other processes used less than this
 RETRIES = {"retimed": 0, "gave_up": 0}  # share of the CPUs meanwhile; else it is re-taken (or kept)
 
 
 def median_time(fn, repeats):
-    """Median wall time of fn over `repeats` calls after one warm-up: ``zfcore.compare.median_time``
+    """Median wall time of fn over `repeats` calls after one warm-up: ``zfcore.comparison.compare.median_time``
     with its shared-machine guard (``QUIET``), counting re-taken timings into RETRIES."""
     return compare.median_time(fn, repeats, quiet=QUIET, stats=RETRIES)
 
@@ -68,7 +68,7 @@ def weights(np, seed=0):
 
 
 def numpy_stack_forward(ops, ws, bs, x):
-    """VGG16's conv stack in zfcore.ops: 13 conv + ReLU, 5 pools. Returns (output, switches, shapes)."""
+    """VGG16's conv stack in zfcore.core.ops: 13 conv + ReLU, 5 pools. Returns (output, switches, shapes)."""
     switches, shapes, k = [], [], 0
     for item in VGG16:
         if item == "M":
@@ -100,7 +100,7 @@ def worker_numpy(repeats):
     import numpy as np
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from zfcore import ops
+    from zfcore.core import ops
 
     ws, bs, x0 = weights(np)
     rng = np.random.default_rng(1)
@@ -233,7 +233,7 @@ def worker_memory():
     import numpy as np
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from zfcore import ops
+    from zfcore.core import ops
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ws, bs, x = weights(np)
@@ -280,7 +280,7 @@ def main():
             runs[kind].append(run_worker(kind, a.threads, a.repeats))
     mem = run_worker("memory", a.threads, 1)
     npr, tr = best_of(runs["numpy"]), best_of(runs["torch"])
-    print(f"# zfcore.ops vs torch {tr['torch']} (CPU), VGG16 224x224 batch 1 float32, {a.threads} threads; "
+    print(f"# zfcore.core.ops vs torch {tr['torch']} (CPU), VGG16 224x224 batch 1 float32, {a.threads} threads; "
           f"each time the best of {a.rounds} rounds of a median of {a.repeats}; numpy {npr['numpy']}, "
           f"nproc {os.cpu_count()}")
     if npr.get("blas"):

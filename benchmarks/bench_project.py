@@ -8,7 +8,7 @@ feature maps) is kept and projected to pixels. zfcore: ``net.project(layer, f, p
 (cropped to the receptive field; also ``crop=False``, the whole-map numpy path). torch: the mirror
 network of ``MaxUnpool2d -> ReLU -> ConvTranspose2d`` (bias-free, the forward convs' weights shared),
 run from the layer down on whole maps, as huybery's ``Vgg16Deconv`` does, under ``torch.no_grad()``
-(``zfcore.huybery.Recreation`` with ``deconv_bias="zero"``).
+(``zfcore.comparison.huybery.Recreation`` with ``deconv_bias="zero"``).
 The forward pass (and its switches) is done once beforehand on both sides and not timed.
 
 Batched: K projections (default 512, one per conv5_3 feature, each at its strongest position) in one
@@ -36,7 +36,7 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from zfcore import compare  # noqa: E402  (numpy only)
+from zfcore.comparison import compare  # noqa: E402  (numpy only)
 
 
 QUIET = 0.05          # a repeat counts only if other processes used less than this share of the CPUs
@@ -44,7 +44,7 @@ STATS = {}            # re-timed calls (compare.median_time)
 
 
 def median_time(fn, repeats):
-    """``zfcore.compare.median_time`` with its shared-machine guard (``QUIET``), counting into ``STATS``."""
+    """``zfcore.comparison.compare.median_time`` with its shared-machine guard (``QUIET``), counting into ``STATS``."""
     return compare.median_time(fn, repeats, quiet=QUIET, stats=STATS)
 
 
@@ -132,8 +132,8 @@ def cropped_macs(net, layer, position):
     Winograd on every 3x3 stride-1 layer."""
     import numpy as np
 
-    from zfcore import _kernels as kern
-    from zfcore import projection
+    from zfcore.core import _kernels as kern
+    from zfcore.core import projection
 
     li = net.index(layer)
     own = projection.own_windows(net, li, np.asarray([position]), 1)     # own[j]: input of layer li - j
@@ -159,11 +159,11 @@ def worker_torch(args):
     import numpy as np
     import torch
 
-    from zfcore.huybery import Recreation
+    from zfcore.comparison.huybery import Recreation
 
     torch.set_num_threads(args.threads)
     spec, params, x, convs = setup(args.image)
-    # huybery's pipeline (zfcore.huybery): forward modules with switches, and the mirror
+    # huybery's pipeline (zfcore.comparison.huybery): forward modules with switches, and the mirror
     # MaxUnpool2d -> ReLU -> ConvTranspose2d sharing the convs' weights, no deconv bias
     rec = Recreation(spec, params, deconv_bias="zero")
 

@@ -1,4 +1,4 @@
-"""Dataset-scale top-k (zfcore.stream, zfcore.distributed): the paper's Fig. 2 workload, the scan's
+"""Dataset-scale top-k (zfcore.analysis.stream, zfcore.analysis.distributed): the paper's Fig. 2 workload, the scan's
 throughput on Dask, the scan's memory, and VGG16 conv5_3 with an extrapolation to ImageNet.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_topk.py
@@ -10,7 +10,7 @@ throughput on Dask, the scan's memory, and VGG16 conv5_3 with an extrapolation t
     (default all 10,000) shipped test images, one scan for all layers, projections (cropped, batched),
     boxes and patches included (``stream.plan`` + ``stream.scan``, then ``project_winners`` +
     ``assemble``, which is ``stream.top_k``); total seconds and the split scan / project, median of
-    --repeats, with ``--threads`` threads (``zfcore.parallel``; default every core). Next to it, in a
+    --repeats, with ``--threads`` threads (``zfcore.analysis.parallel``; default every core). Next to it, in a
     subprocess with as many threads, PyTorch's time for the scan's forward alone (the same layers and
     images in batches of the same size, the per-map maxima of the five conv layers; no top-k, no
     projections): what the workload costs a PyTorch implementation before any of its own work.
@@ -18,7 +18,7 @@ throughput on Dask, the scan's memory, and VGG16 conv5_3 with an extrapolation t
 (b) dask: the same scan on a LocalCluster of 1 and 2 worker processes (one BLAS thread each), images
     per second after a warm-up (cluster start and shipping the network not timed), and the speed-up;
     next to it the scan in this process with one BLAS thread, with the default threads, and split
-    over every core by ``zfcore.parallel``.
+    over every core by ``zfcore.analysis.parallel``.
 (c) memory: the streaming scan of 1,000 and 10,000 images, each in a fresh subprocess: peak RSS
     (VmHWM, reset at the scan's start) and the tracemalloc peak during the scan. The images cycle through the first 1,000
     shipped test images (image i is test image i mod 1,000), so the source itself does not grow with N.
@@ -52,7 +52,9 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from zfcore import analysis, data, models, parallel, sources, stream  # noqa: E402  (numpy only)
+from zfcore import analysis, data, models  # noqa: E402  (numpy only)
+from zfcore.analysis import parallel, stream
+from zfcore.data import sources  # noqa: E402  (numpy only)
 
 FIG2_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 YOSINSKI_HOURS = 40.0
@@ -116,7 +118,7 @@ def part_fig2(args):
     n_proj = sum(t.images.size for t in tops.values())
     print(f"(a) Fig. 2 workload: embedded model, top-9 of all {F} conv features of {', '.join(FIG2_LAYERS)} "
           f"over {len(src)} test images, one scan (batches of {runs[-1][4]}), {threads} thread"
-          f"{'s' if threads > 1 else ''} (zfcore.parallel)")
+          f"{'s' if threads > 1 else ''} (zfcore.analysis.parallel)")
     print(f"    total {total:.2f} s = scan {scan_s:.2f} s + project {proj_s:.2f} s ({n_proj} projections of "
           f"{runs[-1][3]} distinct images, boxes and patches); median of {args.repeats}; "
           f"target <= 5 s: {'met' if total <= 5 else 'NOT met'}")
@@ -181,7 +183,7 @@ def torch_scan_worker(n_images: int, batch: int, threads: int, repeats: int):
     says whether torch runs its convolutions on oneDNN)."""
     import torch
 
-    from zfcore.reference import torch_model
+    from zfcore.torch.reference import torch_model
 
     torch.set_num_threads(threads)
     net = models.load_model()
@@ -211,7 +213,7 @@ def torch_scan_worker(n_images: int, batch: int, threads: int, repeats: int):
 
 # --- (b) scan throughput on Dask ---------------------------------------------------------------------------
 def part_dask(args):
-    from zfcore import distributed
+    from zfcore.analysis import distributed
 
     net = models.load_model()
     src = sources.TestSetSource(limit=args.images)
@@ -224,7 +226,7 @@ def part_dask(args):
     T = parallel.resolve(None)
     cases = [("this process, default BLAS threads", None, 1), ("this process, 1 BLAS thread", one_blas_thread, 1)]
     if T > 1:
-        cases.append((f"this process, {T} threads (zfcore.parallel)", None, T))
+        cases.append((f"this process, {T} threads (zfcore.analysis.parallel)", None, T))
     for label, ctx, threads in cases:
         def run():
             return stream.scan(net, src, names, feats, k, bs, threads=threads)
@@ -445,7 +447,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=10_000, help="test images for (a) and (b)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of (a) and (b) (median)")
     ap.add_argument("--baseline", action="store_true", help="(a): also analysis.top_k one layer at a time")
-    ap.add_argument("--threads", type=int, default=None, help="(a): threads of zfcore.parallel (default: every core)")
+    ap.add_argument("--threads", type=int, default=None, help="(a): threads of zfcore.analysis.parallel (default: every core)")
     ap.add_argument("--dask-workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 10_000])
     ap.add_argument("--vgg16", type=int, default=1000, metavar="N", help="(d): images")

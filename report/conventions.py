@@ -10,7 +10,7 @@
   (2014)"),
   and links to ``NN-title.ipynb`` become links to that chapter;
 - widget views are dropped; an output that also carries a static frame (image/png) and
-  ``metadata.zfcore.controls`` (see ``zfcore.widgets.explorer``) keeps the frame and its controls.
+  ``metadata.zfcore.controls`` (see ``zfcore.viz.widgets.explorer``) keeps the frame and its controls.
 
 Every unknown citation key, figure/table label or chapter link raises :class:`ReportError` naming the
 chapter, before anything is written.

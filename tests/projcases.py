@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from zfcore import models, network
+from zfcore import models
+from zfcore.core import network
 
 TOL_CROP = 1e-6     # cropped vs whole-map (relative)
 CASES = ["fmnist", "alexnet", "zfnet"]

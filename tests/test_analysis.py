@@ -27,7 +27,7 @@ def numpy_setup():
 @pytest.fixture(scope="module")
 def setup(numpy_setup):
     pytest.importorskip("torch")
-    from zfcore import reference
+    from zfcore.torch import reference
     x, y, params, net = numpy_setup
     return x, y, params, net, reference.torch_model(models.FMNIST_ZF, params)
 
@@ -81,7 +81,7 @@ def test_top_k_against_torch_activations(setup):
         r, c = t.positions[i, 0]
         assert act[order[0], f, r, c] == act[order[0], f].max()
     # the first projection equals the autograd deconvnet reference of that image and activation
-    from zfcore import reference
+    from zfcore.torch import reference
     ref = reference.deconvnet_reference(models.FMNIST_ZF, params, x[t.images[1, 0]][None], "conv5",
                                         feature=5, position=tuple(t.positions[1, 0]))
     err = np.abs(t.projections[1, 0] - ref).max() / np.abs(ref).max()

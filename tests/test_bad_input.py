@@ -51,7 +51,7 @@ def write_bomb(path, params, member="extra.npy", gib=1):
 
 def peak_rss_growth_mb(code: str) -> tuple[float, str]:
     """Run ``code`` (which sets ``result``) in a fresh interpreter; (peak RSS growth in MB, result)."""
-    prog = ("import resource, sys\nsys.path.insert(0, %r)\nimport numpy, zipfile, zfcore.weights, zfcore.data\n"
+    prog = ("import resource, sys\nsys.path.insert(0, %r)\nimport numpy, zipfile, zfcore.models.weights, zfcore.data\n"
             "import PIL.Image\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n%s\n"
             "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\nprint((after - before) / 1024)\n"
             "print(result)\n") % (str(REPO), code)
@@ -72,7 +72,7 @@ def test_npz_bomb_refused_without_unpacking(params, tmp_path):
         write_bomb(path, params, member)
         assert path.stat().st_size < 8 * 2**20
         growth, result = peak_rss_growth_mb(
-            "try:\n    zfcore.weights.load_weights(%r)\n    result = 'loaded'\n"
+            "try:\n    zfcore.models.weights.load_weights(%r)\n    result = 'loaded'\n"
             "except zfcore.errors.WeightsError as e:\n    result = str(e)\n" % str(path))
         assert growth < 200, (member, growth)
         assert str(path) in result and __import__("re").search(want, result), result

@@ -248,7 +248,7 @@ def test_debug_shows_the_exception(tmp_path):
 
 
 def test_report_without_notebooks(tmp_path, capsys, monkeypatch):
-    from zfcore import cli_commands
+    from zfcore.cli import commands as cli_commands
     monkeypatch.setattr(cli_commands, "SOURCE_ROOT", tmp_path)          # as from an installed wheel
     rc, _, err = run(["report"], capsys)
     assert rc == 2 and "not part of this installation" in err and "source checkout" in err
@@ -256,7 +256,7 @@ def test_report_without_notebooks(tmp_path, capsys, monkeypatch):
 
 def test_failed_write_removes_the_new_files(tmp_path, capsys, monkeypatch):
     """A write failing half way through a command's outputs (disk full) leaves no new file behind."""
-    from zfcore import cli_common
+    from zfcore.cli import common as cli_common
     real = cli_common.write_bytes
 
     def full(path, data, overwrite=False):

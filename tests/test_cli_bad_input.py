@@ -158,7 +158,7 @@ def test_every_error_is_one_line_with_the_command(out, capsys, files):
 
 
 def test_train_default_out_is_not_relative(tmp_path, monkeypatch):
-    from zfcore import train
+    from zfcore.torch import train
     monkeypatch.chdir(tmp_path)
     args = cli.build_parser().parse_args(["train"])
     assert Path(args.out).is_absolute() and Path(args.out) == train.DEFAULT_OUT
@@ -204,7 +204,7 @@ def test_train_rerun_replaces_the_whole_run(files, capsys, tmp_path):
 @pytest.mark.slow
 def test_train_killed_midway_leaves_out_as_it_was(files, capsys, tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    from zfcore import train
+    from zfcore.torch import train
     out = tmp_path / "run"
     out.mkdir()
     (out / "history.json").write_text('{"an": "earlier run"}')

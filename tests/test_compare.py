@@ -1,7 +1,7 @@
-"""The comparison with huybery/VisualizingCNN and captum (zfcore.huybery, zfcore.compare, notebook 06).
+"""The comparison with huybery/VisualizingCNN and captum (zfcore.comparison.huybery, zfcore.comparison.compare, notebook 06).
 
 References: the original's own published facts (its hand-written index maps, its demo layers), captum's
-``NeuronDeconvolution`` (through ``zfcore.reference``), torch's own ops (``F.conv2d``, ``F.interpolate``,
+``NeuronDeconvolution`` (through ``zfcore.torch.reference``), torch's own ops (``F.conv2d``, ``F.interpolate``,
 ``MaxUnpool2d``) and hand-checkable fixtures. VGG16 runs with seeded random weights (Kaiming normal,
 plus small random conv biases so that a bias mix-up in the forward pass would show) on scikit-image's
 ``chelsea`` photo, features only (the classifier plays no part in projections from conv layers).
@@ -15,7 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from zfcore import compare, huybery, models, ops
+from zfcore.comparison import compare, huybery
+from zfcore import models
+from zfcore.core import ops
 
 pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")
 
@@ -323,5 +325,5 @@ def test_median_time_calls_and_median():
 
 
 def test_importing_compare_does_not_import_torch():
-    code = "import sys, zfcore.compare, zfcore.huybery; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, zfcore.comparison.compare, zfcore.comparison.huybery; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

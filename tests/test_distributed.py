@@ -1,4 +1,4 @@
-"""Top-k on dask.distributed (zfcore.distributed) against the single-process streaming result: a
+"""Top-k on dask.distributed (zfcore.analysis.distributed) against the single-process streaming result: a
 LocalCluster of 2 worker processes gives the same images, positions, values, boxes and patches, and
 projections within 1e-6. The reference runs with one BLAS thread, as the workers do: OpenBLAS's float32
 GEMM rounds differently with 1 and 2 threads (about half of conv3's maxima differ in the last bit on the
@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from zfcore import models, sources, stream
+from zfcore import models
+from zfcore.data import sources
+from zfcore.analysis import stream
 from zfcore.errors import ArgumentError, DataError, MissingDependencyError
 
 FIELDS = ("features", "images", "positions", "values", "boxes", "patches")
@@ -35,14 +37,14 @@ def assert_same(got, ref):
 
 
 def test_without_dask_the_error_names_the_extra(net, monkeypatch):
-    from zfcore import distributed
+    from zfcore.analysis import distributed
     monkeypatch.setitem(sys.modules, "distributed", None)                # import distributed -> ImportError
     with pytest.raises(MissingDependencyError, match=r"needs distributed.*pip install 'zfcore\[dask\]'"):
         distributed.top_k(net, np.zeros((2, 1, 28, 28), np.float32), "conv1", k=1, workers=1)
 
 
 def test_shards_are_whole_batches():
-    from zfcore import distributed
+    from zfcore.analysis import distributed
     assert distributed.shards(10, 3, 1, shard_size=6) == [(0, 6), (6, 10)]
     assert distributed.shards(1000, 150, 2) == [(i, min(i + 150, 1000)) for i in range(0, 1000, 150)]
     assert distributed.shards(10_000, 500, 2) == [(i, i + 500) for i in range(0, 10_000, 500)]
@@ -55,7 +57,7 @@ def test_local_cluster_equals_single_process(net):
     """workers=2 starts a LocalCluster (and shuts it down): 1,000 test images, conv1 and conv5, all
     32 + 128 features, k = 9, batches of 150 (not dividing N)."""
     pytest.importorskip("distributed")
-    from zfcore import distributed
+    from zfcore.analysis import distributed
     src, layers = sources.TestSetSource(limit=1000), ["conv1", "conv5"]
     before = set(multiprocessing.active_children())
     got = distributed.top_k(net, src, layers, k=9, batch_size=150, workers=2, progress=None)
@@ -71,7 +73,7 @@ def test_local_cluster_shut_down_after_an_error(net, tmp_path):
     pytest.importorskip("distributed")
     from PIL import Image
 
-    from zfcore import distributed
+    from zfcore.analysis import distributed
     for i in range(4):
         Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(tmp_path / f"i{i}.png")
     (tmp_path / "i2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
@@ -91,7 +93,7 @@ def test_open_client_blas_threads_tree_progress_and_errors(net, tmp_path, monkey
     pytest.importorskip("threadpoolctl")
     from PIL import Image
 
-    from zfcore import distributed
+    from zfcore.analysis import distributed
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
@@ -122,7 +124,7 @@ def test_existing_scheduler(net):
     """scheduler=ADDRESS: a cluster started here (one worker thread in this process, so the same BLAS
     threads as this process)."""
     dist = pytest.importorskip("distributed")
-    from zfcore import distributed
+    from zfcore.analysis import distributed
     src = sources.TestSetSource(limit=90)
     with dist.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
         got = distributed.top_k(net, src, ["conv2", "conv4"], k=3, features=[1, 2], batch_size=25,
@@ -137,7 +139,7 @@ def test_existing_scheduler(net):
 
 def test_bad_arguments(net):
     pytest.importorskip("distributed")
-    from zfcore import distributed
+    from zfcore.analysis import distributed
     x = np.zeros((4, 1, 28, 28), np.float32)
     with pytest.raises(ArgumentError, match="give one of workers, scheduler and client"):
         distributed.top_k(net, x, "conv1", k=1, workers=2, scheduler="tcp://127.0.0.1:8786")

@@ -9,7 +9,7 @@ import pytest
 
 import zfcore as zf
 from zfcore import analysis, models
-from zfcore.reference import torch_model
+from zfcore.torch.reference import torch_model
 
 ASSETS = Path(models.__file__).parent / "assets"
 

@@ -1,8 +1,9 @@
-"""Mechanics of zfcore.explain: hand-made networks, mathematical identities, and torch autograd."""
+"""Mechanics of zfcore.analysis.explain: hand-made networks, mathematical identities, and torch autograd."""
 import numpy as np
 import pytest
 
-from zfcore import data, explain, models
+from zfcore import data, models
+from zfcore.analysis import explain
 
 HEAD = [  # 1x6x6 -> conv 3 maps -> relu -> flatten (3*4*4) -> linear 2 logits
     ("conv1", "conv", dict(in_channels=1, out_channels=3, kernel=3, stride=1, padding=0)),
@@ -39,7 +40,7 @@ def test_contributions_sum_to_the_logit_minus_bias(tiny):
 
 def test_activation_times_gradient_matches_torch_autograd():
     torch = pytest.importorskip("torch")
-    from zfcore import reference
+    from zfcore.torch import reference
 
     net = models.load_model()
     x, y = data.load_dataset("test", limit=4)

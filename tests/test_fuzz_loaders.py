@@ -1,5 +1,5 @@
 """Property tests (hypothesis) for the two loaders that read untrusted files: ``zfcore.data.load_image``
-and ``zfcore.weights.load_weights``. Random bytes, truncated files and random image modes, sizes and
+and ``zfcore.models.weights.load_weights``. Random bytes, truncated files and random image modes, sizes and
 bit depths: each either loads correctly (checked against Pillow / numpy, independently) or raises
 zfcore's own error (``ZfcoreError``), never anything else. Memory on hostile ~1 MB files is measured in
 a fresh subprocess (peak RSS growth under 200 MB)."""
@@ -124,7 +124,7 @@ def test_weights_loader_truncated_or_damaged(tmp_path, good_npz, cut, flips):
 
 
 def _rss_growth(code: str) -> tuple[float, str]:
-    prog = ("import resource, sys\nsys.path.insert(0, %r)\nimport numpy, zipfile, zfcore.weights, "
+    prog = ("import resource, sys\nsys.path.insert(0, %r)\nimport numpy, zipfile, zfcore.models.weights, "
             "zfcore.data, zfcore.errors\nimport PIL.Image, PIL.PngImagePlugin\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n%s\n"
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\nprint(result)\n"
@@ -161,7 +161,7 @@ def test_memory_on_hostile_1mb_files(tmp_path, case):
         p = tmp_path / "largest.png"
         PIL.new("RGB", (2048, 2048)).save(p)
     assert p.stat().st_size <= 2**20 + 4096
-    call = (f"zfcore.weights.load_weights({str(p)!r})" if p.suffix == ".npz"
+    call = (f"zfcore.models.weights.load_weights({str(p)!r})" if p.suffix == ".npz"
             else f"zfcore.data.load_image({str(p)!r})")
     growth, result = _rss_growth(_try(call))
     assert growth < 200, (case, growth, result)

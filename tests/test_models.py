@@ -11,7 +11,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from zfcore import models, weights
+from zfcore import models
+from zfcore.models import weights
 
 
 @pytest.fixture

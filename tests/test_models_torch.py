@@ -1,5 +1,5 @@
 """Architectures and weights against torch: specs against torchvision's own models (their state dicts
-and forward passes), ``zfcore.reference.torch_model`` (the PyTorch mirror of a spec) for map sizes and
+and forward passes), ``zfcore.torch.reference.torch_model`` (the PyTorch mirror of a spec) for map sizes and
 forwards, and .pth files. torch is imported here freely; ``zfcore.models`` itself must not import it
 (``test_models.py``). Skipped without torch and torchvision.
 """
@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from zfcore import models  # noqa: E402
-from zfcore import train as ztrain  # noqa: E402
-from zfcore.reference import torch_model  # noqa: E402
+from zfcore.torch import train as ztrain  # noqa: E402
+from zfcore.torch.reference import torch_model  # noqa: E402
 
 RTOL = 1e-5  # max |zfcore - torch| / max |torch| for float32 forwards
 
@@ -43,7 +43,7 @@ def meta_model(fn, **kw):
 
 @pytest.fixture(scope="module")
 def network():
-    from zfcore import network
+    from zfcore.core import network
 
     return network
 

@@ -1,7 +1,7 @@
 """Network building, forward trace, layers, receptive fields and bad input.
 
 Independent references: ``torch.nn.functional`` (LRN, adaptive average pooling), the PyTorch mirror of
-a spec (``zfcore.train.torch_model``) for forwards, and, for receptive fields, the support of an
+a spec (``zfcore.torch.train.torch_model``) for forwards, and, for receptive fields, the support of an
 autograd gradient in a torch model of the same geometry with positive weights and average pooling
 (every path open, so the support is exactly the receptive field, clipped to the image).
 """
@@ -13,9 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from zfcore import layers as L
-from zfcore import models, network
-from zfcore._kernels import tuning
+from zfcore.core import layers as L
+from zfcore import models
+from zfcore.core import network
+from zfcore.core._kernels import tuning
 
 
 def rel(a, b) -> float:
@@ -101,7 +102,7 @@ def test_build_rejects_bad_specs_and_params():
 
 def test_forward_records_trace_and_matches_torch():
     torch = pytest.importorskip("torch")
-    from zfcore.reference import torch_model
+    from zfcore.torch.reference import torch_model
 
     params = models.kaiming_params(TINY, seed=2)
     for k in params:
@@ -159,7 +160,7 @@ def test_infer_matches_torch_keeps_layers_and_touches_nothing(nhwc):
 
 def _infer_case():
     torch = pytest.importorskip("torch")
-    from zfcore.reference import torch_model
+    from zfcore.torch.reference import torch_model
 
     params = models.kaiming_params(TINY, seed=3)
     net = models.build(TINY, params=params)
@@ -354,8 +355,8 @@ def test_input_box_bad_position():
 # packaging
 
 def test_core_modules_do_not_import_torch():
-    code = ("import sys, numpy as np; import zfcore.projection, zfcore.windows, zfcore.layers, zfcore.network; "
-            "import zfcore.reference; "
+    code = ("import sys, numpy as np; import zfcore.core.projection, zfcore.core.windows, zfcore.core.layers, zfcore.core.network; "
+            "import zfcore.torch.reference; "
             "from zfcore import models, network; net = models.build(models.FMNIST_ZF); "
             "net.forward(np.zeros((1, 1, 28, 28), np.float32)); net.project('conv5', 0); "
             "print('torch' in sys.modules)")

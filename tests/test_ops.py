@@ -1,9 +1,9 @@
-"""zfcore.ops against torch-free references (runs with numpy, pytest and hypothesis alone).
+"""zfcore.core.ops against torch-free references (runs with numpy, pytest and hypothesis alone).
 
 * the adjoint identities <A x, y> == <x, A^T y> for conv/deconv, im2col/col2im and pool/unpool
   with fixed switches;
 * the naive loop twins against the fast versions (every kernel path, forced where needed through
-  the kernels' test hook ``zfcore._kernels.tuning``);
+  the kernels' test hook ``zfcore.core._kernels.tuning``);
 * small fixtures whose answers are written out by hand;
 * every ValueError the API promises.
 The comparisons with torch.nn.functional are in test_ops_torch.py.
@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from opcases import (TOL, X16, chunk_bytes, conv3x3_cases, conv_cases, conv_inputs, distinct_inputs, hyp,
                      pool_cases, rel_err, winograd_everywhere)
 
-from zfcore import ops
-from zfcore._kernels import tuning
+from zfcore.core import ops
+from zfcore.core._kernels import tuning
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,7 +498,7 @@ def test_output_size_formula():
 # ----------------------------------------------------------------------------------------------
 def test_importing_ops_does_not_import_torch():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = ("import sys, zfcore.ops as o; o.conv2d(o.np.zeros((1,1,3,3)), o.np.zeros((1,1,2,2)));"
+    code = ("import sys, zfcore.core.ops as o; o.conv2d(o.np.zeros((1,1,3,3)), o.np.zeros((1,1,2,2)));"
             " bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'));"
             " print(bad); sys.exit(1 if bad else 0)")
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))

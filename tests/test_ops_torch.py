@@ -1,4 +1,4 @@
-"""zfcore.ops against torch.nn.functional (skipped where torch is not installed).
+"""zfcore.core.ops against torch.nn.functional (skipped where torch is not installed).
 
 conv2d, conv_transpose2d, max_pool2d with indices, max_unpool2d, autograd of max-pool, linear,
 softmax, Winograd; property-based over random shapes with hypothesis, 1,000 configurations per op on
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from opcases import (TOL, chunk_bytes, conv3x3_cases, conv_cases, conv_inputs, distinct_inputs, hyp, pool_cases,
                      rel_err, winograd_everywhere)
 
-from zfcore import ops
+from zfcore.core import ops
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional

@@ -1,9 +1,9 @@
-"""The ORIGINAL huybery/VisualizingCNN, run from a clone (zfcore.original), against zfcore.
+"""The ORIGINAL huybery/VisualizingCNN, run from a clone (zfcore.comparison.original), against zfcore.
 
 The tests that run the original need a clone: set ``ZFCORE_HUYBERY=/path/to/VisualizingCNN`` (``git clone
 https://github.com/huybery/VisualizingCNN``) and have OpenCV installed; they are skipped otherwise. They
 compare zfcore with the original's own code (its ``vis_layer``, ``Vgg16Conv``, ``Vgg16Deconv``) on the same
-seeded random VGG16 weights and its own demo photo, and the re-creation (``zfcore.huybery``) with it. The
+seeded random VGG16 weights and its own demo photo, and the re-creation (``zfcore.comparison.huybery``) with it. The
 others (no clone needed) check the configuration and its errors.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zfcore import compare, huybery, original
+from zfcore.comparison import compare, huybery, original
 
 LAYERS = (0, 5, 14, 21, 28)          # conv1_1, conv2_1, conv3_3, conv4_3, conv5_3 (features indices)
 
@@ -50,7 +50,7 @@ def test_bad_clone_paths(monkeypatch, tmp_path):
 
 
 def test_importing_original_does_not_import_torch():
-    code = "import sys, zfcore.original; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, zfcore.comparison.original; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -123,7 +123,7 @@ def test_bias_setting_restored_and_reproducible(run, clone):
 
 
 def test_recreation_equals_the_original(run):
-    """zfcore.huybery.Recreation (bias zero) against the original's own vis_layer: same selection, same
+    """zfcore.comparison.huybery.Recreation (bias zero) against the original's own vis_layer: same selection, same
     float output, the same uint8 picture (to one grey level)."""
     rec = huybery.Recreation("vgg16", run["net"].params, deconv_bias="zero")
     rec.forward(run["x"])

@@ -1,4 +1,4 @@
-"""Threads over the images of a batch (zfcore.parallel): scan_maxima and stream.top_k give the same
+"""Threads over the images of a batch (zfcore.analysis.parallel): scan_maxima and stream.top_k give the same
 maxima, images and positions with 2 or 3 threads as in one thread whose BLAS also runs one thread (the
 threads' arithmetic: a float32 GEMM rounds differently with a multi-threaded BLAS), predict and the
 projections the same within 1e-6 of their largest magnitude; the pieces cover the work once; a bad
@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from zfcore import analysis, data, models, parallel, sources, stream
+from zfcore import analysis, data, models
+from zfcore.analysis import parallel, stream
+from zfcore.data import sources
 from zfcore.errors import ArgumentError
 
 threadpoolctl = pytest.importorskip("threadpoolctl")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from projcases import CASES, TOL_CROP, close, triples as _triples
 
-from zfcore import models, network, projection
+from zfcore import models
+from zfcore.core import network, projection
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Projection: equal to autograd with the deconvnet's ReLU rule, to captum, to hand-checked fixtures;
 (cropped == whole-map, batching, fixtures and errors without torch: test_projection.py).
 
-References (``zfcore.reference``) are torch models of the same spec and weights: the gradient of the
+References (``zfcore.torch.reference``) are torch models of the same spec and weights: the gradient of the
 chosen activation w.r.t. the input, seeded with the activation's value, every ReLU's backward replaced
 by the rule; and captum's ``NeuronDeconvolution`` times the activation. Random seeded weights, random
 normal images (no flat regions and so no exactly tied pooling windows).
@@ -24,10 +24,11 @@ import pytest
 
 from projcases import CASES, TOL_CROP, rel
 
-from zfcore import models, network
+from zfcore import models
+from zfcore.core import network
 
 torch = pytest.importorskip("torch")
-from zfcore import reference  # noqa: E402
+from zfcore.torch import reference  # noqa: E402
 
 TOL_REF = 1e-5      # float32 projection vs torch autograd (relative, 2-norm)
 TOL_64 = 1e-10      # float64 projection vs torch autograd

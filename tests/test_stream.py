@@ -1,4 +1,4 @@
-"""Streaming top-k (zfcore.stream, zfcore.sources): equal to the in-memory analysis.top_k on the shipped
+"""Streaming top-k (zfcore.analysis.stream, zfcore.data.sources): equal to the in-memory analysis.top_k on the shipped
 test set; the per-feature state's merge is associative and commutative and breaks ties by image id (checked
 against np.argsort(-values, kind="stable") over all images, analysis.top_k's order); folders of PNG files
 written here give the result of the same images loaded by hand; bad input gives one clear error. numpy
@@ -8,7 +8,9 @@ import pickle
 import numpy as np
 import pytest
 
-from zfcore import analysis, data, models, sources, stream
+from zfcore import analysis, data, models
+from zfcore.data import sources
+from zfcore.analysis import stream
 from zfcore.errors import ArgumentError, DataError
 
 LAYERS = ["conv2", "conv5"]
@@ -27,7 +29,7 @@ def images():
 
 def assert_same(got, ref):
     """Everything identical, projections within 1e-6 of their largest magnitude (float32 GEMMs round
-    differently with a one-thread BLAS, which zfcore.parallel's threads use, and with more)."""
+    differently with a one-thread BLAS, which zfcore.analysis.parallel's threads use, and with more)."""
     assert got.layer == ref.layer
     for f in FIELDS:
         a, b = getattr(got, f), getattr(ref, f)
@@ -317,7 +319,7 @@ def test_streaming_imports_numpy_only():
     import subprocess
     import sys
     from pathlib import Path
-    code = ("import sys, zfcore.stream as s, zfcore.sources as src, zfcore.distributed, zfcore.models as m; "
+    code = ("import sys, zfcore.analysis.stream as s, zfcore.data.sources as src, zfcore.analysis.distributed, zfcore.models as m; "
             "s.top_k(m.load_model(), src.TestSetSource(limit=12), ['conv1', 'conv2'], k=2, features=[0]); "
             "bad = [n for n in ('torch', 'dask', 'distributed', 'PIL', 'matplotlib') if n in sys.modules]; "
             "assert not bad, bad")

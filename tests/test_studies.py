@@ -1,8 +1,9 @@
-"""Mechanics of zfcore.studies on tiny cases that can be checked by hand (numpy only)."""
+"""Mechanics of zfcore.analysis.studies on tiny cases that can be checked by hand (numpy only)."""
 import numpy as np
 import pytest
 
-from zfcore import models, studies
+from zfcore import models
+from zfcore.analysis import studies
 
 TINY = [  # 1x7x7 -> conv 3x3 stride 3 -> 2x2x2: pixels in row 6 and column 6 are seen by no unit
     ("conv1", "conv", dict(in_channels=1, out_channels=2, kernel=3, stride=3, padding=0)),
@@ -130,7 +131,7 @@ def test_study_modules_do_not_import_torch():
     import os
     import subprocess
     import sys
-    code = ("import sys, numpy as np, zfcore.studies as s, zfcore.explain as e, zfcore.variants as v; "
+    code = ("import sys, numpy as np, zfcore.analysis.studies as s, zfcore.analysis.explain as e, zfcore.torch.variants as v; "
             "s.sign_hamming(np.ones((2, 3))); v.variant_spec('large_stride'); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True,
@@ -138,7 +139,7 @@ def test_study_modules_do_not_import_torch():
 
 
 def test_variant_specs_fit_the_image():
-    from zfcore import variants
+    from zfcore.torch import variants
     for name in variants.NAMES:
         net = models.build(variants.variant_spec(name), seed=0)
         assert net.forward(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
@@ -147,7 +148,7 @@ def test_variant_specs_fit_the_image():
 
 
 def test_shipped_variants_load():
-    from zfcore import variants
+    from zfcore.torch import variants
     for name in variants.NAMES:
         vnet, rec = variants.load_variant(name)
         k = 9 if name == "large_stride" else 5

@@ -4,9 +4,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from zfcore import data, train  # noqa: E402
+from zfcore import data  # noqa: E402
+from zfcore.torch import train  # noqa: E402
 from zfcore.models import FMNIST_ZF, load_npz, param_shapes  # noqa: E402
-from zfcore.reference import torch_model  # noqa: E402
+from zfcore.torch.reference import torch_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
 import zfcore as zf  # noqa: E402
-from zfcore import widgets  # noqa: E402
+from zfcore.viz import widgets  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,3 @@
-from .cli import main
+from zfcore.cli.main import main
 
 raise SystemExit(main())

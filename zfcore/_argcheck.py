@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ArgumentError, check_index, suggest
+from zfcore.errors import ArgumentError, check_index, suggest
 
 
 def check_layer(net, layer) -> str:
@@ -18,7 +18,8 @@ def check_layer(net, layer) -> str:
 
 def layer_width(net, layer: str, input_shape=None) -> int:
     """Number of feature maps (conv, relu, pool ...) or units (linear) ``layer`` outputs, read from the
-    network's spec; without a spec, from one forward pass of a zero image of ``input_shape`` (C, H, W)."""
+    network's spec; without a spec, from the layers' output shapes for an input of ``input_shape``
+    (C, H, W; default the network's own)."""
     check_layer(net, layer)
     if net.spec is not None:
         width = None
@@ -28,9 +29,10 @@ def layer_width(net, layer: str, input_shape=None) -> int:
                 break
         if width is not None:
             return int(width)
-    if input_shape is None:
+    if input_shape is None and net.input_shape is None:
         raise ArgumentError(f"cannot tell the width of layer {layer!r} without an input shape")
-    return int(net.forward(np.zeros((1,) + tuple(input_shape), net.dtype), upto=layer).shape[1])
+    i = net.index(layer)
+    return int(net.layers[i].output_shape(net.shapes(input_shape)[i])[0])
 
 
 def num_classes(net, input_shape=None) -> int:

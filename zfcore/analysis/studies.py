@@ -1,0 +1,327 @@
+"""The paper's remaining studies on a zfcore network: Fig. 1 drawn from real numbers (every stage of the
+deconvnet), Fig. 5 (invariance to translation, scale and rotation), Table 1 (correspondence of parts
+across images) and occlusion of single units.
+
+numpy only. Everything here reruns the network through ``zfcore.core.ops`` from its public ``spec`` and
+``params``, so it does not depend on how ``Network`` stores its trace.
+
+Axis letters: N images, C channels, H W height and width, F features, A transform amounts.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from zfcore.core import ops
+
+
+class StudyError(ValueError):
+    """Bad input to a study (names the argument and the problem)."""
+
+
+# --- running a spec with zfcore.core.ops -------------------------------------------------------------------
+def _entries(net):
+    if net.spec is None:
+        raise StudyError("net has no spec: build it with zfcore.models.build")
+    return [tuple(e) for e in net.spec]
+
+
+def _index(net, layer):
+    names = [n for n, _, _ in _entries(net)]
+    if layer not in names:
+        raise StudyError(f"layer {layer!r} not in the network ({', '.join(names)})")
+    return names.index(layer)
+
+
+def run_layers(net, x, start: int = 0, stop: int | None = None):
+    """Run spec entries ``start .. stop`` (inclusive; default: to the end) on ``x``. Returns (output,
+    records), one record per layer: dict(name, kind, p, input, output, switches (pools only))."""
+    entries = _entries(net)
+    stop = len(entries) - 1 if stop is None else stop
+    params, recs = net.params, []
+    for name, kind, p in entries[start:stop + 1]:
+        rec = dict(name=name, kind=kind, p=p, input=x)
+        if kind == "conv":
+            x = ops.conv2d(x, params[f"{name}.weight"], params[f"{name}.bias"], p["stride"], p["padding"])
+        elif kind == "relu":
+            x = ops.relu(x)
+        elif kind == "maxpool":
+            x, rec["switches"] = ops.max_pool2d(x, p["kernel"], p["stride"], p.get("padding", 0))
+        elif kind == "flatten":
+            x = x.reshape(len(x), -1)
+        elif kind == "linear":
+            x = ops.linear(x, params[f"{name}.weight"], params[f"{name}.bias"])
+        elif kind == "dropout":
+            pass                                          # inference: identity
+        else:
+            raise StudyError(f"layer {name!r}: kind {kind!r} not supported here")
+        rec["output"] = x
+        recs.append(rec)
+    return x, recs
+
+
+# --- Fig. 1: every stage of the deconvnet ---------------------------------------------------------------
+RULES = ("deconvnet", "guided", "gradient")
+
+
+def walk_down(records, r, rule: str = "deconvnet", keep: bool = False):
+    """Apply the inverse of every record of ``run_layers``, last first, to the signal r (N, ...) at the
+    last record's output (item n belongs to image n of the records' batch). ``rule``: the ReLU's inverse,
+    ``max(r, 0)`` (deconvnet), ``max(r, 0) [x > 0]`` (guided backprop) or ``r [x > 0]`` (gradient).
+    Returns the map at the first record's input (N, C, H, W), and with ``keep`` also the list of
+    (layer name, operation, map (N, ...)) after each inverse."""
+    if rule not in RULES:
+        raise StudyError(f"rule must be one of {RULES}, not {rule!r}")
+    stages = []
+    for rec in reversed(records):
+        name, kind, p = rec["name"], rec["kind"], rec["p"]
+        shape = (len(r),) + rec["input"].shape[1:]
+        if kind == "conv":
+            r, op = ops.conv_transpose2d(r, _weight(rec), p["stride"],
+                                         p["padding"], output_size=shape), "deconv"
+        elif kind == "relu":
+            on = rec["input"] > 0
+            r, op = {"deconvnet": lambda: ops.unrelu(r), "guided": lambda: ops.unrelu(r) * on,
+                     "gradient": lambda: r * on}[rule](), "unrelu"
+        elif kind == "maxpool":
+            r, op = ops.max_unpool2d(r, rec["switches"], shape), "unpool"
+        elif kind == "flatten":
+            r, op = r.reshape(shape), "unflatten"
+        elif kind == "linear":
+            r, op = ops.linear_transpose(r, _weight(rec)), "linear^T"
+        else:
+            continue
+        if keep:
+            stages.append((name, op, r))
+    return (r, stages) if keep else r
+
+
+def _weight(rec):
+    return rec["params"][f"{rec['name']}.weight"]
+
+
+def _forward(net, images, layer):
+    images = np.asarray(images, dtype=net.dtype)
+    if images.ndim != 4:
+        raise StudyError(f"images must be (N, C, H, W), got shape {images.shape}")
+    _, fwd = run_layers(net, images, 0, _index(net, layer))
+    params = net.params
+    for rec in fwd:
+        rec["params"] = params
+    return fwd
+
+
+def deconv_stages(net, image, layer: str, feature: int, position=None, rule: str = "deconvnet"):
+    """Follow one activation of ``layer`` down to pixels, keeping every intermediate map (Fig. 1).
+
+    image (C, H, W). ``position`` (row, col) in the layer's map; default: the map's strongest. The
+    activation starts from its own value (as ``Network.project``). Returns (forward, backward):
+    ``forward`` the layer records of ``run_layers`` (inputs, outputs, switches; batch axis of 1);
+    ``backward`` a list of (layer name, operation, map (C, H, W)) from ``layer`` down, one per inverse:
+    "unpool" (at the recorded switches), "unrelu", "deconv" (transposed filters, no bias),
+    "unflatten" / "linear^T" for fc layers. The last map is the projection."""
+    fwd = _forward(net, np.asarray(image)[None], layer)
+    act = fwd[-1]["output"][0]
+    if not 0 <= feature < act.shape[0]:
+        raise StudyError(f"feature {feature} out of range 0..{act.shape[0] - 1} for {layer!r}")
+    r = np.zeros_like(fwd[-1]["output"])
+    if act.ndim == 1:
+        r[0, feature] = act[feature]
+    else:
+        pos = np.unravel_index(int(act[feature].argmax()), act[feature].shape) if position is None \
+            else tuple(position)
+        r[(0, feature) + tuple(pos)] = act[feature][tuple(pos)]
+    _, stages = walk_down(fwd, r, rule, keep=True)
+    return fwd, [(n, op, m[0]) for n, op, m in stages]
+
+
+def project_units(net, images, layer: str, units, rule: str = "deconvnet", value=1.0):
+    """Project unit ``units[n]`` of a fully connected ``layer`` for image n of images (N, C, H, W), all
+    in one batched walk -> (N, C, H, W). Each unit starts from ``value`` (default 1: the rule alone
+    decides the picture, whatever the sign of the unit's activation) or, with ``value=None``, from its
+    own activation. To project K units of one image, repeat the image K times."""
+    fwd = _forward(net, images, layer)
+    act = fwd[-1]["output"]
+    if act.ndim != 2:
+        raise StudyError(f"layer {layer!r} is spatial; project_units is for fully connected layers")
+    units = np.broadcast_to(np.asarray(units), (len(act),))
+    if units.min() < 0 or units.max() >= act.shape[1]:
+        raise StudyError(f"units must be in 0..{act.shape[1] - 1}")
+    n = np.arange(len(act))
+    r = np.zeros_like(act)
+    r[n, units] = act[n, units] if value is None else value
+    return walk_down(fwd, r, rule)
+
+
+# --- Fig. 5: invariance ---------------------------------------------------------------------------------
+def affine(image, matrix, offset=(0.0, 0.0), fill: float = 0.0):
+    """Resample ``image`` (C, H, W): output pixel (i, j) takes the bilinear value of the input at
+    ``matrix @ (i - c, j - c) + c + offset`` (c the image centre); outside the image: ``fill``."""
+    image = np.asarray(image, dtype=np.float64)
+    C, H, W = image.shape
+    ci, cj = (H - 1) / 2, (W - 1) / 2
+    ii, jj = np.meshgrid(np.arange(H) - ci, np.arange(W) - cj, indexing="ij")
+    m = np.asarray(matrix, dtype=np.float64)
+    si = m[0, 0] * ii + m[0, 1] * jj + ci + offset[0]
+    sj = m[1, 0] * ii + m[1, 1] * jj + cj + offset[1]
+    i0, j0 = np.floor(si).astype(int), np.floor(sj).astype(int)
+    fi, fj = si - i0, sj - j0
+    pad = np.pad(image, ((0, 0), (1, 1), (1, 1)), constant_values=fill)
+    out = np.zeros_like(image)
+    for di, wi in ((0, 1 - fi), (1, fi)):
+        for dj, wj in ((0, 1 - fj), (1, fj)):
+            a, b = i0 + di, j0 + dj
+            inside = (a >= -1) & (a <= H) & (b >= -1) & (b <= W)
+            v = pad[:, np.clip(a + 1, 0, H + 1), np.clip(b + 1, 0, W + 1)]
+            out += np.where(inside, v, fill) * (wi * wj)
+    return out.astype(np.float32)
+
+
+def transform(image, kind: str, amount: float, fill: float = 0.0):
+    """``image`` (C, H, W) translated (``amount`` pixels, to the right), scaled (factor about the
+    centre) or rotated (degrees, anticlockwise, about the centre): one row of the paper's Fig. 5."""
+    if kind == "translate":
+        return affine(image, np.eye(2), offset=(0.0, -float(amount)), fill=fill)
+    if kind == "scale":
+        if amount <= 0:
+            raise StudyError(f"scale factor must be positive, got {amount}")
+        return affine(image, np.eye(2) / amount, fill=fill)
+    if kind == "rotate":
+        t = np.deg2rad(amount)
+        return affine(image, [[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]], fill=fill)
+    raise StudyError(f"kind must be 'translate', 'scale' or 'rotate', not {kind!r}")
+
+
+def invariance(net, images, labels, kind: str, amounts, layers=("relu1", "relu6")):
+    """The paper's Fig. 5 for one transformation. images (N, C, H, W), labels (N,), amounts (A,).
+    Returns dict: ``distance[layer]`` (N, A) Euclidean distance between the feature vectors of the
+    original and the transformed image, divided by the original's norm; ``prob`` (N, A) softmax
+    probability of the true label; ``images`` (N, A, C, H, W) the transformed images."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4 or len(images) != len(labels):
+        raise StudyError(f"images (N, C, H, W) and labels (N,) must match, got {images.shape}, {labels.shape}")
+    idx = [_index(net, name) for name in layers]
+    amounts = np.asarray(amounts, dtype=float)
+    stack = np.stack([[transform(im, kind, a) for a in amounts] for im in images])   # (N, A, C, H, W)
+    flat = np.concatenate([images, stack.reshape((-1,) + images.shape[1:])])
+    logits, recs = run_layers(net, flat)
+    N, A = len(images), len(amounts)
+    out = dict(images=stack, distance={})
+    for name, i in zip(layers, idx):
+        f = recs[i]["output"].reshape(len(flat), -1).astype(np.float64)
+        ref, tr = f[:N], f[N:].reshape(N, A, -1)
+        out["distance"][name] = (np.linalg.norm(tr - ref[:, None], axis=2)
+                                 / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)[:, None])
+    prob = ops.softmax(logits[N:].astype(np.float64)).reshape(N, A, -1)
+    out["prob"] = prob[np.arange(N), :, labels]
+    return out
+
+
+# --- occlusion of single units ---------------------------------------------------------------------------
+def occluded_activations(net, image, layer: str, size: int, stride: int, fill: float = 0.0):
+    """The whole output of ``layer`` for every position of a ``size`` x ``size`` occluder (filled with
+    ``fill``) on ``image`` (C, H, W). Returns (acts (R, Q, ...), reference output (...), rows, cols)."""
+    from zfcore.analysis.occlusion import occlude
+
+    stack, rows, cols = occlude(image, size, stride, fill)
+    li = _index(net, layer)
+    out = np.concatenate([run_layers(net, stack[i:i + 256], 0, li)[0] for i in range(0, len(stack), 256)])
+    ref = run_layers(net, np.asarray(image, net.dtype)[None], 0, li)[0][0]
+    return out.reshape((len(rows), len(cols)) + out.shape[1:]), ref, rows, cols
+
+
+# --- Table 1: correspondence ------------------------------------------------------------------------------
+def bounding_box(image, threshold: float = 0.05):
+    """(top, left, bottom, right), inclusive, of the pixels of ``image`` (C, H, W) above ``threshold``
+    (the garment on Fashion-MNIST's black background)."""
+    m = np.asarray(image).max(axis=0) > threshold
+    if not m.any():
+        raise StudyError("image has no pixel above the threshold: no object to mask")
+    r, c = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    return int(r[0]), int(c[0]), int(r[-1]), int(c[-1])
+
+
+PARTS = {  # fractions of the object's bounding box: (top, bottom, left, right), bottom/right exclusive
+    "collar": (0.0, 0.25, 0.3, 0.7),      # tops: the neckline, the top quarter of the middle columns
+    "left sleeve": (0.2, 0.8, 0.0, 0.2),  # tops: the outer fifth on the image's left
+    "sole": (0.7, 1.0, 0.0, 1.0),         # footwear: the lowest 30% of the shoe
+    "heel": (0.4, 1.0, 0.7, 1.0),         # footwear (toes point left in Fashion-MNIST): the back end
+    "handle": (0.0, 0.3, 0.0, 1.0),       # bags: the top 30%, where the handle rises above the body
+}
+
+
+def part_mask(image, part, threshold: float = 0.05):
+    """Boolean (H, W) mask of a part of the object in ``image`` (C, H, W): the rectangle ``part`` gives
+    in fractions of the object's own bounding box (a key of ``PARTS`` or a (top, bottom, left, right)
+    tuple). Derived from each image's geometry, so the same rule marks the part in every image."""
+    frac = PARTS[part] if isinstance(part, str) else tuple(part)
+    if len(frac) != 4 or not all(0 <= f <= 1 for f in frac) or frac[0] >= frac[1] or frac[2] >= frac[3]:
+        raise StudyError(f"part {part!r}: need fractions 0 <= top < bottom <= 1, 0 <= left < right <= 1")
+    t, l, b, r = bounding_box(image, threshold)
+    h, w = b - t + 1, r - l + 1
+    rows = slice(t + int(np.floor(frac[0] * h)), t + max(int(np.ceil(frac[1] * h)), int(np.floor(frac[0] * h)) + 1))
+    cols = slice(l + int(np.floor(frac[2] * w)), l + max(int(np.ceil(frac[3] * w)), int(np.floor(frac[2] * w)) + 1))
+    mask = np.zeros(np.asarray(image).shape[1:], bool)
+    mask[rows, cols] = True
+    return mask
+
+
+def random_mask_like(image, mask, rng, threshold: float = 0.05):
+    """A rectangle of the same height and width as ``mask``'s, at a random place inside the object's
+    bounding box (the paper's random-region control)."""
+    rr, cc = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    h, w = rr[-1] - rr[0] + 1, cc[-1] - cc[0] + 1
+    t, l, b, r = bounding_box(image, threshold)
+    top = rng.integers(t, max(b - h + 1, t) + 1)
+    left = rng.integers(l, max(r - w + 1, l) + 1)
+    out = np.zeros_like(mask)
+    out[top:top + h, left:left + w] = True
+    return out
+
+
+def sign_hamming(changes):
+    """The paper's consistency measure. changes (N, D): per image, the change of a feature vector when
+    a part is masked. Returns (pairwise normalised Hamming distances of their signs (N*(N-1)/2,)): for
+    each pair i < j, the fraction of the D components whose signs (-1, 0, +1) differ. Table 1's Δ is
+    their sum; the paper reports it normalised, i.e. the mean, with its standard deviation."""
+    s = np.sign(np.asarray(changes, dtype=np.float64))
+    if s.ndim != 2 or len(s) < 2:
+        raise StudyError(f"changes must be (N >= 2, D), got shape {s.shape}")
+    i, j = np.triu_indices(len(s), k=1)
+    return (s[i] != s[j]).mean(axis=1)
+
+
+def correspondence(net, images, masks, layers=("pool5", "relu6"), fill: float = 0.0):
+    """Δ for one set of masks: images (N, C, H, W), masks (N, H, W) boolean. Each image's feature
+    vector at each layer is compared before and after filling its mask with ``fill``. Returns dict
+    layer -> pairwise normalised Hamming distances (N*(N-1)/2,) (mean = Table 1's Δ)."""
+    images, masks = np.asarray(images), np.asarray(masks, bool)
+    if masks.shape != (images.shape[0],) + images.shape[2:]:
+        raise StudyError(f"masks must be (N, H, W) = {(images.shape[0],) + images.shape[2:]}, got {masks.shape}")
+    masked = np.where(masks[:, None], np.float32(fill), images).astype(net.dtype)
+    idx = {name: _index(net, name) for name in layers}
+    _, a = run_layers(net, images.astype(net.dtype), 0, max(idx.values()))
+    _, b = run_layers(net, masked, 0, max(idx.values()))
+    N = len(images)
+    return {name: sign_hamming(a[i]["output"].reshape(N, -1) - b[i]["output"].reshape(N, -1))
+            for name, i in idx.items()}
+
+
+# --- Fig. 2 legible at every layer -------------------------------------------------------------------------
+def crop_boxes(maps, corners, size):
+    """Cut each map (K, C, H, W) to a ``size`` = (h, w) window whose top-left corner is ``corners[k]``
+    = (top, left), which may lie outside the map (a receptive field hanging over the border: its corner
+    is ``offset + position * jump`` of ``Network.receptive_field``); parts outside the map are zero, as
+    for the image patches of ``analysis.top_k``. Returns (K, C, h, w)."""
+    maps, corners = np.asarray(maps), np.asarray(corners).reshape(-1, 2)
+    if maps.ndim != 4 or len(maps) != len(corners):
+        raise StudyError(f"maps (K, C, H, W) and corners (K, 2) must match, got {maps.shape}, {corners.shape}")
+    h, w = (int(v) for v in size)
+    if h < 1 or w < 1:
+        raise StudyError(f"size must be positive, got {size}")
+    K, C, H, W = maps.shape
+    out = np.zeros((K, C, h, w), maps.dtype)
+    for k, (t, l) in enumerate(corners):
+        t0, l0, t1, l1 = max(t, 0), max(l, 0), min(t + h, H), min(l + w, W)
+        if t0 < t1 and l0 < l1:
+            out[k, :, t0 - t:t1 - t, l0 - l:l1 - l] = maps[k, :, t0:t1, l0:l1]
+    return out

@@ -1,0 +1,506 @@
+"""The fast paths behind ``zfcore.core.ops`` (private): banded im2col + GEMM, col2im, Winograd F(2x2, 3x3),
+max-pooling by window offsets. ops.py checks the arguments and calls these; the tests hold every
+path to the naive loop twins and to PyTorch. Measurements behind the thresholds: benchmarks/RESULTS.md.
+
+Axis letters: N, C, H, W input; F filters; KH, KW kernel; Ho, Wo output; (sy, sx) stride, (ph, pw)
+padding along rows and columns.
+"""
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Tuning:
+    """Sizes of the chunks the kernels work in, and which path they take (None: by the rules below)."""
+    chunk_bytes: int = 2 * 2**20     # im2col columns + GEMM result of one conv chunk (stay in cache)
+    min_cols: int = 1024             # ... but at least this many GEMM columns per chunk
+    pool_chunk_bytes: int = 2**20    # max-pool window copies of one chunk of planes
+    wino_band_bytes: int = 4 * 2**20  # Winograd: V + M of one band of tile rows
+    wino_min_tiles: int = 512        # ... but at least this many tiles per GEMM
+    winograd: bool | None = None     # force Winograd on (True) / off (False) for 3x3 stride-1 convs
+    deconv_as_conv: bool | None = None  # force the stride-1 deconv strategy
+    flat: bool | None = None         # force the flat (True) / strided (False) im2col layout at stride 1
+    pool_t_width: int = 8            # max-pool values: planes-last layout below this output width
+    nhwc: bool | None = None         # Network.infer: every conv channels last (True), none (False)
+    nhwc_min_channels: int = 16      # ... or (None) by nhwc_pays, which needs this many input channels
+    nhwc_chunk_bytes: int = 8 * 2**20  # channels-last im2col columns of one chunk
+
+
+TUNING = Tuning()
+
+
+@contextlib.contextmanager
+def tuning(**changes):
+    """Test hook: run a block with some fields of ``TUNING`` changed (e.g. tiny chunks, forced paths)."""
+    old = dict(TUNING.__dict__)
+    try:
+        for k, v in changes.items():
+            if not hasattr(TUNING, k):
+                raise ValueError(f"unknown tuning field {k!r}")
+            setattr(TUNING, k, v)
+        yield TUNING
+    finally:
+        TUNING.__dict__.update(old)
+
+
+def bands(N, Ho, nb, rb):
+    """The chunks of a conv's output: (n0, m, r0, r) = images n0 .. n0 + m, output rows r0 .. r0 + r."""
+    for n0 in range(0, N, nb):
+        for r0 in range(0, Ho, rb):
+            yield n0, min(nb, N - n0), r0, min(rb, Ho - r0)
+
+
+def chunks(N, Ho, row_cols, K, F, itemsize):
+    """Split a conv's GEMM into chunks: (images per chunk, output rows per chunk).
+
+    One output row of one image is ``row_cols`` GEMM columns of K im2col values and F outputs. A chunk
+    takes as many rows as keep (K + F) * columns * itemsize under ``chunk_bytes``, but at least
+    ``min_cols`` columns; whole images are grouped when one image is smaller.
+    """
+    bytes_per_row = max((K + F) * row_cols * itemsize, 1)
+    rows = max(TUNING.chunk_bytes // bytes_per_row, -(-TUNING.min_cols // max(row_cols, 1)), 1)
+    if rows >= Ho:
+        return max(1, min(N, rows // Ho)), Ho
+    bands = -(-Ho // rows)
+    return 1, -(-Ho // bands)          # equal bands: no small GEMM left over at the bottom
+
+
+def pad(x, ph, pw, value=0):
+    """(N, C, H, W) -> (N, C, H + 2*ph, W + 2*pw) with ``value`` around x (x itself if no padding)."""
+    if ph == 0 and pw == 0:
+        return x
+    N, C, H, W = x.shape
+    xp = np.full((N, C, H + 2 * ph, W + 2 * pw), value, x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+def pad_flat(x, ph, pw, extra):
+    """(N, C, H, W) -> zero-padded planes stored flat, (N, C, Hp*Wp + extra), zeros at the end too.
+    Only the border is zeroed; the interior is written once."""
+    N, C, H, W = x.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    xp = np.empty((N, C, Hp * Wp + extra), x.dtype)
+    xp[:, :, Hp * Wp:] = 0
+    planes = xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)
+    planes[:, :, :ph] = 0
+    planes[:, :, ph + H:] = 0
+    planes[:, :, ph:ph + H, :pw] = 0
+    planes[:, :, ph:ph + H, pw + W:] = 0
+    planes[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+# ----------------------------------------------------------------------------------------------
+# im2col / col2im of one band: output rows r0 .. r0 + r of images n0 .. n0 + m
+# ----------------------------------------------------------------------------------------------
+# Two layouts of the padded input xp. Strided: xp (N, C, Hp, Wp), Wc = Wo columns per output row.
+# Flat (stride 1 only): xp (N, C, Hp*Wp + KW - 1), planes stored flat, Wc = Wp columns per row: a
+# window offset (u, v) is then one contiguous slice starting at u*Wp + v, and each row carries
+# KW - 1 throw-away columns (dropped by the caller).
+def window_slices(n0, m, r0, r, kernel, stride, Wp, Wo, flat):
+    """For each kernel offset k = u*KW + v: k and the index of xp holding that offset's input for
+    output rows r0 .. r0 + r of images n0 .. n0 + m (basic slices: a view)."""
+    (KH, KW), (sy, sx) = kernel, stride
+    for k in range(KH * KW):
+        u, v = divmod(k, KW)
+        if flat:
+            off = (r0 + u) * Wp + v
+            yield k, (slice(n0, n0 + m), slice(None), slice(off, off + r * Wp))
+        else:
+            h0 = r0 * sy + u
+            yield k, (slice(n0, n0 + m), slice(None), slice(h0, h0 + sy * (r - 1) + 1, sy),
+                      slice(v, v + sx * (Wo - 1) + 1, sx))
+
+
+def im2col_band(cols_k, xp, n0, r0, kernel, stride, Wp, Wo, flat):
+    """Fill cols_k (C, KH*KW, m, r, Wc) with the windows: cols_k[c, u*KW + v, n, i, j] =
+    xp[n0 + n, c, (r0 + i)*sy + u, j*sx + v] (one copy of a shifted slice per offset (u, v))."""
+    C, _, m, r, _ = cols_k.shape
+    for k, idx in window_slices(n0, m, r0, r, kernel, stride, Wp, Wo, flat):
+        src = xp[idx].reshape(m, C, r, Wp) if flat else xp[idx]
+        cols_k[:, k] = src.transpose(1, 0, 2, 3)
+
+
+def col2im_band(xp, cols_k, n0, r0, kernel, stride, Wp, Wo, flat):
+    """The adjoint of :func:`im2col_band`: add each column back onto the window it came from."""
+    C, _, m, r, _ = cols_k.shape
+    for k, idx in window_slices(n0, m, r0, r, kernel, stride, Wp, Wo, flat):
+        if flat:
+            xp[idx] += cols_k[:, k].reshape(C, m, r * Wp).transpose(1, 0, 2)
+        else:
+            xp[idx] += cols_k[:, k].transpose(1, 0, 2, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# convolution: im2col + one GEMM per band
+# ----------------------------------------------------------------------------------------------
+# The flat layout computes KW - 1 throw-away columns per output row: on narrow maps (the embedded
+# model's 28, 14 and 7 columns) the strided copy costs less than that waste (RESULTS.md).
+FLAT_MIN_WIDTH = 32
+
+
+def conv2d(x, w, b, stride, padding, out_hw):
+    """y (N, F, Ho, Wo) = conv of checked float arrays; Winograd for large 3x3 stride-1 convs."""
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    (sy, sx), (ph, pw), (Ho, Wo) = stride, padding, out_hw
+    dt = x.dtype
+    if KH == KW == 3 and sy == sx == 1 and winograd_pays(C, F, N * Ho * Wo):
+        return conv3x3_winograd(x, w, b, ph, pw, Ho, Wo)
+    K = C * KH * KW
+    Kb = K + (b is not None)             # the bias joins the GEMM: one more column of w, a row of ones
+    wb = np.empty((F, Kb), dt)
+    wb[:, :K] = w.reshape(F, K)
+    if b is not None:
+        wb[:, K] = b
+    Wp = W + 2 * pw
+    flat = sy == 1 and sx == 1 and (TUNING.flat if TUNING.flat is not None else Wo >= FLAT_MIN_WIDTH)
+    xp = pad_flat(x, ph, pw, KW - 1) if flat else pad(x, ph, pw)
+    Wc = Wp if flat else Wo              # GEMM columns per output row
+    y = np.empty((N, F, Ho, Wo), dt)
+    nb, rb = chunks(N, Ho, Wc, Kb, F, dt.itemsize)
+    cols_buf = np.empty(Kb * nb * rb * Wc, dt)
+    out_buf = np.empty(F * nb * rb * Wc, dt)
+    for n0, m, r0, r in bands(N, Ho, nb, rb):
+        L = m * r * Wc
+        cols = cols_buf[:Kb * L].reshape(Kb, L)
+        if b is not None:
+            cols[K] = 1
+        im2col_band(cols[:K].reshape(C, KH * KW, m, r, Wc), xp, n0, r0, (KH, KW), (sy, sx), Wp, Wo, flat)
+        out = out_buf[:F * L].reshape(F, L)
+        np.matmul(wb, cols, out=out)
+        y[n0:n0 + m, :, r0:r0 + r] = out.reshape(F, m, r, Wc)[..., :Wo].transpose(1, 0, 2, 3)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# channels-last convolution and pooling (inference: Network.infer)
+# ----------------------------------------------------------------------------------------------
+# With the channels last, x (N, H, W, C), the KW*C values under one row of a window are contiguous,
+# so im2col copies KH runs of KW*C values per output position (one strided view per kernel row)
+# instead of KH*KW runs of Wo values; the GEMM cols (L, K) @ w (K, F) writes y (N, Ho, Wo, F)
+# directly. On the embedded model's 14- and 7-column maps, at batch 500 (an ad-hoc measurement), conv4
+# took 49 ms against 102 with the NCHW strided im2col, conv2 134 against 172.
+def nhwc_pays(C, F, kernel, stride, N, Ho, Wo):
+    """Network.infer's rule for a conv: channels last when the NCHW path would take the strided im2col
+    (maps narrower than ``FLAT_MIN_WIDTH``, or any stride) and not Winograd, and the input has at least
+    ``nhwc_min_channels`` channels (runs of KW*C values long enough). On VGG16's 224..56-column maps
+    the flat NCHW layout is faster, on its 28 and 14 Winograd (RESULTS.md)."""
+    if TUNING.nhwc is not None:
+        return TUNING.nhwc
+    if C < TUNING.nhwc_min_channels:
+        return False
+    flat = stride == (1, 1) and (TUNING.flat if TUNING.flat is not None else Wo >= FLAT_MIN_WIDTH)
+    wino = tuple(kernel) == (3, 3) and stride == (1, 1) and winograd_pays(C, F, N * Ho * Wo)
+    return not flat and not wino
+
+
+def nhwc_filters(w):
+    """w (F, C, KH, KW) -> (KH*KW*C, F), rows in (u, v, c) order: the im2col rows of channels-last x."""
+    F, C, KH, KW = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(KH * KW * C, F))
+
+
+def conv2d_nhwc(x, wk, b, kernel, stride, padding, out_hw):
+    """y (N, Ho, Wo, F) = conv of the C-contiguous x (N, H, W, C); wk from :func:`nhwc_filters`."""
+    (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    N, H, W, C = x.shape
+    K, F = wk.shape
+    dt = x.dtype
+    xp = x
+    if ph or pw:
+        xp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), dt)
+        xp[:, ph:ph + H, pw:pw + W] = x
+    y = np.empty((N, Ho, Wo, F), dt)
+    row = Wo * K * dt.itemsize                          # the columns of one output row
+    rows = max(TUNING.nhwc_chunk_bytes // max(row, 1), -(-TUNING.min_cols // max(Wo, 1)), 1)
+    if rows >= Ho:
+        nb, rb = max(1, min(N, rows // Ho)), Ho
+    else:
+        nb, rb = 1, -(-Ho // -(-Ho // rows))
+    cols_buf = np.empty(nb * rb * Wo * K, dt)
+    it = dt.itemsize                                     # xp is C-contiguous: its strides from its shape
+    s3, s2, s1, s0 = it, xp.shape[3] * it, xp.shape[2] * xp.shape[3] * it, xp[0].size * it
+    for n0, m, r0, r in bands(N, Ho, nb, rb):
+        L = m * r * Wo
+        cols = cols_buf[:K * L].reshape(m, r, Wo, KH, KW * C)
+        for u in range(KH):
+            # rows (r0 + i)*sy + u, columns j*sx .. j*sx + KW - 1, all channels: one run each
+            src = np.lib.stride_tricks.as_strided(xp[n0:n0 + m, r0 * sy + u:], (m, r, Wo, KW * C),
+                                                  (s0, s1 * sy, s2 * sx, s3), writeable=False)
+            cols[:, :, :, u] = src
+        out = y[n0:n0 + m, r0:r0 + r].reshape(L, F)     # contiguous: whole images, or rows of one
+        np.matmul(cols.reshape(L, K), wk, out=out)
+        if b is not None:
+            out += b
+    return y
+
+
+def max_pool_values_nhwc(x, kernel, stride, padding, out_hw):
+    """y (N, Ho, Wo, C) of x (N, H, W, C) without switches: as :func:`max_pool_values`, separable,
+    the channels the contiguous inner axis; in chunks of images."""
+    N, H, W, C = x.shape
+    (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    y = np.empty((N, Ho, Wo, C), x.dtype)
+    nb = max(1, TUNING.pool_chunk_bytes // max(1, H * Wo * C * x.dtype.itemsize))
+    h = np.empty((min(nb, N), H, Wo, C), x.dtype)
+    for n0 in range(0, N, nb):
+        hm = h[:min(nb, N - n0)]
+        _max_offsets(x[n0:n0 + nb], hm, KW, sx, pw, W, Wo, axis=2)
+        _max_offsets(hm, y[n0:n0 + nb], KH, sy, ph, H, Ho, axis=1)
+    return y
+
+
+def conv_transpose2d(y, w, stride, padding, in_hw):
+    """x (N, C, H, W) = transposed conv of checked float arrays: GEMM w.T @ y per band, then col2im;
+    at stride 1 on large images a conv with the flipped filters instead (deconv_as_conv)."""
+    N, F, Ho, Wo = y.shape
+    _, C, KH, KW = w.shape
+    (sy, sx), (ph, pw), (H, W) = stride, padding, in_hw
+    dt = y.dtype
+    K = C * KH * KW
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    if sy == 1 and sx == 1 and ph < KH and pw < KW and deconv_as_conv(N * Ho * Wp, C, F):
+        # the transposed conv is a conv of y with the flipped filters w[f, c, ::-1, ::-1] seen as
+        # (C, F, KH, KW), padded by K - 1 - p
+        wt = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        pt = (KH - 1 - ph, KW - 1 - pw)
+        return conv2d(y, wt, None, (1, 1), pt, (H, W))
+    wT = np.ascontiguousarray(w.reshape(F, K)).T        # (K, F) view; BLAS handles the transpose
+    flat = sy == 1 and sx == 1        # as in conv2d: flat padded planes, Wp columns per row
+    Wc = Wp if flat else Wo
+    xp = np.zeros((N, C, Hp * Wp + (KW - 1 if flat else 0)), dt)
+    planes = xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)
+    nb, rb = chunks(N, Ho, Wc, K, F, dt.itemsize)
+    cols_buf = np.empty(K * nb * rb * Wc, dt)
+    y_buf = np.empty(F * nb * rb * Wc, dt)
+    for n0, m, r0, r in bands(N, Ho, nb, rb):
+        L = m * r * Wc
+        yb = y_buf[:F * L].reshape(F, m, r, Wc)
+        yb[..., :Wo] = y[n0:n0 + m, :, r0:r0 + r].transpose(1, 0, 2, 3)
+        yb[..., Wo:] = 0                  # throw-away columns (flat layout) contribute nothing
+        cols = cols_buf[:K * L].reshape(K, L)
+        np.matmul(wT, yb.reshape(F, L), out=cols)
+        col2im_band(xp if flat else planes, cols.reshape(C, KH * KW, m, r, Wc), n0, r0, (KH, KW),
+                    (sy, sx), Wp, Wo, flat)
+    return np.ascontiguousarray(planes[:, :, ph:ph + H, pw:pw + W])
+
+
+def deconv_as_conv(positions, C, F):
+    """Stride-1 deconv as a conv with flipped filters when that moves fewer values (copy F rows of
+    im2col + w once, against adding C rows in col2im)."""
+    if TUNING.deconv_as_conv is not None:
+        return TUNING.deconv_as_conv
+    return 2 * F * positions + 2 * F * C < 3 * C * positions
+
+
+# ----------------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3) (Lavin & Gray, CVPR 2016)
+# ----------------------------------------------------------------------------------------------
+# A 2x2 block of outputs of a 3x3 filter g over a 4x4 input tile d is  Y = A^T [(G g G^T) * (B^T d B)] A
+#   G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+#   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+#   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+# with * elementwise: 16 multiplications per tile instead of 36. Summed over channels, each of the 16
+# tile positions (xi, nu) is one GEMM  M[xi,nu] (F x tiles) = U[xi,nu] (F x C) @ V[xi,nu] (C x tiles).
+# B and A hold only 0 and +-1, so the input and output transforms are additions of strided views.
+WINO_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+WINO_GG = np.kron(WINO_G, WINO_G)     # (16, 9): GG[4a + b, 3u + v] = G[a, u] G[b, v]
+WINO_MAX_POSITIONS = 40 * 40
+WINO_MIN_CHANNELS = 256
+
+
+def winograd_filters(w):
+    """w (F, C, 3, 3) -> U (16, F, C), U[4a + b] = (G w G^T)[a, b]: one GEMM with G (x) G."""
+    F, C = w.shape[:2]
+    return (WINO_GG.astype(w.dtype) @ w.reshape(F * C, 9).T).reshape(16, F, C)
+
+
+def winograd_pays(C, F, positions):
+    """Winograd when C and F are both >= 256 and the maps hold 16 to 40*40 positions (RESULTS.md)."""
+    if TUNING.winograd is not None:
+        return TUNING.winograd
+    return min(C, F) >= WINO_MIN_CHANNELS and 16 <= positions <= WINO_MAX_POSITIONS
+
+
+def conv3x3_winograd(x, w, b, ph, pw, Ho, Wo):
+    """y (N, F, Ho, Wo) = 3x3 stride-1 conv of x (N, C, H, W) by F(2x2, 3x3), in bands of tile rows."""
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    dt = x.dtype
+    th, tw = -(-Ho // 2), -(-Wo // 2)                    # 2x2 output tiles
+    # padded input, channels first: (C, N, 2*th + 2, 2*tw + 2) (one more zero row/column if odd)
+    xp = np.zeros((C, N, 2 * th + 2, 2 * tw + 2), dt)
+    xp[:, :, ph:ph + H, pw:pw + W] = x.transpose(1, 0, 2, 3)
+    U = winograd_filters(w)
+    per_row = 16 * (C + F) * N * tw * dt.itemsize
+    rows = max(1, min(th, max(TUNING.wino_band_bytes // per_row, -(-TUNING.wino_min_tiles // (N * tw)))))
+    rows = -(-th // -(-th // rows))                      # equal bands
+    y = np.empty((N, F, 2 * th, 2 * tw), dt)
+    yt = y.transpose(1, 0, 2, 3)                         # (F, N, ...) view, written in place
+    rbuf = np.empty((4, C, N, rows, 2 * tw + 2), dt)
+    vbuf = np.empty(16 * C * N * rows * tw, dt)
+    mbuf = np.empty(16 * F * N * rows * tw, dt)
+    for i0 in range(0, th, rows):
+        R = min(rows, th - i0)
+        P = N * R * tw
+        V = vbuf[:16 * C * P].reshape(4, 4, C, N, R, tw)
+        _winograd_input(xp[:, :, 2 * i0:2 * i0 + 2 * R + 2], rbuf[:, :, :, :R], V, R, tw)
+        M = mbuf[:16 * F * P].reshape(16, F, P)
+        np.matmul(U, V.reshape(16, C, P), out=M)         # 16 GEMMs, summing over the channels
+        _winograd_output(M.reshape(4, 4, F, N, R, tw), yt[:, :, 2 * i0:2 * i0 + 2 * R])
+    if b is not None:
+        y += b[:, None, None]
+    if (Ho, Wo) != (2 * th, 2 * tw):
+        y = np.ascontiguousarray(y[:, :, :Ho, :Wo])
+    return y
+
+
+def _winograd_input(band, r, V, R, tw):
+    """B^T d B of a band's tiles: rows first (into r (4, C, N, R, 2*tw + 2)), then columns -> V (4, 4, C, N, R, tw)."""
+    d = [band[:, :, k:k + 2 * R:2] for k in range(4)]     # tile row i covers input rows 2i .. 2i+3
+    np.subtract(d[0], d[2], out=r[0])
+    np.add(d[1], d[2], out=r[1])
+    np.subtract(d[2], d[1], out=r[2])
+    np.subtract(d[1], d[3], out=r[3])
+    for a in range(4):
+        e = [r[a][..., k:k + 2 * tw:2] for k in range(4)]
+        np.subtract(e[0], e[2], out=V[a, 0])
+        np.add(e[1], e[2], out=V[a, 1])
+        np.subtract(e[2], e[1], out=V[a, 2])
+        np.subtract(e[1], e[3], out=V[a, 3])
+
+
+def _winograd_output(M, ys):
+    """A^T M A: M (4, 4, F, N, R, tw) -> the tiles' four output phases of ys (F, N, 2R, 2*tw)."""
+    t0 = M[0] + M[1]
+    t0 += M[2]
+    t1 = M[1] - M[2]
+    t1 -= M[3]
+    for a, t in enumerate((t0, t1)):
+        o = ys[:, :, a::2, 0::2]
+        np.add(t[0], t[1], out=o)
+        o += t[2]
+        o = ys[:, :, a::2, 1::2]
+        np.subtract(t[1], t[2], out=o)
+        o -= t[3]
+
+
+# ----------------------------------------------------------------------------------------------
+# max-pooling
+# ----------------------------------------------------------------------------------------------
+def max_pool2d(x, kernel, stride, padding, out_hw):
+    """(y, switches) of checked x (N, C, H, W); see ops.max_pool2d for the rules."""
+    N, C, H, W = x.shape
+    (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    xp = pad(x, ph, pw, -np.inf).reshape(N * C, H + 2 * ph, W + 2 * pw)
+    y, sel = pool_offsets(xp, KH, KW, sy, sx, Ho, Wo, nan=False)
+    if np.isnan(y).any():          # rare: redo with NaN winning comparisons, as torch does
+        y, sel = pool_offsets(xp, KH, KW, sy, sx, Ho, Wo, nan=True)
+    top = np.arange(Ho)[:, None] * sy - ph        # window's first row, unpadded coordinates
+    left = np.arange(Wo)[None, :] * sx - pw
+    offset = np.array([u * W + v for u in range(KH) for v in range(KW)], np.int64)
+    switches = np.take(offset, sel)
+    switches += top * W + left
+    if ph or pw:
+        # a window whose real values are all -inf returns its first real position (as torch)
+        lost = y == -np.inf
+        if lost.any():
+            switches = np.where(lost, np.maximum(top, 0) * W + np.maximum(left, 0), switches)
+    return y.reshape(N, C, Ho, Wo), switches.reshape(N, C, Ho, Wo)
+
+
+def max_pool_values(x, kernel, stride, padding, out_hw):
+    """y (N, C, Ho, Wo) of checked x, without switches (inference): separable, rows of windows first
+    (max over the KW column offsets -> (N*C, H, Wo)), then columns (max over the KH row offsets). The
+    padding is never materialised: each offset updates only the outputs whose window it reaches.
+    NaN propagates (np.maximum), as torch."""
+    N, C, H, W = x.shape
+    (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    if Wo < TUNING.pool_t_width:
+        # narrow maps: numpy's inner loops would run over a handful of columns; put the planes last
+        t = np.ascontiguousarray(x.reshape(N * C, H, W).transpose(1, 2, 0))        # (H, W, N*C)
+        h = np.empty((H, Wo, N * C), x.dtype)
+        y = np.empty((Ho, Wo, N * C), x.dtype)
+        _max_offsets(t[None], h[None], KW, sx, pw, W, Wo, axis=2)
+        _max_offsets(h[None], y[None], KH, sy, ph, H, Ho, axis=1)
+        return np.ascontiguousarray(y.transpose(2, 0, 1)).reshape(N, C, Ho, Wo)
+    planes = x.reshape(N * C, H, W)
+    y = np.empty((N * C, Ho, Wo), x.dtype)
+    mb = max(1, TUNING.pool_chunk_bytes // max(1, H * Wo * x.dtype.itemsize))
+    h = np.empty((min(mb, N * C), H, Wo), x.dtype)
+    for m0 in range(0, N * C, mb):
+        src, hm, ym = planes[m0:m0 + mb], h[:min(mb, N * C - m0)], y[m0:m0 + mb]
+        _max_offsets(src, hm, KW, sx, pw, W, Wo, axis=2)
+        _max_offsets(hm, ym, KH, sy, ph, H, Ho, axis=1)
+    return y.reshape(N, C, Ho, Wo)
+
+
+def unpool_classes(y, s, hw, step):
+    """x (N, C, H, W) = scatter-add of y (N, C, Ho, Wo) at the plane positions s (same shape), for
+    switches inside their pooling windows: outputs (i, j) with the same (i mod py, j mod px), where
+    ``step = (py, px)`` is ``ceil(kernel / stride)``, have disjoint windows, so each such class is one
+    fancy-indexed assignment (the first) or addition (the others) without repeated indices."""
+    N, C, Ho, Wo = y.shape
+    H, W = hw
+    py, px = step
+    x = np.zeros(N * C * H * W, y.dtype)
+    planes = (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1)
+    for a in range(py):
+        for b in range(px):
+            idx = (s[:, :, a::py, b::px] + planes).ravel()
+            if a == 0 and b == 0:
+                x[idx] = y[:, :, a::py, b::px].ravel()
+            else:
+                x[idx] += y[:, :, a::py, b::px].ravel()
+    return x.reshape(N, C, H, W)
+
+
+def _max_offsets(src, dst, K, s, p, n_in, n_out, axis):
+    """dst[..., j, ...] = max over k < K of src[..., j*s - p + k, ...] along ``axis`` (1 or 2), taking
+    only the offsets inside 0 .. n_in - 1 (implicit -inf padding)."""
+    def along(a, sl):
+        return a[:, sl] if axis == 1 else a[:, :, sl]
+    dst[...] = -np.inf
+    for k in range(K):
+        j0 = max(0, -(-(p - k) // s))                      # first output whose offset k is inside
+        j1 = min(n_out, (n_in - 1 + p - k) // s + 1)       # one past the last
+        if j1 > j0:
+            i0 = j0 * s - p + k
+            d = along(dst, slice(j0, j1))
+            np.maximum(d, along(src, slice(i0, i0 + (j1 - j0 - 1) * s + 1, s)), out=d)
+
+
+def pool_offsets(xp, KH, KW, sy, sx, Ho, Wo, nan):
+    """xp (M, Hp, Wp) padded planes -> max (M, Ho, Wo) and winning window offset k = u*KW + v.
+
+    In chunks of planes: the KH*KW strided views are copied to contiguous arrays, then compared with
+    the running maximum; offset k wins where strictly larger (the first maximum is kept), so the
+    switch offset is a running ``maximum(sel, k * larger)``: no masked writes.
+    """
+    M, KK = xp.shape[0], KH * KW
+    y = np.empty((M, Ho, Wo), xp.dtype)
+    sel = np.zeros((M, Ho, Wo), np.uint8 if KK < 256 else np.int64)
+    mb = max(1, min(M, TUNING.pool_chunk_bytes // (KK * Ho * Wo * xp.dtype.itemsize)))
+    win = np.empty((KK, mb, Ho, Wo), xp.dtype)
+    larger = np.empty((mb, Ho, Wo), bool)
+    is_nan = np.empty((mb, Ho, Wo), bool)
+    k_larger = np.empty((mb, Ho, Wo), sel.dtype)
+    for m0 in range(0, M, mb):
+        m = min(mb, M - m0)
+        for k in range(KK):
+            u, v = divmod(k, KW)
+            win[k, :m] = xp[m0:m0 + m, u:u + sy * (Ho - 1) + 1:sy, v:v + sx * (Wo - 1) + 1:sx]
+        ym, sm, lg, kl = y[m0:m0 + m], sel[m0:m0 + m], larger[:m], k_larger[:m]
+        ym[...] = win[0, :m]
+        for k in range(1, KK):
+            np.greater(win[k, :m], ym, out=lg)
+            if nan:
+                lg |= np.isnan(win[k, :m], out=is_nan[:m])
+            np.maximum(ym, win[k, :m], out=ym)          # NaN propagates, as torch
+            np.multiply(lg, sel.dtype.type(k), out=kl)
+            np.maximum(sm, kl, out=sm)
+    return y, sel

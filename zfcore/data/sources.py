@@ -1,0 +1,252 @@
+"""Image sources for dataset-scale analyses (``zfcore.analysis.stream``, ``zfcore.analysis.distributed``): a collection
+of images with a fixed id order, loaded a few at a time.
+
+Every source has ``len(source)`` (N), ``source.shape`` (C, H, W) and ``source.load(ids)`` -> float
+array (n, C, H, W) of the images with those ids (0..N-1), and pickles small (no pixels cached in the
+pickle, except for an in-memory array), so that Dask can ship it to its workers.
+
+- ``ArraySource(images)``: an in-memory (N, C, H, W) array; id i is ``images[i]``.
+- ``TestSetSource(limit)``: the shipped Fashion-MNIST test split (its first ``limit`` images).
+- ``FolderSource(root, size, mode, imagenet)``: every image file under ``root``, searched recursively,
+  in the order of their relative POSIX paths (sorted as strings).
+- ``ImageFolderSource(root, ...)``: torchvision's ``ImageFolder`` layout ``root/<class>/**/<file>``:
+  classes are the sub-folders (sorted), labels per file, and the ids in torchvision's order (class,
+  then folder, then file name), so id i is ``torchvision.datasets.ImageFolder(root)[i]``.
+- ``open_folder(root, ...)`` picks one of the last two (``layout="auto"``: an ImageFolder when ``root``
+  holds sub-folders and no image files of its own).
+
+File sources resize every image to ``size`` (bilinear), convert it to grey (``mode="L"``) or RGB and
+apply the ImageNet normalisation when ``imagenet`` is set, exactly as the command line loads images;
+``for_model(name)`` gives those settings for the command line's models. numpy only (Pillow is
+imported by ``zfcore.data.load_image`` when a file is read).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from zfcore.errors import ArgumentError, DataError
+
+# the file name endings read as images (lower-cased): torchvision's IMG_EXTENSIONS and .gif
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
+
+
+def _limit(limit, n: int) -> int:
+    if limit is None:
+        return n
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ArgumentError(f"limit must be a positive integer (or None for all images), got {limit!r}")
+    return min(int(limit), n)
+
+
+def _ids(ids, n: int) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        raise ArgumentError(f"image ids must be a 1-d array of integers, got {ids.dtype} {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        raise ArgumentError(f"image ids must be in 0..{n - 1}, got {int(ids.min())}..{int(ids.max())}")
+    return ids.astype(np.int64)
+
+
+class ArraySource:
+    """Images held in memory: ``images`` (N, C, H, W), real numbers (integers are converted to
+    float32; float arrays keep their dtype). ``labels`` (N,) optional."""
+
+    def __init__(self, images, labels=None):
+        images = np.asarray(images)
+        if images.ndim != 4 or len(images) == 0 or images.dtype.kind not in "biuf":
+            raise ArgumentError(f"images must be a non-empty real (N, C, H, W) array, got "
+                                f"{images.dtype} {images.shape}")
+        self.images = images if images.dtype.kind == "f" else images.astype(np.float32)
+        self.labels = None if labels is None else np.asarray(labels)
+
+    def __len__(self):
+        return len(self.images)
+
+    @property
+    def shape(self):
+        return tuple(self.images.shape[1:])
+
+    def load(self, ids) -> np.ndarray:
+        return self.images[_ids(ids, len(self))]
+
+    def describe(self) -> dict:
+        return {"source": "array", "count": len(self)}
+
+
+class TestSetSource:
+    """The shipped Fashion-MNIST test split (``zfcore.data.load_dataset("test", limit=limit)``):
+    (N, 1, 28, 28) float32 in [0, 1]. Read once per process, on first ``load``; not pickled."""
+
+    __test__ = False        # not a pytest test class, whatever its name
+
+    def __init__(self, limit: int | None = None):
+        self.limit = _limit(limit, 10**9)
+        self._n = None
+        self._images = self._labels = None
+
+    def _data(self):
+        if self._images is None:
+            from zfcore.data.loading import load_dataset
+
+            self._images, self._labels = load_dataset("test", limit=self.limit)
+        return self._images
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 class of each image (``zfcore.data.CLASSES``)."""
+        self._data()
+        return self._labels
+
+    def __getstate__(self):
+        return {"limit": self.limit, "_n": len(self), "_images": None, "_labels": None}
+
+    def __len__(self):
+        if self._n is None:
+            self._n = len(self._data())
+        return self._n
+
+    @property
+    def shape(self):
+        return (1, 28, 28)
+
+    def load(self, ids) -> np.ndarray:
+        return self._data()[_ids(ids, len(self))]
+
+    def describe(self) -> dict:
+        return {"source": "shipped Fashion-MNIST test set", "count": len(self)}
+
+
+def for_model(name: str) -> dict:
+    """``size``, ``mode`` and ``imagenet`` of the command line's model ``name`` (fmnist_zf: 28x28 grey;
+    vgg16, alexnet, zfnet: 224x224 RGB with ImageNet normalisation)."""
+    from zfcore.models.specs import INPUTS
+
+    if name not in INPUTS:
+        raise ArgumentError(f"unknown model {name!r} (known: {', '.join(INPUTS)})")
+    ch, side, imagenet = INPUTS[name]
+    return {"size": (side, side), "mode": "L" if ch == 1 else "RGB", "imagenet": imagenet}
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk(top: Path):
+    """(folder relative to ``top`` as POSIX, sorted image file names) for every folder under ``top``,
+    symbolic links followed once (a link back up the tree is not entered again)."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        rel = Path(dirpath).relative_to(top).as_posix()
+        yield ("" if rel == "." else rel), sorted(f for f in filenames if _is_image(f))
+
+
+def _check_root(root) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ArgumentError(f"{root}: not a folder" + ("" if root.exists() else " (no such path)"))
+    return root
+
+
+class FolderSource:
+    """Every image file under ``root`` (searched recursively; names ending in ``IMAGE_EXTENSIONS``,
+    any case), id order = their relative POSIX paths sorted as strings; the first ``limit`` kept.
+    Images are resized to ``size`` (an int or (H, W)), converted to ``mode`` ("L" grey or "RGB") and
+    ImageNet-normalised if ``imagenet``. ``files``: the relative paths in id order."""
+
+    def __init__(self, root, size, mode: str = "L", imagenet: bool = False, limit: int | None = None):
+        self.root = _check_root(root)
+        self._settings(size, mode, imagenet)
+        files = sorted(f"{d}/{f}" if d else f for d, names in _walk(self.root) for f in names)
+        if not files:
+            raise ArgumentError(f"{self.root}: holds no image files ({', '.join(IMAGE_EXTENSIONS[:4])} ...)")
+        self.files = files[:_limit(limit, len(files))]
+
+    def _settings(self, size, mode, imagenet):
+        size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+        if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and 1 <= v <= 4096 for v in size):
+            raise ArgumentError(f"size must be an integer or an (H, W) pair in 1..4096, got {size!r}")
+        if mode not in ("L", "RGB"):
+            raise ArgumentError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        if imagenet and mode != "RGB":
+            raise ArgumentError("the ImageNet normalisation needs mode='RGB'")
+        self.size, self.mode, self.imagenet = (int(size[0]), int(size[1])), mode, bool(imagenet)
+
+    def __len__(self):
+        return len(self.files)
+
+    @property
+    def shape(self):
+        return (1 if self.mode == "L" else 3,) + self.size
+
+    def path(self, i: int) -> Path:
+        return self.root / self.files[i]
+
+    def load(self, ids) -> np.ndarray:
+        """(n, C, H, W) float32 of the files with ids ``ids``; ``DataError`` naming an unreadable file."""
+        from zfcore.data.loading import imagenet_normalize, load_image
+
+        ids = _ids(ids, len(self))
+        if ids.size == 0:
+            return np.zeros((0,) + self.shape, np.float32)
+        x = np.concatenate([load_image(self.path(i), size=self.size, mode=self.mode) for i in ids])
+        return imagenet_normalize(x) if self.imagenet else x
+
+    def describe(self) -> dict:
+        return {"source": str(self.root), "layout": "folder", "count": len(self)}
+
+
+class ImageFolderSource(FolderSource):
+    """torchvision's ``ImageFolder`` layout: ``root/<class>/**/<image file>``. ``classes``: the
+    sub-folder names, sorted; ``labels`` (N,) int64: each file's class index. Files directly in
+    ``root`` are not part of it. Ids in torchvision's order: by class, then by folder path, then by
+    file name (the first ``limit`` kept). A class folder without image files is a ``DataError``."""
+
+    def __init__(self, root, size, mode: str = "L", imagenet: bool = False, limit: int | None = None):
+        self.root = _check_root(root)
+        self._settings(size, mode, imagenet)
+        self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+        if not self.classes:
+            raise ArgumentError(f"{self.root}: no class sub-folders (ImageFolder layout: root/<class>/<image>)")
+        files, labels = [], []
+        for c, name in enumerate(self.classes):
+            found = [f"{name}/{d}/{f}" if d else f"{name}/{f}"
+                     for d, names in sorted(_walk(self.root / name)) for f in names]
+            if not found:
+                raise DataError(f"{self.root / name}: class folder holds no image files "
+                                f"({', '.join(IMAGE_EXTENSIONS[:4])} ...)")
+            files += found
+            labels += [c] * len(found)
+        n = _limit(limit, len(files))
+        self.files, self.labels = files[:n], np.array(labels[:n], np.int64)
+
+    @property
+    def class_to_idx(self) -> dict:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def describe(self) -> dict:
+        return {"source": str(self.root), "layout": "imagefolder", "count": len(self),
+                "classes": list(self.classes)}
+
+
+def open_folder(root, size, mode: str = "L", imagenet: bool = False, limit: int | None = None,
+                layout: str = "auto"):
+    """A ``FolderSource`` or an ``ImageFolderSource`` for ``root``. ``layout``: "folder",
+    "imagefolder", or "auto": an ImageFolder when ``root`` holds sub-folders and no image file of its
+    own, a recursive folder otherwise."""
+    if layout not in ("auto", "folder", "imagefolder"):
+        raise ArgumentError(f"layout must be 'auto', 'folder' or 'imagefolder', got {layout!r}")
+    root = _check_root(root)
+    if layout == "auto":
+        entries = list(os.scandir(root))
+        own_images = any(e.is_file() and _is_image(e.name) for e in entries)
+        layout = "imagefolder" if any(e.is_dir() for e in entries) and not own_images else "folder"
+    cls = ImageFolderSource if layout == "imagefolder" else FolderSource
+    return cls(root, size, mode, imagenet, limit)

@@ -1,0 +1,389 @@
+"""Weight files for zfcore's architectures: .npz (zfcore's format) and PyTorch state dicts (.pth/.pt).
+
+``build_model`` (random seeded, a file or a dict), ``load_model`` (the shipped embedded model, or
+ImageNet weights the user already has), ``load_weights`` / ``save_weights`` (.npz in zfcore's format;
+.pth/.pt state dicts in torchvision's or zfcore's key layout), ``load_npz`` / ``save_npz``, the shipped
+training ``checkpoints`` (``load_checkpoint``) and the key mapping ``torchvision_to_zfcore`` /
+``zfcore_to_torchvision``, derived from the spec. Every name here is also reachable as
+``zfcore.models.<name>``. torch is imported only inside the functions that read .pth files or return
+tensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from zfcore._io import atomic_write
+from zfcore.models._safenpz import MAX_FILE_BYTES, read_npz
+from zfcore.errors import WeightsError
+from zfcore.models.specs import SPECS, input_shape, last_linear, _check_arch, _features_end, _spec_of, build, check_params, features_spec, \
+    get_spec, param_shapes
+
+# Default ImageNet weights: torchvision's file names in its hub cache, and the environment variables.
+TORCHVISION_FILES = {"vgg16": "vgg16-397923af.pth", "alexnet": "alexnet-owt-7be5be79.pth"}
+WEIGHTS_ENV = {"vgg16": "ZFCORE_VGG16", "alexnet": "ZFCORE_ALEXNET"}
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+
+def _infer_num_classes(arch: str, params) -> int | None:
+    """The classifier width stored in ``params`` (rows of the last linear weight), if readable."""
+    w = params.get(f"{last_linear(get_spec(arch))}.weight")
+    shape = getattr(w, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) == 2 else None
+
+
+# ------------------------------------------------------------------------------------------------
+# torchvision key layout
+
+def torchvision_names(arch) -> dict[str, str]:
+    """Map each zfcore layer name of a spec (or architecture name) to its torchvision module path.
+
+    Derived from the spec order the way torchvision lays out AlexNet and VGG: layers before the first
+    ``adaptive_avgpool`` or ``flatten`` are ``features.<i>``, an ``adaptive_avgpool`` is ``avgpool``,
+    ``flatten`` is no module (it lives in ``forward``), and the layers after are ``classifier.<i>``,
+    counting every module (ReLU, pool, dropout, LRN) in each ``nn.Sequential``.
+    """
+    spec = _spec_of(arch)
+    end = _features_end(spec)
+    names = {name: f"features.{i}" for i, (name, _, _) in enumerate(spec[:end])}
+    i = 0
+    for name, kind, _ in spec[end:]:
+        if kind == "adaptive_avgpool":
+            names[name] = "avgpool"
+        elif kind != "flatten":
+            names[name] = f"classifier.{i}"
+            i += 1
+    return names
+
+
+def _to_numpy(v) -> np.ndarray:
+    if hasattr(v, "detach"):  # a torch tensor; numpy has no bfloat16 (nor float8): read those as float32
+        v = v.detach().cpu()
+        if v.is_floating_point() and str(v.dtype) not in ("torch.float16", "torch.float32", "torch.float64"):
+            v = v.float()
+        v = v.numpy()
+    return np.asarray(v)
+
+
+def torchvision_to_zfcore(arch, state_dict) -> dict[str, np.ndarray]:
+    """Rename a torchvision-layout state dict (``features.0.weight`` ...) to zfcore names (``conv1_1.weight``).
+
+    Values become numpy arrays (float32 for floating ones), copied, so that they share no memory with
+    the tensors given. Keys that do not belong to the spec's layers are kept under their own names, so
+    that ``check_params`` reports them as unexpected.
+    """
+    to_zf = {tv: zf for zf, tv in torchvision_names(arch).items()}
+    out = {}
+    for key, v in state_dict.items():
+        module, _, leaf = key.rpartition(".")
+        new = f"{to_zf[module]}.{leaf}" if module in to_zf else key
+        a = _to_numpy(v)
+        out[new] = np.array(a, dtype=np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype)
+    return out
+
+
+def zfcore_to_torchvision(arch, params: dict, as_torch: bool = False) -> dict:
+    """Rename zfcore parameters to torchvision's keys; ``as_torch=True`` returns torch tensors, ready for
+    ``torchvision.models.<arch>().load_state_dict(..., strict=True)``."""
+    to_tv = torchvision_names(arch)
+    out = {}
+    for key, v in params.items():
+        layer, _, leaf = key.rpartition(".")
+        out[f"{to_tv[layer]}.{leaf}" if layer in to_tv else key] = np.asarray(v)
+    if as_torch:
+        import torch
+
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+    return out
+
+
+def _is_torchvision_layout(keys) -> bool:
+    return any(k.startswith(("features.", "classifier.")) for k in keys)
+
+
+# ------------------------------------------------------------------------------------------------
+# .npz files
+
+SAVE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _storage_arrays(path, params: dict, dtype) -> dict[str, np.ndarray]:
+    """The arrays to store: real floating (or integer, stored as float32) arrays, converted to ``dtype``
+    (float16, float32 or float64 only: anything else would round or not load)."""
+    if dtype is not None:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise WeightsError(f"{path}: dtype {dtype!r} is not a numpy dtype") from None
+        if dt not in SAVE_DTYPES:
+            raise WeightsError(f"{path}: cannot store weights as {dt}; use float16, float32 or float64")
+    out = {}
+    for k, v in params.items():
+        a = _to_numpy(v)
+        if a.dtype.kind not in "biuf":
+            raise WeightsError(f"{path}: parameter {k!r} has dtype {a.dtype}, not a real number type")
+        store = dtype if dtype is not None else (a.dtype if a.dtype in SAVE_DTYPES else np.float32)
+        out[k] = np.ascontiguousarray(a, dtype=store)
+    return out
+
+
+def save_npz(path, params: dict, arch: str, meta: dict | None = None, dtype=None,
+             overwrite: bool = False) -> Path:
+    """Write ``params`` (name -> array) to a compressed .npz with the architecture name and metadata.
+
+    ``dtype`` (float16, float32 or float64) converts every parameter for storage; loading converts back
+    to float32. Refuses to overwrite an existing file unless ``overwrite=True``. Written atomically
+    (``zfcore._io``: a unique temporary file in the same folder, renamed into place; without
+    ``overwrite`` a rename that cannot replace a file), so concurrent writers never leave a corrupt file.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    arrays = _storage_arrays(path, params, dtype)
+    header = {"arch": arch, "meta": meta or {}}
+    return atomic_write(path, lambda f: np.savez_compressed(
+        f, __zfcore__=np.array(json.dumps(header, sort_keys=True)), **arrays), overwrite)
+
+
+def load_npz(path) -> tuple[dict[str, np.ndarray], str, dict]:
+    """Read a zfcore .npz: returns (params as float32 arrays, arch name, metadata).
+
+    Raises ``FileNotFoundError`` for a missing file and ``WeightsError`` (a ValueError) naming the file
+    for anything unreadable (not a zip, truncated, no zfcore header, damaged members, members that do
+    not fit the architecture, a file over the size cap); see ``zfcore.models._safenpz`` for the checks made
+    before any array is read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    return read_npz(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# weights in any format
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _load_pth(path: Path) -> dict:
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"{path}: reading .pth/.pt files needs PyTorch (pip install torch), "
+                          "or convert it to .npz with save_weights where torch is installed") from None
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise WeightsError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit for weights files")
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=_is_zip(path))
+    except Exception as e:
+        raise WeightsError(f"{path}: corrupt or unreadable PyTorch weights file "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a training checkpoint
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+        raise WeightsError(f"{path}: not a state dict (found {type(obj).__name__}); "
+                         "save the model with torch.save(model.state_dict(), path)")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _guess_arch(path, state: dict, torchvision_layout: bool) -> str:
+    keys = set(state)
+    candidates = []
+    for arch in SPECS:
+        expected = set(param_shapes(get_spec(arch)))
+        if torchvision_layout:
+            expected = set(zfcore_to_torchvision(arch, dict.fromkeys(expected, 0)))
+        if keys == expected:
+            candidates.append(arch)
+    if len(candidates) > 1:  # same names (alexnet / zfnet): decide by shapes
+        params = torchvision_to_zfcore(candidates[0], state) if torchvision_layout else state
+        fits = []
+        for arch in candidates:
+            try:
+                check_params(get_spec(arch, _infer_num_classes(arch, params)), params)
+                fits.append(arch)
+            except ValueError:
+                pass
+        candidates = fits
+    if len(candidates) != 1:
+        raise WeightsError(f"{path}: cannot tell which architecture these weights are for "
+                         f"({'several' if candidates else 'none'} of {', '.join(SPECS)} fit); "
+                         "pass arch=")
+    return candidates[0]
+
+
+def load_weights(path, arch: str | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """Read a weights file; returns (params as float32 numpy arrays under zfcore names, arch name).
+
+    ``.npz``: zfcore's format (``save_weights``); the architecture stored in the file must equal ``arch``
+    when given. ``.pth`` / ``.pt``: a PyTorch state dict (``torch.load(weights_only=True)``, torch imported
+    here) in torchvision's key layout (``features.0.weight``) or zfcore's (``conv1.weight``); ``arch`` is
+    guessed from the keys when not given. The params are checked against the architecture (the classifier
+    width may differ: it is read from the file), so a file for another architecture, a missing file or
+    a corrupt one each give one error naming the file.
+    """
+    path = Path(path)
+    if arch is not None:
+        _check_arch(arch)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        params, stored, _ = load_npz(path)
+        if stored not in SPECS:
+            raise WeightsError(f"{path}: weights for an unknown architecture {stored!r}")
+        if arch is not None and stored != arch:
+            raise WeightsError(f"{path}: a weights file for architecture {stored!r}, not {arch!r}")
+        arch = stored
+    elif suffix in (".pth", ".pt"):
+        state = _load_pth(path)
+        tv = _is_torchvision_layout(state)
+        if arch is None:
+            arch = _guess_arch(path, state, tv)
+        params = torchvision_to_zfcore(arch, state) if tv else {k: _to_numpy(v) for k, v in state.items()}
+        params = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+                  for k, v in params.items()}
+    else:
+        raise WeightsError(f"{path}: unknown weights format {suffix!r} (expected .npz, .pth or .pt)")
+    try:
+        check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
+    except ValueError as e:
+        raise WeightsError(f"{e}\n  (checked against architecture {arch!r})") from None
+    return params, arch
+
+
+def save_weights(net_or_params, path, arch: str, overwrite: bool = False, meta: dict | None = None,
+                 dtype=None) -> Path:
+    """Save a network's (or a params dict's) weights to a zfcore ``.npz`` file for ``arch``.
+
+    The params are checked against the architecture first. Refuses to overwrite an existing file unless
+    ``overwrite=True``; writes through a temporary file, so a failure leaves no partial output.
+    """
+    path = Path(path)
+    _check_arch(arch)
+    if path.suffix.lower() != ".npz":
+        raise WeightsError(f"{path}: save_weights writes zfcore .npz files; give a path ending in .npz")
+    params = getattr(net_or_params, "params", net_or_params)
+    check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
+    return save_npz(path, params, arch, meta=meta, dtype=dtype, overwrite=overwrite)
+
+
+def build_model(arch: str = "fmnist_zf", weights=None, seed: int = 0, num_classes: int | None = None,
+                dtype=np.float32):
+    """A ``zfcore.core.network.Network`` for ``arch``.
+
+    ``weights``: None (random, seeded by ``seed``), a path (``load_weights``) or a params dict (checked
+    with ``check_params``). ``num_classes`` resizes the last linear layer; with weights given and
+    ``num_classes=None`` it is read from the weights.
+    """
+    _check_arch(arch)
+    params, source = None, "params"
+    if isinstance(weights, (str, os.PathLike)):
+        params, arch = load_weights(weights, arch)
+        source = str(weights)
+    elif weights is not None:
+        params = {k: _to_numpy(v) for k, v in dict(weights).items()}
+    if params is not None and num_classes is None:
+        num_classes = _infer_num_classes(arch, params)
+    spec = get_spec(arch, num_classes)
+    if params is not None:
+        check_params(spec, params, source=source)
+        params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    return build(spec, params=params, seed=seed, dtype=dtype, input_shape=input_shape(arch))
+
+
+def _hub_dir() -> Path:
+    """torch.hub.get_dir(), without importing torch when it is not installed (same rule as torch)."""
+    try:
+        import torch.hub
+
+        return Path(torch.hub.get_dir())
+    except ImportError:
+        if os.environ.get("TORCH_HOME"):
+            return Path(os.environ["TORCH_HOME"]).expanduser() / "hub"
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        return Path(cache).expanduser() / "torch" / "hub"
+
+
+def default_weights_path(name: str) -> Path:
+    """Where ``load_model(name)`` finds weights without a path; raises FileNotFoundError listing where it
+    looked. fmnist_zf: the shipped ``zfcore/assets/models/fmnist_zf.npz``. vgg16 / alexnet:
+    ``$ZFCORE_VGG16`` / ``$ZFCORE_ALEXNET``, then torchvision's cache
+    (``torch.hub.get_dir()/checkpoints/<torchvision file name>``). Nothing is ever downloaded."""
+    _check_arch(name)
+    if name == "fmnist_zf":
+        p = ASSETS / "fmnist_zf.npz"
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p}: the embedded model's weights are missing from this installation; train them with "
+                "`python -m zfcore train` (or build_model('fmnist_zf') for random weights)")
+        return p
+    if name not in TORCHVISION_FILES:
+        raise FileNotFoundError(f"no pretrained weights are known for {name!r}; pass path= to a weights "
+                                f"file, or use build_model({name!r}) for random weights")
+    looked = []
+    env = WEIGHTS_ENV[name]
+    if os.environ.get(env):
+        p = Path(os.environ[env]).expanduser()
+        if p.is_file():
+            return p
+        looked.append(f"${env} = {p} (no such file)")
+    else:
+        looked.append(f"${env} (not set)")
+    p = _hub_dir() / "checkpoints" / TORCHVISION_FILES[name]
+    if p.is_file():
+        return p
+    looked.append(f"{p} (torchvision's cache; not there)")
+    raise FileNotFoundError(
+        f"no {name} ImageNet weights found; looked at: " + "; ".join(looked) +
+        f". Pass path=, set ${env}, or put torchvision's {TORCHVISION_FILES[name]} in its cache "
+        f"(zfcore never downloads). build_model({name!r}) gives random weights.")
+
+
+def load_model(name: str = "fmnist_zf", path=None):
+    """A network with trained weights: the embedded Fashion-MNIST model shipped with zfcore (default), or
+    vgg16 / alexnet with ImageNet weights the user already has (``path``, ``$ZFCORE_VGG16`` /
+    ``$ZFCORE_ALEXNET``, or torchvision's cache; see ``default_weights_path``). Never downloads."""
+    _check_arch(name)
+    return build_model(name, weights=path if path is not None else default_weights_path(name))
+
+
+def load_checkpoint(path, arch: str = "fmnist_zf", dtype=np.float32):
+    """The feature extractor (``features_spec``) of a shipped training checkpoint, as a Network.
+
+    Checkpoints keep the conv layers only, stored as float16 and loaded as float32: enough to run
+    the images up to the last pooling layer and project any feature (the feature-evolution figure);
+    the classifier is left out to keep the package small (each epoch's test accuracy is in
+    ``history.json``). Errors name the file: missing, corrupt, another architecture, wrong keys."""
+    path = Path(path)
+    _check_arch(arch)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    params, stored, _ = load_npz(path)
+    if stored != arch:
+        raise WeightsError(f"{path}: a checkpoint for architecture {stored!r}, not {arch!r}")
+    spec = features_spec(arch)
+    check_params(spec, params, source=str(path))
+    return build(spec, params=params, dtype=dtype, input_shape=input_shape(arch))
+
+
+def checkpoints(name: str = "fmnist_zf") -> list[tuple[int, Path]]:
+    """The shipped training checkpoints of ``name``: a sorted list of (epoch, path) for
+    ``zfcore/assets/models/checkpoints/epoch_XX.npz``. They hold the feature extractor only, stored
+    as float16 (to keep the package small); ``load_checkpoint(path)`` loads one as a float32 network."""
+    _check_arch(name)
+    if name != "fmnist_zf":
+        return []
+    folder = ASSETS / "checkpoints"
+    out = []
+    for p in folder.glob("epoch_*.npz"):
+        stem = p.stem[len("epoch_"):]
+        if stem.isdigit():
+            out.append((int(stem), p))
+    return sorted(out)
