@@ -31,13 +31,14 @@ def triples(act, rng, k):
 
 
 class Net:
-    """One architecture: a seeded float32 network after a forward pass on seeded normal images."""
+    """One architecture: a seeded float32 network and the record of its forward pass on seeded normal
+    images."""
 
     def __init__(self, spec, shape, n=1, seed=0):
         self.spec = spec
         self.net = models.build(spec, seed=seed)
         self.x = np.random.default_rng(seed + 100).standard_normal((n,) + shape).astype(np.float32)
-        self.net.forward(self.x)
+        self.rec = self.net.forward(self.x)
 
     def spatial_layers(self, kinds=("conv", "relu", "maxpool", "lrn", "adaptive_avgpool")):
         return [n for n, k, _ in self.spec if k in kinds]

@@ -1,4 +1,4 @@
-"""Network building, forward trace, layers, receptive fields and bad input.
+"""Network building, the forward record, layers, receptive fields and bad input.
 
 Independent references: ``torch.nn.functional`` (LRN, adaptive average pooling), the PyTorch mirror of
 a spec (``zfcore.torch.train.torch_model``) for forwards, and, for receptive fields, the support of an
@@ -98,9 +98,9 @@ def test_build_rejects_bad_specs_and_params():
 
 
 # --------------------------------------------------------------------------------------------------
-# forward and trace
+# forward and its record
 
-def test_forward_records_trace_and_matches_torch():
+def test_forward_record_matches_torch():
     torch = pytest.importorskip("torch")
     from zfcore.torch.reference import torch_model
 
@@ -110,11 +110,11 @@ def test_forward_records_trace_and_matches_torch():
             params[k] = np.random.default_rng(5).standard_normal(params[k].shape).astype(np.float32) * 0.1
     net = models.build(TINY, params=params)
     x = tiny_input()
-    y = net(x)
+    t = net.forward(x)
+    y = t.output
     with torch.no_grad():
         ref = torch_model(TINY, params)(torch.from_numpy(x)).numpy()
-    assert y.shape == (3, 5) and rel(y, ref) < 1e-6
-    t = net.trace
+    assert y.shape == (3, 5) and rel(y, ref) < 1e-6 and rel(net(x), ref) < 1e-6
     assert t.names == net.layer_names and len(t) == len(TINY)
     assert t.input_shapes[0] == x.shape and t.input is not None
     assert [s[1:] for s in t.input_shapes] == [
@@ -124,17 +124,17 @@ def test_forward_records_trace_and_matches_torch():
     sw = t.caches[net.index("pool1")]["switches"]
     assert sw.shape == (3, 4, 5, 6) and sw.dtype == np.int64
     assert t.caches[net.index("relu1")]["x"] is t.outputs[0]       # the ReLU input, not a copy
-    assert np.array_equal(net.activations("fc"), y)
+    assert np.array_equal(t.activations("fc"), y) and t["fc"] is y
 
 
 def test_forward_upto_stops_early_and_bad_input():
     net = models.build(models.FMNIST_ZF)
     x = np.zeros((2, 1, 28, 28), np.float32)
-    out = net.forward(x, upto="pool2")
-    assert out.shape == (2, 64, 7, 7) and net.trace.names[-1] == "pool2"
-    with pytest.raises(ValueError, match="stopped at 'pool2'"):
-        net.project("conv3", 0)
-    with pytest.raises(ValueError, match="valid layer names: conv1, relu1, pool1"):
+    rec = net.forward(x, upto="pool2")
+    assert rec.output.shape == (2, 64, 7, 7) and rec.names[-1] == "pool2"
+    with pytest.raises(ValueError, match="'conv3' is not in this record"):
+        rec.project("conv3", 0)
+    with pytest.raises(ValueError, match="layers: conv1, relu1, pool1"):
         net.forward(x, upto="conv9")
     with pytest.raises(ValueError, match=r"4-D \(N, C, H, W\)"):
         net.forward(np.zeros((1, 28, 28)))
@@ -142,16 +142,15 @@ def test_forward_upto_stops_early_and_bad_input():
         net.forward(np.zeros((1, 3, 28, 28)))
     with pytest.raises(ValueError, match="empty"):
         net.forward(np.zeros((0, 1, 28, 28)))
-    assert net.trace is None          # a failed forward leaves no stale trace
     net64 = models.build(models.FMNIST_ZF, dtype=np.float64)
-    assert net64.forward(x.astype(np.float32)).dtype == np.float64
+    assert net64.forward(x.astype(np.float32)).output.dtype == np.float64
 
 
 @pytest.mark.parametrize("nhwc", [None, True, False])
 def test_infer_matches_torch_keeps_layers_and_touches_nothing(nhwc):
     """Inference without a trace (no switches, in-place ReLUs on its own scratch arrays): the same
-    logits and kept activations as the PyTorch mirror; the input, the kept arrays and the previous
-    trace are left alone. With the channels-last convs and pools by the rule (None: TINY's convs have
+    logits and kept activations as the PyTorch mirror; the input, the kept arrays and an earlier
+    record are left alone. With the channels-last convs and pools by the rule (None: TINY's convs have
     too few channels), everywhere (True: back to NCHW before the LRN, the average pool and at the
     end) and nowhere."""
     with tuning(nhwc=nhwc):
@@ -166,8 +165,8 @@ def _infer_case():
     net = models.build(TINY, params=params)
     x = tiny_input(4, seed=1)
     x_copy = x.copy()
-    net.forward(tiny_input(1, seed=9))
-    before = net.trace
+    before = net.forward(tiny_input(1, seed=9))
+    kept_before = [o.copy() for o in before.outputs]
     keep = ["conv1", "pool1", "relu2", "fc"]
     y, kept = net.infer(x, keep=keep)
     tm = torch_model(TINY, params).eval()
@@ -181,7 +180,7 @@ def _infer_case():
         assert rel(kept[name], acts[name]) < 1e-6, name
     assert (kept["conv1"] < 0).any()        # relu1 did not rectify the kept conv1 output in place
     np.testing.assert_array_equal(x, x_copy)
-    assert net.trace is before
+    assert all(np.array_equal(a, b) for a, b in zip(before.outputs, kept_before))
     out, kept = net.infer(x, upto="pool1", keep="conv1")
     assert out.shape == (4, 4, 5, 6) and list(kept) == ["conv1"]
     assert rel(out, acts["pool1"]) < 1e-6       # relu1 + pool1 run as pool then relu: same values
@@ -191,7 +190,7 @@ def _infer_case():
     assert rel(out, acts["relu1"]) < 1e-6
     with pytest.raises(ValueError, match="comes after upto"):
         net.infer(x, upto="pool1", keep=["fc"])
-    with pytest.raises(ValueError, match="valid layer names"):
+    with pytest.raises(ValueError, match="unknown layer 'conv9'"):
         net.infer(x, keep=["conv9"])
     with pytest.raises(ValueError, match="empty"):
         net.infer(np.zeros((0, 2, 10, 12), np.float32))
@@ -287,8 +286,10 @@ def test_receptive_fields_known_values():
     assert fm.receptive_field("pool5", input_size=(28, 28)) == ((51, 51), (8, 8), (-25, -25))
     with pytest.raises(ValueError, match="'fc6' is not spatial"):
         fm.receptive_field("fc6", input_size=(28, 28))
+    assert fm.receptive_field("pool5") == fm.receptive_field("pool5", input_size=(28, 28))  # its own input
+    part = models.build(models.FMNIST_ZF[:5])                    # a spec of its own: no input shape known
     with pytest.raises(ValueError, match="no input size"):
-        fm.receptive_field("conv1")
+        part.receptive_field("conv1")
 
 
 def _geometry_twin(spec, channels=1):
@@ -346,9 +347,9 @@ def test_input_box_bad_position():
     net = models.build(models.FMNIST_ZF)
     with pytest.raises(ValueError, match=r"position \(14, 0\) out of range: layer 'pool1' maps are 14x14"):
         net.input_box("pool1", (14, 0), input_size=(28, 28))
-    net.forward(np.zeros((1, 1, 28, 28), np.float32))
-    assert net.input_box("pool1", (0, 0)) == (0, 0, 3, 3)        # rf 7, offset -3, clipped
-    assert net.input_box("conv1", (27, 27)) == (25, 25, 27, 27)
+    rec = net.forward(np.zeros((1, 1, 28, 28), np.float32))
+    assert rec.input_box("pool1", (0, 0)) == (0, 0, 3, 3)        # rf 7, offset -3, clipped
+    assert rec.input_box("conv1", (27, 27)) == (25, 25, 27, 27)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,8 +358,8 @@ def test_input_box_bad_position():
 def test_core_modules_do_not_import_torch():
     code = ("import sys, numpy as np; import zfcore.core.projection, zfcore.core.windows, zfcore.core.layers, zfcore.core.network; "
             "import zfcore.torch.reference; "
-            "from zfcore import models, network; net = models.build(models.FMNIST_ZF); "
-            "net.forward(np.zeros((1, 1, 28, 28), np.float32)); net.project('conv5', 0); "
+            "from zfcore import models; net = models.build(models.FMNIST_ZF); "
+            "net.forward(np.zeros((1, 1, 28, 28), np.float32)).project('conv5', 0); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

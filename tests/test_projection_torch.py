@@ -35,16 +35,16 @@ TOL_64 = 1e-10      # float64 projection vs torch autograd
 TOL_TIE = 1e-5      # a float32 "tie": decision inputs this close, relative to the layer's largest input
 
 
-def strongest_feature(net, layer, image=0):
-    """The feature map (or unit) holding the layer's largest activation in ``image``."""
-    a = net.activations(layer)[image]
+def strongest_feature(rec, layer, image=0):
+    """The feature map (or unit) holding the layer's largest activation in ``image`` of a record."""
+    a = rec.activations(layer)[image]
     return int(a.reshape(a.shape[0], -1).max(axis=1).argmax()) if a.ndim == 3 else int(a.argmax())
 
 
-def decisions(net) -> dict:
-    """zfcore's discrete forward decisions: pool switches and ReLU input signs, by layer name."""
+def decisions(rec) -> dict:
+    """zfcore's discrete forward decisions in a record: pool switches and ReLU input signs, by layer name."""
     out = {}
-    for name, layer, cache in zip(net.trace.names, net.layers, net.trace.caches):
+    for name, layer, cache in zip(rec.names, rec.layers, rec.caches):
         if layer.kind == "maxpool":
             out[name] = cache["switches"]
         elif layer.kind == "relu":
@@ -57,20 +57,20 @@ class Case:
     network and unpinned float64 reference on first use."""
 
     def __init__(self, base):
-        self.spec, self.net, self.x = base.spec, base.net, base.x
+        self.spec, self.net, self.rec, self.x = base.spec, base.net, base.rec, base.x
         self.spatial_layers = base.spatial_layers
         self.ref = reference.TorchDeconvnet(self.spec, self.net.params, "float32")
-        self.ref.forward(self.x, pinned=decisions(self.net))
+        self.ref.forward(self.x, pinned=decisions(self.rec))
         self._64 = None
 
     @property
     def f64(self):
         if self._64 is None:
             net = models.build(self.spec, params=self.net.params, dtype=np.float64)
-            net.forward(self.x)
+            rec = net.forward(self.x)
             ref = reference.TorchDeconvnet(self.spec, self.net.params, "float64")
             ref.forward(self.x.astype(np.float64))
-            self._64 = (net, ref)
+            self._64 = (rec, ref)
         return self._64
 
 
@@ -95,24 +95,24 @@ def test_float32_decisions_differ_only_at_ties(case, request):
 
 def _check_layers(c, names, rules=("deconvnet",), image=0, full=True):
     for name in names:
-        f = strongest_feature(c.net, name, image)
-        pos = c.net.strongest(name, f, image)
+        f = strongest_feature(c.rec, name, image)
+        pos = c.rec.strongest(name, f, image)
         for rule in rules:
-            rec = c.net.project(name, f, image=image, rule=rule)
+            rec = c.rec.project(name, f, image=image, rule=rule)
             ref = c.ref.project(name, f, image=image, position=pos, rule=rule)
             assert rec.shape == c.x.shape[1:] and np.linalg.norm(ref) > 0, name
             assert rel(rec, ref) <= TOL_REF, (name, rule, rel(rec, ref))
             if full:
-                assert rel(rec, c.net.project(name, f, image=image, rule=rule, crop=False)) <= TOL_CROP, name
+                assert rel(rec, c.rec.project(name, f, image=image, rule=rule, crop=False)) <= TOL_CROP, name
 
 
 def _check_layers_64(c, names, rules=("deconvnet",)):
-    net, ref = c.f64
+    r64, ref = c.f64
     for name in names:
-        f = strongest_feature(net, name)
-        assert ref.strongest(name, f) == net.strongest(name, f)   # both find the same activation
+        f = strongest_feature(r64, name)
+        assert ref.strongest(name, f) == r64.strongest(name, f)   # both find the same activation
         for rule in rules:
-            rec = net.project(name, f, rule=rule)
+            rec = r64.project(name, f, rule=rule)
             assert rec.dtype == np.float64
             assert rel(rec, ref.project(name, f, rule=rule)) <= TOL_64, (name, rule)
 
@@ -157,7 +157,7 @@ def test_vgg16_rules_match_autograd(vgg16):
 def test_plain_gradient_is_torch_autograd_unmodified(fmnist):
     """rule="gradient" against torch's own backward (no custom function anywhere), float64."""
     c = fmnist
-    net, _ = c.f64
+    r64, _ = c.f64
     model = reference.torch_model(c.spec, c.net.params, "float64")
     x = torch.from_numpy(c.x[:1].astype(np.float64)).requires_grad_(True)
     h = x
@@ -165,27 +165,27 @@ def test_plain_gradient_is_torch_autograd_unmodified(fmnist):
         h = m(h)
         if name == "conv4":
             break
-    f = strongest_feature(net, "conv4")
-    r, col = net.strongest("conv4", f)
+    f = strongest_feature(r64, "conv4")
+    r, col = r64.strongest("conv4", f)
     (g,) = torch.autograd.grad(h[0, f, r, col], x)
     expected = g[0].numpy() * float(h[0, f, r, col].detach())
-    assert rel(net.project("conv4", f, rule="gradient"), expected) <= TOL_64
+    assert rel(r64.project("conv4", f, rule="gradient"), expected) <= TOL_64
 
 
 @pytest.mark.parametrize("case", ["fmnist", "zfnet"])
 def test_whole_map_mode_matches_autograd(case, request):
     c = request.getfixturevalue(case)
     for name in ["conv1", "pool2", "conv5", "pool5"]:
-        f = strongest_feature(c.net, name)
+        f = strongest_feature(c.rec, name)
         for rule in ("deconvnet", "guided"):
-            rec = c.net.project(name, f, mode="map", rule=rule)
+            rec = c.rec.project(name, f, mode="map", rule=rule)
             ref = c.ref.project(name, f, mode="map", rule=rule)
             assert rel(rec, ref) <= TOL_REF, (name, rule)
     # a map is the sum of its single activations only for the linear rule
-    H, W = c.net.activations("conv1").shape[2:]
+    H, W = c.rec.activations("conv1").shape[2:]
     if H * W <= 28 * 28:
-        one = [c.net.project("conv1", 0, position=(i, j), rule="gradient") for i in range(H) for j in range(W)]
-        assert rel(np.sum(one, axis=0), c.net.project("conv1", 0, mode="map", rule="gradient")) < 1e-5
+        one = [c.rec.project("conv1", 0, position=(i, j), rule="gradient") for i in range(H) for j in range(W)]
+        assert rel(np.sum(one, axis=0), c.rec.project("conv1", 0, mode="map", rule="gradient")) < 1e-5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,10 +200,10 @@ def test_captum_neuron_deconvolution_agrees(case, layers, request):
     """captum's own hooks, its own forward (own switches): float64, so no float32 ties."""
     pytest.importorskip("captum")
     c = request.getfixturevalue(case)
-    net, _ = c.f64
+    r64, _ = c.f64
     for name in layers:
-        f = strongest_feature(net, name)
-        pos = net.strongest(name, f)
+        f = strongest_feature(r64, name)
+        pos = r64.strongest(name, f)
         expected = reference.captum_deconvolution(c.spec, c.net.params, c.x.astype(np.float64), name, f,
                                                   position=pos, dtype="float64")
-        assert rel(net.project(name, f), expected) <= TOL_64, name
+        assert rel(r64.project(name, f), expected) <= TOL_64, name

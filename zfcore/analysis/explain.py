@@ -2,54 +2,43 @@
 over all their mistakes, how class-specific each projection rule is, and whether the projections depend
 on the weights at all (cascading randomisation, Adebayo et al. 2018).
 
-numpy only; the network is rerun through ``zfcore.core.ops`` from its public ``spec`` and ``params``
-(``studies.run_layers``). Axis letters: N images, F features (maps of a layer), K classes, L layers.
+numpy only; forward passes are ``Network.forward`` records, and gradients and projections are walked
+down by ``Record.backward`` (the one deconvnet walk, with the gradient rule for gradients). Axis letters: N images, F features (maps of a layer), K classes, L layers.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from zfcore.core import ops
-from zfcore.analysis.studies import StudyError, _entries, _index, project_units, run_layers
+from zfcore._argcheck import layer_width
+from zfcore.analysis.studies import project_units
+from zfcore.errors import ArgumentError
 
 
 # --- contributions of a layer's feature maps to a logit ---------------------------------------------------
-def _head_backward(recs, g):
-    """Backpropagate ``g`` (gradient at the last record's output) through ``recs`` (head records)."""
-    for rec in reversed(recs):
-        kind, name, p = rec["kind"], rec["name"], rec["p"]
-        if kind == "linear":
-            g = g @ rec["W"]
-        elif kind == "relu":
-            g = g * (rec["input"] > 0)
-        elif kind == "flatten":
-            g = g.reshape(rec["input"].shape)
-        elif kind == "maxpool":
-            g = ops.max_unpool2d(g, rec["switches"], rec["input"].shape)
-        elif kind == "conv":
-            g = ops.conv_transpose2d(g, rec["W"], p["stride"], p["padding"], output_size=rec["input"].shape)
-        elif kind != "dropout":
-            raise StudyError(f"layer {name!r}: kind {kind!r} not supported")
-    return g
+def _head(net, layer: str):
+    """The network above ``layer`` in float64, and the name of its first layer."""
+    li = net.index(layer)
+    if li + 1 >= len(net.layers):
+        raise ArgumentError(f"layer {layer!r} is the last layer: there is no head above it")
+    return net.astype(np.float64), net.layers[li + 1].name
 
 
 def logit_gradient(net, images, layer: str, targets):
     """Activations of ``layer`` (N, F, H, W) and the gradient of logit ``targets[n]`` with respect to
-    them (same shape), for images (N, C, H, W) and targets (N,) class indices (float64)."""
+    them (same shape), for images (N, C, H, W) and targets (N,) class indices (float64). The gradient
+    is the one deconvnet walk (``Record.backward``) with the gradient rule, through the head above
+    ``layer`` run in float64."""
     images = np.asarray(images)
-    li = _index(net, layer)
-    acts, _ = run_layers(net, images.astype(net.dtype), 0, li)
-    acts = acts.astype(np.float64)
-    logits, recs = run_layers(net, acts, li + 1)
-    for rec in recs:
-        if rec["kind"] in ("linear", "conv"):
-            rec["W"] = net.params[f"{rec['name']}.weight"].astype(np.float64)
+    head, first = _head(net, layer)
+    acts = net.forward(images, upto=layer).output.astype(np.float64)
+    rec = head.forward(acts, start=first)
+    logits = rec.output
     targets = np.broadcast_to(np.asarray(targets), (len(images),))
     if targets.min() < 0 or targets.max() >= logits.shape[1]:
-        raise StudyError(f"targets must be in 0..{logits.shape[1] - 1}")
+        raise ArgumentError(f"targets must be in 0..{logits.shape[1] - 1}")
     g = np.zeros_like(logits)
     g[np.arange(len(images)), targets] = 1.0
-    return acts, _head_backward(recs, g)
+    return acts, rec.backward(g, rule="gradient")
 
 
 def activation_times_gradient(net, images, layer: str, targets):
@@ -63,10 +52,10 @@ def zeroing_effect(net, images, layer: str, targets, batch: int = 16):
     """(N, F): how much the target logit falls when feature map f of ``layer`` is set to zero (the logit
     with every map minus the logit without map f). Exact, not first-order; costs F head passes/image."""
     images = np.asarray(images)
-    li = _index(net, layer)
+    first = _head(net, layer)[1]
     targets = np.broadcast_to(np.asarray(targets), (len(images),))
-    acts, _ = run_layers(net, images.astype(net.dtype), 0, li)
-    base, _ = run_layers(net, acts, li + 1)
+    acts = net.forward(images, upto=layer).output
+    base = net.forward(acts, start=first).output
     F = acts.shape[1]
     out = np.empty((len(images), F))
     eye = 1.0 - np.eye(F, dtype=acts.dtype)                   # row f: keep every map but f
@@ -74,7 +63,7 @@ def zeroing_effect(net, images, layer: str, targets, batch: int = 16):
         for f0 in range(0, F, batch):
             keep = eye[f0:f0 + batch]
             z = acts[n][None] * keep[:, :, None, None]
-            logit, _ = run_layers(net, z, li + 1)
+            logit = net.forward(z, start=first).output
             out[n, f0:f0 + len(keep)] = base[n, targets[n]] - logit[:, targets[n]]
     return out
 
@@ -91,7 +80,7 @@ first ``max_correct`` of them; None: all)."""
     labels, preds = np.asarray(labels), np.asarray(preds)
     miss = np.flatnonzero((labels == true) & (preds == pred))
     if len(miss) == 0:
-        raise StudyError(f"no test mistakes {true} -> {pred}")
+        raise ArgumentError(f"no test mistakes {true} -> {pred}")
     ok = np.flatnonzero((labels == true) & (preds == true))[:max_correct]
 
     def margin(idx):
@@ -127,7 +116,7 @@ def class_specificity(net, images, rule: str, layer: str = "fc7"):
     picture barely depends on the class. Returns (mean off-diagonal correlation (N,), projections
     (N, K, C, H, W))."""
     images = np.asarray(images)
-    K = _entries(net)[_index(net, layer)][2]["out_features"]
+    K = layer_width(net, layer)
     off = ~np.eye(K, dtype=bool)
     projs = np.stack([project_units(net, np.repeat(images[n:n + 1], K, axis=0), layer, np.arange(K), rule)
                       for n in range(len(images))])
@@ -177,7 +166,7 @@ def cascading_randomisation(net, images, targets, rules=("deconvnet", "guided", 
     first (L,), dict rule -> (L + 1, N) correlations; row 0 = trained network, 1.0 by definition)."""
     from zfcore.models.specs import build
 
-    weighted = [n for n, kind, _ in _entries(net) if kind in ("conv", "linear")][::-1]
+    weighted = [l.name for l in net.layers if l.kind in ("conv", "linear")][::-1]
     images = np.asarray(images)
     targets = np.broadcast_to(np.asarray(targets), (len(images),))
     nets = [net] + [build(net.spec, randomised_params(net, weighted[:i + 1], seed), dtype=net.dtype)

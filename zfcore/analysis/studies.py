@@ -2,8 +2,8 @@
 deconvnet), Fig. 5 (invariance to translation, scale and rotation), Table 1 (correspondence of parts
 across images) and occlusion of single units.
 
-numpy only. Everything here reruns the network through ``zfcore.core.ops`` from its public ``spec`` and
-``params``, so it does not depend on how ``Network`` stores its trace.
+numpy only. The forward passes are ``Network.forward`` records and the walks down are ``Record.backward``,
+the one deconvnet walk of ``zfcore.core``, so every layer kind the core supports is supported here.
 
 Axis letters: N images, C channels, H W height and width, F features, A transform amounts.
 """
@@ -12,126 +12,39 @@ from __future__ import annotations
 import numpy as np
 
 from zfcore.core import ops
-
-
-class StudyError(ValueError):
-    """Bad input to a study (names the argument and the problem)."""
-
-
-# --- running a spec with zfcore.core.ops -------------------------------------------------------------------
-def _entries(net):
-    if net.spec is None:
-        raise StudyError("net has no spec: build it with zfcore.models.build")
-    return [tuple(e) for e in net.spec]
-
-
-def _index(net, layer):
-    names = [n for n, _, _ in _entries(net)]
-    if layer not in names:
-        raise StudyError(f"layer {layer!r} not in the network ({', '.join(names)})")
-    return names.index(layer)
-
-
-def run_layers(net, x, start: int = 0, stop: int | None = None):
-    """Run spec entries ``start .. stop`` (inclusive; default: to the end) on ``x``. Returns (output,
-    records), one record per layer: dict(name, kind, p, input, output, switches (pools only))."""
-    entries = _entries(net)
-    stop = len(entries) - 1 if stop is None else stop
-    params, recs = net.params, []
-    for name, kind, p in entries[start:stop + 1]:
-        rec = dict(name=name, kind=kind, p=p, input=x)
-        if kind == "conv":
-            x = ops.conv2d(x, params[f"{name}.weight"], params[f"{name}.bias"], p["stride"], p["padding"])
-        elif kind == "relu":
-            x = ops.relu(x)
-        elif kind == "maxpool":
-            x, rec["switches"] = ops.max_pool2d(x, p["kernel"], p["stride"], p.get("padding", 0))
-        elif kind == "flatten":
-            x = x.reshape(len(x), -1)
-        elif kind == "linear":
-            x = ops.linear(x, params[f"{name}.weight"], params[f"{name}.bias"])
-        elif kind == "dropout":
-            pass                                          # inference: identity
-        else:
-            raise StudyError(f"layer {name!r}: kind {kind!r} not supported here")
-        rec["output"] = x
-        recs.append(rec)
-    return x, recs
+from zfcore.errors import ArgumentError, check_index
 
 
 # --- Fig. 1: every stage of the deconvnet ---------------------------------------------------------------
-RULES = ("deconvnet", "guided", "gradient")
-
-
-def walk_down(records, r, rule: str = "deconvnet", keep: bool = False):
-    """Apply the inverse of every record of ``run_layers``, last first, to the signal r (N, ...) at the
-    last record's output (item n belongs to image n of the records' batch). ``rule``: the ReLU's inverse,
-    ``max(r, 0)`` (deconvnet), ``max(r, 0) [x > 0]`` (guided backprop) or ``r [x > 0]`` (gradient).
-    Returns the map at the first record's input (N, C, H, W), and with ``keep`` also the list of
-    (layer name, operation, map (N, ...)) after each inverse."""
-    if rule not in RULES:
-        raise StudyError(f"rule must be one of {RULES}, not {rule!r}")
-    stages = []
-    for rec in reversed(records):
-        name, kind, p = rec["name"], rec["kind"], rec["p"]
-        shape = (len(r),) + rec["input"].shape[1:]
-        if kind == "conv":
-            r, op = ops.conv_transpose2d(r, _weight(rec), p["stride"],
-                                         p["padding"], output_size=shape), "deconv"
-        elif kind == "relu":
-            on = rec["input"] > 0
-            r, op = {"deconvnet": lambda: ops.unrelu(r), "guided": lambda: ops.unrelu(r) * on,
-                     "gradient": lambda: r * on}[rule](), "unrelu"
-        elif kind == "maxpool":
-            r, op = ops.max_unpool2d(r, rec["switches"], shape), "unpool"
-        elif kind == "flatten":
-            r, op = r.reshape(shape), "unflatten"
-        elif kind == "linear":
-            r, op = ops.linear_transpose(r, _weight(rec)), "linear^T"
-        else:
-            continue
-        if keep:
-            stages.append((name, op, r))
-    return (r, stages) if keep else r
-
-
-def _weight(rec):
-    return rec["params"][f"{rec['name']}.weight"]
-
-
-def _forward(net, images, layer):
-    images = np.asarray(images, dtype=net.dtype)
-    if images.ndim != 4:
-        raise StudyError(f"images must be (N, C, H, W), got shape {images.shape}")
-    _, fwd = run_layers(net, images, 0, _index(net, layer))
-    params = net.params
-    for rec in fwd:
-        rec["params"] = params
-    return fwd
+OPS = {"conv": "deconv", "relu": "unrelu", "maxpool": "unpool", "flatten": "unflatten", "linear": "linear^T",
+       "lrn": "lrn (identity)", "adaptive_avgpool": "unpool (average)"}
 
 
 def deconv_stages(net, image, layer: str, feature: int, position=None, rule: str = "deconvnet"):
     """Follow one activation of ``layer`` down to pixels, keeping every intermediate map (Fig. 1).
 
     image (C, H, W). ``position`` (row, col) in the layer's map; default: the map's strongest. The
-    activation starts from its own value (as ``Network.project``). Returns (forward, backward):
-    ``forward`` the layer records of ``run_layers`` (inputs, outputs, switches; batch axis of 1);
-    ``backward`` a list of (layer name, operation, map (C, H, W)) from ``layer`` down, one per inverse:
+    activation starts from its own value (as ``Record.project``). Returns (record, backward): the
+    ``Record`` of the forward pass (inputs, outputs, switches; batch axis of 1) and a list of (layer
+    name, operation, map (C, H, W)) from ``layer`` down, one per inverse that changes the signal:
     "unpool" (at the recorded switches), "unrelu", "deconv" (transposed filters, no bias),
-    "unflatten" / "linear^T" for fc layers. The last map is the projection."""
-    fwd = _forward(net, np.asarray(image)[None], layer)
-    act = fwd[-1]["output"][0]
-    if not 0 <= feature < act.shape[0]:
-        raise StudyError(f"feature {feature} out of range 0..{act.shape[0] - 1} for {layer!r}")
-    r = np.zeros_like(fwd[-1]["output"])
+    "unflatten" / "linear^T" for fc layers (dropout, the identity, is left out). The last map is
+    the projection."""
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ArgumentError(f"image must be (C, H, W), got shape {image.shape}")
+    rec = net.forward(image[None], upto=layer)
+    act = rec[layer][0]
+    feature = check_index(feature, act.shape[0], f"feature of layer {layer!r}")
+    r = np.zeros_like(rec[layer])
     if act.ndim == 1:
         r[0, feature] = act[feature]
     else:
-        pos = np.unravel_index(int(act[feature].argmax()), act[feature].shape) if position is None \
-            else tuple(position)
+        pos = rec.strongest(layer, feature) if position is None else tuple(int(v) for v in position)
+        rec.input_box(layer, pos)                           # checks the position
         r[(0, feature) + tuple(pos)] = act[feature][tuple(pos)]
-    _, stages = walk_down(fwd, r, rule, keep=True)
-    return fwd, [(n, op, m[0]) for n, op, m in stages]
+    _, stages = rec.backward(r, layer, rule=rule, stages=True)
+    return rec, [(name, OPS[kind], m[0]) for name, kind, m in stages if kind in OPS]
 
 
 def project_units(net, images, layer: str, units, rule: str = "deconvnet", value=1.0):
@@ -139,17 +52,20 @@ def project_units(net, images, layer: str, units, rule: str = "deconvnet", value
     in one batched walk -> (N, C, H, W). Each unit starts from ``value`` (default 1: the rule alone
     decides the picture, whatever the sign of the unit's activation) or, with ``value=None``, from its
     own activation. To project K units of one image, repeat the image K times."""
-    fwd = _forward(net, images, layer)
-    act = fwd[-1]["output"]
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ArgumentError(f"images must be (N, C, H, W), got shape {images.shape}")
+    rec = net.forward(images, upto=layer)
+    act = rec[layer]
     if act.ndim != 2:
-        raise StudyError(f"layer {layer!r} is spatial; project_units is for fully connected layers")
+        raise ArgumentError(f"layer {layer!r} is spatial; project_units is for fully connected layers")
     units = np.broadcast_to(np.asarray(units), (len(act),))
     if units.min() < 0 or units.max() >= act.shape[1]:
-        raise StudyError(f"units must be in 0..{act.shape[1] - 1}")
+        raise ArgumentError(f"units must be in 0..{act.shape[1] - 1}")
     n = np.arange(len(act))
     r = np.zeros_like(act)
     r[n, units] = act[n, units] if value is None else value
-    return walk_down(fwd, r, rule)
+    return rec.backward(r, layer, rule=rule)
 
 
 # --- Fig. 5: invariance ---------------------------------------------------------------------------------
@@ -183,12 +99,12 @@ def transform(image, kind: str, amount: float, fill: float = 0.0):
         return affine(image, np.eye(2), offset=(0.0, -float(amount)), fill=fill)
     if kind == "scale":
         if amount <= 0:
-            raise StudyError(f"scale factor must be positive, got {amount}")
+            raise ArgumentError(f"scale factor must be positive, got {amount}")
         return affine(image, np.eye(2) / amount, fill=fill)
     if kind == "rotate":
         t = np.deg2rad(amount)
         return affine(image, [[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]], fill=fill)
-    raise StudyError(f"kind must be 'translate', 'scale' or 'rotate', not {kind!r}")
+    raise ArgumentError(f"kind must be 'translate', 'scale' or 'rotate', not {kind!r}")
 
 
 def invariance(net, images, labels, kind: str, amounts, layers=("relu1", "relu6")):
@@ -198,16 +114,18 @@ def invariance(net, images, labels, kind: str, amounts, layers=("relu1", "relu6"
     probability of the true label; ``images`` (N, A, C, H, W) the transformed images."""
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim != 4 or len(images) != len(labels):
-        raise StudyError(f"images (N, C, H, W) and labels (N,) must match, got {images.shape}, {labels.shape}")
-    idx = [_index(net, name) for name in layers]
+        raise ArgumentError(f"images (N, C, H, W) and labels (N,) must match, got {images.shape}, {labels.shape}")
+    for name in layers:
+        net.index(name)
     amounts = np.asarray(amounts, dtype=float)
     stack = np.stack([[transform(im, kind, a) for a in amounts] for im in images])   # (N, A, C, H, W)
     flat = np.concatenate([images, stack.reshape((-1,) + images.shape[1:])])
-    logits, recs = run_layers(net, flat)
+    rec = net.forward(flat)
+    logits = rec.output
     N, A = len(images), len(amounts)
     out = dict(images=stack, distance={})
-    for name, i in zip(layers, idx):
-        f = recs[i]["output"].reshape(len(flat), -1).astype(np.float64)
+    for name in layers:
+        f = rec[name].reshape(len(flat), -1).astype(np.float64)
         ref, tr = f[:N], f[N:].reshape(N, A, -1)
         out["distance"][name] = (np.linalg.norm(tr - ref[:, None], axis=2)
                                  / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)[:, None])
@@ -223,9 +141,8 @@ def occluded_activations(net, image, layer: str, size: int, stride: int, fill: f
     from zfcore.analysis.occlusion import occlude
 
     stack, rows, cols = occlude(image, size, stride, fill)
-    li = _index(net, layer)
-    out = np.concatenate([run_layers(net, stack[i:i + 256], 0, li)[0] for i in range(0, len(stack), 256)])
-    ref = run_layers(net, np.asarray(image, net.dtype)[None], 0, li)[0][0]
+    out = np.concatenate([net.forward(stack[i:i + 256], upto=layer).output for i in range(0, len(stack), 256)])
+    ref = net.forward(np.asarray(image, net.dtype)[None], upto=layer).output[0]
     return out.reshape((len(rows), len(cols)) + out.shape[1:]), ref, rows, cols
 
 
@@ -235,7 +152,7 @@ def bounding_box(image, threshold: float = 0.05):
     (the garment on Fashion-MNIST's black background)."""
     m = np.asarray(image).max(axis=0) > threshold
     if not m.any():
-        raise StudyError("image has no pixel above the threshold: no object to mask")
+        raise ArgumentError("image has no pixel above the threshold: no object to mask")
     r, c = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
     return int(r[0]), int(c[0]), int(r[-1]), int(c[-1])
 
@@ -255,7 +172,7 @@ def part_mask(image, part, threshold: float = 0.05):
     tuple). Derived from each image's geometry, so the same rule marks the part in every image."""
     frac = PARTS[part] if isinstance(part, str) else tuple(part)
     if len(frac) != 4 or not all(0 <= f <= 1 for f in frac) or frac[0] >= frac[1] or frac[2] >= frac[3]:
-        raise StudyError(f"part {part!r}: need fractions 0 <= top < bottom <= 1, 0 <= left < right <= 1")
+        raise ArgumentError(f"part {part!r}: need fractions 0 <= top < bottom <= 1, 0 <= left < right <= 1")
     t, l, b, r = bounding_box(image, threshold)
     h, w = b - t + 1, r - l + 1
     rows = slice(t + int(np.floor(frac[0] * h)), t + max(int(np.ceil(frac[1] * h)), int(np.floor(frac[0] * h)) + 1))
@@ -285,7 +202,7 @@ def sign_hamming(changes):
     their sum; the paper reports it normalised, i.e. the mean, with its standard deviation."""
     s = np.sign(np.asarray(changes, dtype=np.float64))
     if s.ndim != 2 or len(s) < 2:
-        raise StudyError(f"changes must be (N >= 2, D), got shape {s.shape}")
+        raise ArgumentError(f"changes must be (N >= 2, D), got shape {s.shape}")
     i, j = np.triu_indices(len(s), k=1)
     return (s[i] != s[j]).mean(axis=1)
 
@@ -296,14 +213,13 @@ def correspondence(net, images, masks, layers=("pool5", "relu6"), fill: float = 
     layer -> pairwise normalised Hamming distances (N*(N-1)/2,) (mean = Table 1's Δ)."""
     images, masks = np.asarray(images), np.asarray(masks, bool)
     if masks.shape != (images.shape[0],) + images.shape[2:]:
-        raise StudyError(f"masks must be (N, H, W) = {(images.shape[0],) + images.shape[2:]}, got {masks.shape}")
+        raise ArgumentError(f"masks must be (N, H, W) = {(images.shape[0],) + images.shape[2:]}, got {masks.shape}")
     masked = np.where(masks[:, None], np.float32(fill), images).astype(net.dtype)
-    idx = {name: _index(net, name) for name in layers}
-    _, a = run_layers(net, images.astype(net.dtype), 0, max(idx.values()))
-    _, b = run_layers(net, masked, 0, max(idx.values()))
+    deepest = max(layers, key=net.index)
+    a = net.forward(images.astype(net.dtype), upto=deepest)
+    b = net.forward(masked, upto=deepest)
     N = len(images)
-    return {name: sign_hamming(a[i]["output"].reshape(N, -1) - b[i]["output"].reshape(N, -1))
-            for name, i in idx.items()}
+    return {name: sign_hamming(a[name].reshape(N, -1) - b[name].reshape(N, -1)) for name in layers}
 
 
 # --- Fig. 2 legible at every layer -------------------------------------------------------------------------
@@ -314,10 +230,10 @@ def crop_boxes(maps, corners, size):
     for the image patches of ``analysis.top_k``. Returns (K, C, h, w)."""
     maps, corners = np.asarray(maps), np.asarray(corners).reshape(-1, 2)
     if maps.ndim != 4 or len(maps) != len(corners):
-        raise StudyError(f"maps (K, C, H, W) and corners (K, 2) must match, got {maps.shape}, {corners.shape}")
+        raise ArgumentError(f"maps (K, C, H, W) and corners (K, 2) must match, got {maps.shape}, {corners.shape}")
     h, w = (int(v) for v in size)
     if h < 1 or w < 1:
-        raise StudyError(f"size must be positive, got {size}")
+        raise ArgumentError(f"size must be positive, got {size}")
     K, C, H, W = maps.shape
     out = np.zeros((K, C, h, w), maps.dtype)
     for k, (t, l) in enumerate(corners):

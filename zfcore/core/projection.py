@@ -79,7 +79,7 @@ def _in_range(idx, n, what):
 
 
 def request(rec, layer: str, features, images=None, positions=None, mode: str = "single") -> Request:
-    """Validate a projection request against the last forward pass (see ``Record.project_batch``)."""
+    """Validate a projection request against the record ``rec`` (see ``Record.project_batch``)."""
     li = rec.index(layer)
     act = rec[layer]
     spatial = act.ndim == 4
@@ -97,7 +97,7 @@ def request(rec, layer: str, features, images=None, positions=None, mode: str = 
     feats = _in_range(feats, act.shape[1], lambda f: f"feature {f} out of range: layer {layer!r} has "
                                                      f"{act.shape[1]} {what}")
     N = act.shape[0]
-    imgs = _in_range(imgs, N, lambda i: f"image {i} out of range: the last forward batch has {N} "
+    imgs = _in_range(imgs, N, lambda i: f"image {i} out of range: the record holds {N} "
                                         f"image{'s' if N != 1 else ''}")
     if not spatial:
         if positions is not None:
