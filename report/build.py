@@ -6,7 +6,7 @@
 Each ``notebooks/NN-title.ipynb`` is executed top to bottom in a fresh kernel (working directory
 ``notebooks/``) on the embedded model and the shipped Fashion-MNIST test split, so the build needs no
 network. The conventions (tags, figure/table labels and captions, ``@fig-``/``@tbl-`` references,
-``[@key]`` citations from ``report/references.bib``) are in ``report/conventions.py`` and the README.
+``[@key]`` citations from ``report/references.bib``) are in ``report/conventions.py`` and docs/report.md.
 Outputs, all self-contained (no request leaves the machine when they are opened):
 
 - ``<out>/index.html``: the contents; ``<out>/NN-title.html``: one page per chapter;
