@@ -126,13 +126,13 @@ def test_zfnet_map_sizes_match_the_paper():
 def test_vgg16_forward_equals_torchvision(network, tv_vgg16, image224):
     params = models.torchvision_to_zfcore("vgg16", tv_vgg16.state_dict())
     net = models.build_model("vgg16", weights=params)
-    assert rel_err(net.forward(image224), torch_forward(tv_vgg16, image224)) <= RTOL
+    assert rel_err(net.forward(image224).output, torch_forward(tv_vgg16, image224)) <= RTOL
 
 
 def test_alexnet_forward_equals_torchvision(network, tv_alexnet, image224):
     params = models.torchvision_to_zfcore("alexnet", tv_alexnet.state_dict())
     net = models.build_model("alexnet", weights=params)
-    assert rel_err(net.forward(image224), torch_forward(tv_alexnet, image224)) <= RTOL
+    assert rel_err(net.forward(image224).output, torch_forward(tv_alexnet, image224)) <= RTOL
 
 
 def test_zfnet_forward_equals_torch_mirror(network, image224):
@@ -140,7 +140,7 @@ def test_zfnet_forward_equals_torch_mirror(network, image224):
     torch.manual_seed(0)
     model = perturb_biases(torch_model(models.zfnet_spec()), 4).eval()
     net = models.build_model("zfnet", weights=ztrain.fold_batchnorm(model))
-    assert rel_err(net.forward(image224), torch_forward(model, image224)) <= RTOL
+    assert rel_err(net.forward(image224).output, torch_forward(model, image224)) <= RTOL
 
 
 def test_fmnist_forward_equals_torch_mirror_and_npz_round_trip(network, fmnist_params, tmp_path):
@@ -148,13 +148,13 @@ def test_fmnist_forward_equals_torch_mirror_and_npz_round_trip(network, fmnist_p
     model = torch_model(models.FMNIST_ZF, fmnist_params)
     ref = torch_forward(model, x)
     net = models.build_model("fmnist_zf", weights=fmnist_params)
-    out = net.forward(x)
+    out = net.forward(x).output
     assert rel_err(out, ref) <= RTOL
     path = models.save_weights(net, tmp_path / "w.npz", "fmnist_zf")
     params, arch = models.load_weights(path)
     assert arch == "fmnist_zf"
     assert all(np.array_equal(params[k], fmnist_params[k]) for k in fmnist_params)
-    np.testing.assert_array_equal(models.build_model("fmnist_zf", weights=path).forward(x), out)
+    np.testing.assert_array_equal(models.build_model("fmnist_zf", weights=path).forward(x).output, out)
 
 
 def test_zfcore_params_load_strictly_into_torchvision_vgg16(network, image224):
@@ -171,17 +171,17 @@ def test_pth_torchvision_layout_guess_and_load_model(network, alexnet_pth, tv_al
     params, arch = models.load_weights(alexnet_pth)  # architecture guessed from the keys
     assert arch == "alexnet" and params["fc6.weight"].dtype == np.float32
     ref = torch_forward(tv_alexnet, image224)
-    assert rel_err(models.load_model("alexnet", path=alexnet_pth).forward(image224), ref) <= RTOL
+    assert rel_err(models.load_model("alexnet", path=alexnet_pth).forward(image224).output, ref) <= RTOL
     # $ZFCORE_ALEXNET
     monkeypatch.setenv("ZFCORE_ALEXNET", str(alexnet_pth))
-    assert rel_err(models.load_model("alexnet").forward(image224), ref) <= RTOL
+    assert rel_err(models.load_model("alexnet").forward(image224).output, ref) <= RTOL
     # torchvision's hub cache (torch.hub.get_dir() follows $TORCH_HOME)
     monkeypatch.delenv("ZFCORE_ALEXNET")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     os.symlink(alexnet_pth, tmp_path / "hub" / "checkpoints" / models.TORCHVISION_FILES["alexnet"])
     assert models.default_weights_path("alexnet").parent == tmp_path / "hub" / "checkpoints"
-    assert rel_err(models.load_model("alexnet").forward(image224), ref) <= RTOL
+    assert rel_err(models.load_model("alexnet").forward(image224).output, ref) <= RTOL
 
 
 def test_pth_zfcore_layout_guess_needs_shapes(alexnet_pth, tmp_path):

@@ -63,7 +63,6 @@ def _add(sub, name, func, help, common):
 
 def build_parser():
     from zfcore.cli import commands as K
-    from zfcore.torch.train import DEFAULT_OUT
 
     p = _Parser(prog="zfcore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"zfcore {__version__}")
@@ -121,7 +120,9 @@ def _train_parser(sub, K):
     from zfcore.torch.train import DEFAULT_OUT
 
     t = _add(sub, "train", K.cmd_train, "train the embedded Fashion-MNIST model (PyTorch)",
-             _common(False, str(DEFAULT_OUT), "folder of the run (replaced as a whole when the run completes)"))
+             _common(False, str(DEFAULT_OUT / "fmnist_zf"), "folder of the run, relative to the working "
+                     "directory (replaced as a whole when the run completes); the package's shipped "
+                     "weights are replaced only when named: --out zfcore/assets/models"))
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=1e-2, help="learning rate")

@@ -34,7 +34,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from zfcore.core.layers import check_rule
+from zfcore.core.layers import KINDS, check_rule
+from zfcore.errors import ArgumentError, check_choice, check_layer
 
 
 def _module(torch, name, kind, p):
@@ -57,7 +58,11 @@ def _module(torch, name, kind, p):
     if kind == "adaptive_avgpool":
         o = p["output_size"]
         return nn.AdaptiveAvgPool2d(tuple(o) if isinstance(o, (list, tuple)) else o)
-    raise ValueError(f"layer {name!r}: unknown kind {kind!r}")
+    try:
+        check_choice(kind, KINDS, "kind")
+    except ArgumentError as e:
+        raise ArgumentError(f"layer {name!r}: {e}") from None
+    raise ArgumentError(f"layer {name!r}: kind {kind!r} has no torch module here")
 
 
 def torch_model(spec, params: dict | None = None, dtype: str = "float32", batchnorm: bool = False):
@@ -75,8 +80,9 @@ def torch_model(spec, params: dict | None = None, dtype: str = "float32", batchn
 
     from zfcore.models.specs import check_params
 
+    check_choice(dtype, ("float32", "float64"), "dtype")
     if batchnorm and params is not None:
-        raise ValueError("batchnorm=True builds a model to train: pass params=None")
+        raise ArgumentError("batchnorm=True builds a model to train: pass params=None")
     mods = {}
     for name, kind, p in spec:
         mods[name] = _module(torch, name, kind, p)
@@ -152,6 +158,10 @@ class TorchDeconvnet:
         self._holder = _Holder()
         self.acts = None
 
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.names)
+
     def forward(self, x, upto: str | None = None, pinned: dict | None = None):
         """Run x through the model recording every layer's output (graph kept for the projections).
 
@@ -159,6 +169,8 @@ class TorchDeconvnet:
         for the whole batch) to use instead of torch's own decisions (module docstring)."""
         import torch
 
+        if upto is not None:
+            check_layer(self, upto)
         RuleReLU, PassThrough = _functions()
         pinned = pinned or {}
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(getattr(torch, self.dtype)).requires_grad_(True)
@@ -226,8 +238,10 @@ class TorchDeconvnet:
         the whole map, ``mode="map"``), ReLU backward by ``rule`` -> (C, H, W) numpy."""
         import torch
 
+        check_layer(self, layer)
+        check_rule(rule)
         if self.acts is None or layer not in self.acts:
-            raise ValueError(f"layer {layer!r} not recorded: run forward first")
+            raise ArgumentError(f"layer {layer!r} not recorded: run forward first")
         a = self.acts[layer]
         seed = torch.zeros_like(a)
         if mode == "map":

@@ -1,4 +1,4 @@
-"""Train the embedded Fashion-MNIST model in PyTorch, the paper's way where it fits, and export .npz.
+"""Train a spec in PyTorch, the paper's way where it fits, and export .npz.
 
 Zeiler & Fergus (sec. 3): SGD with momentum 0.9, learning rate 1e-2 (here annealed with a cosine
 schedule), dropout 0.5 in the classifier, and after every step each conv filter whose RMS exceeds a
@@ -6,18 +6,29 @@ fixed radius (0.1) is renormalised back to that radius. Augmentation: random hor
 random translations of up to 2 pixels (zero padding), standing in for the paper's crops and flips.
 Weights start Kaiming-normal (PyTorch's default initialisation barely learns this net).
 
+``train(spec=...)`` trains a registered architecture (its name; the default is the embedded
+``fmnist_zf``) or a spec list given with a ``name`` (the architecture variants of the paper's Fig. 6,
+``zfcore.torch.variants``), all through one loop (``_epoch``). The defaults are the shipped model's
+recipe (40 epochs, BatchNorm folded on export, bf16 autocast, seed 0). A run writes one folder:
+
+- ``<name>.npz``: the weights, through the safe writer (``zfcore.models.save_npz``): every parameter
+  as float32 (``export="full"``), or the feature extractor as float16 (``export="features16"``);
+- ``checkpoints/epoch_XX.npz``: float16 feature extractors (for the feature-evolution figure);
+- ``history.json``: the run's record: the command, the spec, the recipe, loss and accuracy per epoch,
+  the seconds taken and the accuracy of the stored weights.
+
+Without ``out`` (or ``--out``) the folder is ``./zfcore-train/<name>`` in the current working directory;
+the package's own assets are written only when named explicitly (the command of the shipped model):
+
     python -m zfcore train --out zfcore/assets/models --overwrite
 
-(the defaults are the shipped model's recipe: 40 epochs, BatchNorm folded on export, bf16 autocast)
-
-writes ``fmnist_zf.npz`` (float32, the final weights), ``checkpoints/epoch_XX.npz`` (float16, for the
-feature-evolution figure) and ``history.json`` (loss and accuracy per epoch). torch is imported here,
-never by the numpy core.
+torch is imported inside the functions, never by the numpy core.
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -29,14 +40,21 @@ import numpy as np
 from zfcore import data
 from zfcore._io import write_json
 from zfcore.errors import ArgumentError, TrainingError, require, suggest
-from zfcore.models.specs import SPECS, features_spec
+from zfcore.models.specs import SPECS, features_spec, param_shapes
 from zfcore.torch.reference import torch_model
-from zfcore.models.weights import ASSETS, save_npz
+from zfcore.models.weights import save_npz
 
-DEFAULT_OUT = ASSETS      # zfcore/assets/models inside the package, wherever it is run from
+DEFAULT_OUT = Path("zfcore-train")   # relative: a run of NAME goes to ./zfcore-train/NAME
 
 CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30)  # and the last epoch
 RMS_RADIUS = 0.1
+EXPORTS = {"full": np.float32, "features16": np.float16}   # what <name>.npz keeps, and as which dtype
+
+
+def default_out(name: str) -> Path:
+    """The folder of a run of ``name`` when none is given: ``./zfcore-train/<name>``, in the current
+    working directory (never inside the installed package)."""
+    return (DEFAULT_OUT / name).absolute()
 
 
 def kaiming_init(model, generator):
@@ -109,11 +127,12 @@ def fold_batchnorm(model) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in out.items()}
 
 
-def feature_params(model, arch) -> dict[str, np.ndarray]:
-    """The parameters of the feature extractor (``zfcore.models.features_spec``): what a checkpoint
-    keeps. The feature-evolution figure projects conv features only, and the classifier's weights would
-    triple the size of the shipped checkpoints; each epoch's accuracy is kept in history.json."""
-    return features_spec(arch, fold_batchnorm(model))[1]
+def feature_params(model, spec) -> dict[str, np.ndarray]:
+    """The parameters of the feature extractor (``zfcore.models.features_spec`` of ``spec``, an
+    architecture's name or a spec list): what a checkpoint keeps. The feature-evolution figure
+    projects conv features only, and the classifier's weights would triple the size of the shipped
+    checkpoints; each epoch's accuracy is kept in history.json."""
+    return features_spec(spec, fold_batchnorm(model))[1]
 
 
 def evaluate(model, x, y, device, batch=1000, channels_last=False):
@@ -142,10 +161,12 @@ def _progress(epoch, epochs, step, steps, loss, t0, stream=sys.stderr):
     stream.flush()
 
 
-def _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt, precision, progress=None):
+def _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt, precision, progress=None,
+           radius=RMS_RADIUS):
     """One pass over the training split in ``rng``'s order, with augmentation, a step of ``opt`` and
-    ``sched`` and the filter renormalisation per batch. Returns (running loss, renormalised filters);
-    ``progress = (epoch, epochs, start time)`` draws the progress bar."""
+    ``sched`` and the filter renormalisation to ``radius`` per batch (none when ``radius`` is None).
+    Returns (running loss, renormalised filters); ``progress = (epoch, epochs, start time)`` draws the
+    progress bar."""
     import torch
 
     model.train()
@@ -162,7 +183,8 @@ def _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt, precision,
         loss.backward()
         opt.step()
         sched.step()
-        renormed += renormalise_filters(model)
+        if radius is not None:
+            renormed += renormalise_filters(model, radius)
         lv = loss.item()
         if not math.isfinite(lv):
             raise TrainingError(f"the training loss became {lv} at step {step + 1} of {steps}")
@@ -198,21 +220,43 @@ def _positive_float(value, what, allow_zero=False):
     return v
 
 
-def check_args(epochs, batch_size, lr, weight_decay, subset, device, threads, precision, arch,
-               checkpoints) -> None:
+def resolve_spec(spec, name=None) -> tuple[list, str]:
+    """(spec list, run name) of ``train``'s ``spec``: a registered architecture's name (the run is
+    named after it unless ``name`` is given) or a list of ``(layer, kind, params)`` triples, which
+    needs a ``name``. The name names the run's files, so it is a plain file name."""
+    if isinstance(spec, str):
+        if spec not in SPECS:
+            raise ArgumentError(f"unknown architecture {spec!r}{suggest(spec, SPECS)}")
+        spec, name = SPECS[spec], spec if name is None else name
+    elif name is None:
+        raise ArgumentError("a spec given as a list needs a name= for the run's files")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ArgumentError(f"run name {name!r}: use letters, digits, '_', '.' and '-' only")
+    try:
+        spec = [(str(n), str(k), dict(p)) for n, k, p in spec]
+        param_shapes(spec)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ArgumentError(f"spec of {name!r}: not a list of (layer, kind, params) triples with the "
+                            f"kind's parameters ({type(e).__name__}: {e})") from None
+    return spec, name
+
+
+def check_args(epochs, batch_size, lr, weight_decay, subset, device, threads, precision, checkpoints,
+               export="full", eval_images=None) -> None:
     """Every training argument, checked before any work starts: ``ArgumentError`` naming the bad one."""
-    if arch not in SPECS:
-        raise ArgumentError(f"unknown architecture {arch!r}{suggest(str(arch), SPECS)}")
     _positive_int(epochs, "epochs")
     _positive_int(batch_size, "batch size")
     _positive_float(lr, "learning rate")
     _positive_float(weight_decay, "weight decay", allow_zero=True)
     _positive_int(subset, "subset", allow_none=True)
     _positive_int(threads, "threads", allow_none=True)
+    _positive_int(eval_images, "eval images", allow_none=True)
     for e in checkpoints:
         _positive_int(e, "checkpoint epoch")
     if precision not in ("fp32", "bf16"):
         raise ArgumentError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
+    if export not in EXPORTS:
+        raise ArgumentError(f"export must be one of {', '.join(map(repr, EXPORTS))}, not {export!r}")
     if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or (
             device.startswith("cuda:") and device[5:].isdigit())):
         raise ArgumentError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
@@ -221,14 +265,14 @@ def check_args(epochs, batch_size, lr, weight_decay, subset, device, threads, pr
 RUN_FILES = ("history.json",)
 
 
-def _check_out(out: Path, arch: str, overwrite: bool) -> None:
+def _check_out(out: Path, name: str, overwrite: bool) -> None:
     """``out`` must be a folder (or not exist) holding nothing but an earlier run's files, and those
     only with ``overwrite``: the new run replaces the folder as a whole."""
     if out.exists() and not out.is_dir():
         raise ArgumentError(f"--out {out}: is a file, not a folder")
     if not out.is_dir():
         return
-    run = {f"{arch}.npz", *RUN_FILES, "checkpoints"}
+    run = {f"{name}.npz", *RUN_FILES, "checkpoints"}
     entries = sorted(out.iterdir())
     foreign = [p for p in entries if p.name not in run or (p.name == "checkpoints" and any(
         not q.name.startswith("epoch_") for q in p.iterdir()))]
@@ -263,33 +307,51 @@ def _swap_in(stage: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def train(epochs=40, out=None, arch="fmnist_zf", seed=0, batch_size=128, lr=1e-2,
+def train(epochs=40, out=None, spec="fmnist_zf", seed=0, batch_size=128, lr=1e-2,
           weight_decay=5e-4, subset=None, device="auto", root=None, threads=None, overwrite=False,
-          checkpoints=CHECKPOINT_EPOCHS, quiet=False, batchnorm=True, precision="bf16"):
-    """Train ``arch`` on the Fashion-MNIST training split and export the weights. Returns the history.
-    The defaults are the shipped model's recipe (seeded; tests/test_train.py checks that two runs on
-    one machine give bit-identical weights).
+          checkpoints=CHECKPOINT_EPOCHS, quiet=False, batchnorm=True, precision="bf16", name=None,
+          renorm=True, export="full", eval_images=None, command=None):
+    """Train ``spec`` on the Fashion-MNIST training split and export the weights. Returns the history
+    (the record written as ``history.json``). The defaults are the shipped model's recipe (seeded;
+    tests/test_train.py checks that two runs on one machine give bit-identical weights).
 
+    ``spec``: a registered architecture's name, or a spec list with ``name`` (``resolve_spec``).
     ``batchnorm``: train with a BatchNorm2d after every conv, folded into the conv weights on export
-    (``fold_batchnorm``), so the shipped network is the plain spec. ``precision="bf16"``: the forward
+    (``fold_batchnorm``), so the stored network is the plain spec. ``precision="bf16"``: the forward
     and backward passes under bfloat16 autocast (weights, optimiser state and every evaluation stay
     float32); about 2x faster on CPUs with AVX512-BF16. On the CPU, activations are channels-last.
+    ``renorm``: the paper's filter renormalisation after every step (``renormalise_filters``).
+    ``export``: ``"full"`` (every parameter, float32) or ``"features16"`` (the feature extractor,
+    float16); the final accuracy is that of the weights as stored (classifier included, rounded the
+    same way). ``eval_images``: evaluate each epoch on the first N test images only (the final weights
+    see all). ``subset``: train on the first N training images, and test on the first N test images.
+    ``checkpoints``: the epochs whose feature extractor is kept as float16 (with the last epoch's;
+    none when empty). ``command``: the command line recorded in the history (default: this call,
+    written out).
 
-    ``out`` (default: the package's ``zfcore/assets/models``) is a folder that the run replaces as a
-    whole when it completes: files are written into a fresh folder beside it first, so a failed or
-    killed run leaves ``out`` as it was. Every argument is checked before any work (``ArgumentError``);
-    a loss that stops being finite stops the run with ``TrainingError``."""
-    check_args(epochs, batch_size, lr, weight_decay, subset, device, threads, precision, arch, checkpoints)
+    ``out`` (default ``default_out(name)``: ``./zfcore-train/<name>``) is a folder that the run replaces
+    as a whole when it completes: files are written into a fresh folder beside it first, so a failed
+    or killed run leaves ``out`` as it was. Every argument is checked before any work
+    (``ArgumentError``); a loss that stops being finite stops the run with ``TrainingError``."""
+    arch = spec if isinstance(spec, str) and spec in SPECS else None
+    spec, name = resolve_spec(spec, name)
+    check_args(epochs, batch_size, lr, weight_decay, subset, device, threads, precision, checkpoints,
+               export, eval_images)
     torch = require("torch", "torch", "training")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ArgumentError(f"device {device!r}: no CUDA device is available here")
-    out = Path(DEFAULT_OUT if out is None else out).expanduser().absolute()
-    _check_out(out, arch, overwrite)
+    out = Path(default_out(name) if out is None else out).expanduser().absolute()
+    _check_out(out, name, overwrite)
     data.find_split("train", root)          # missing data found before the run starts
+    cfg = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, weight_decay=weight_decay,
+               rms_radius=RMS_RADIUS, renorm=bool(renorm), schedule="cosine",
+               augmentation="hflip + translate<=2px", init="kaiming_normal", subset=subset, device=device,
+               batchnorm=bool(batchnorm), precision=precision, eval_images=eval_images, export=export)
+    history = {"name": name, "arch": arch, "seed": seed, "spec": [[n, k, p] for n, k, p in spec],
+               "command": command or _call(arch or name, seed, cfg), "config": cfg}
     stage = _stage(out)
     try:
-        history = _run(torch, stage, epochs, arch, seed, batch_size, lr, weight_decay, subset, device,
-                       root, threads, checkpoints, quiet, batchnorm, precision)
+        _run(torch, stage, spec, history, root, threads, checkpoints, quiet)
         _swap_in(stage, out)
     finally:
         if stage.exists():
@@ -297,14 +359,37 @@ def train(epochs=40, out=None, arch="fmnist_zf", seed=0, batch_size=128, lr=1e-2
     return history
 
 
-def _run(torch, out, epochs, arch, seed, batch_size, lr, weight_decay, subset, device, root, threads,
-         checkpoints, quiet, batchnorm, precision):
-    """The training run of ``train``, writing into the fresh folder ``out``."""
-    final = out / f"{arch}.npz"
+def _call(spec_name, seed, cfg) -> str:
+    """The ``train`` call of a run, written out (the default ``command`` of its history)."""
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "subset", "batchnorm", "precision", "renorm",
+            "export", "eval_images")
+    return (f"zfcore.torch.train.train(spec={spec_name!r}, seed={seed}, "
+            + ", ".join(f"{k}={cfg[k]!r}" for k in keys) + ")")
+
+
+def _setup(torch, spec, cfg, steps, device, fmt, gen):
+    """The model (Kaiming-initialised from ``gen``), its SGD optimiser and the cosine schedule over
+    ``cfg["epochs"] * steps`` steps."""
+    model = torch_model(spec, batchnorm=cfg["batchnorm"])
+    kaiming_init(model, gen)
+    model.to(device, memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"])
+    total = cfg["epochs"] * steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    return model, opt, sched
+
+
+def _run(torch, out, spec, history, root, threads, checkpoints, quiet):
+    """The training run of ``train``, writing into the fresh folder ``out``; fills in ``history``."""
+    cfg, seed, name, t_start = history["config"], history["seed"], history["name"], time.time()
+    epochs, batch_size, subset = cfg["epochs"], cfg["batch_size"], cfg["subset"]
     if threads:
         torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    device = cfg["device"]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -313,47 +398,54 @@ def _run(torch, out, epochs, arch, seed, batch_size, lr, weight_decay, subset, d
     xte, yte = data.load_dataset("test", root=root)
     if subset:
         xte, yte = xte[:subset], yte[:subset]
+    xev, yev = xte[:cfg["eval_images"]], yte[:cfg["eval_images"]]     # each epoch's evaluation
 
-    channels_last = device == "cpu"
+    channels_last = cfg["channels_last"] = device == "cpu"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = torch_model(SPECS[arch], batchnorm=batchnorm)
-    kaiming_init(model, gen)
-    model.to(device, memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    steps = math.ceil(len(xtr) / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, epochs * steps) / (epochs * steps))))
-    history = {"arch": arch, "seed": seed, "epochs": [], "config": dict(
-        epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, weight_decay=weight_decay,
-        rms_radius=RMS_RADIUS, schedule="cosine", augmentation="hflip + translate<=2px",
-        init="kaiming_normal", subset=subset, device=device, batchnorm=batchnorm, precision=precision,
-        channels_last=channels_last)}
-    ckpt_epochs = sorted(set(e for e in checkpoints if e <= epochs) | {epochs})
+    model, opt, sched = _setup(torch, spec, cfg, math.ceil(len(xtr) / batch_size), device, fmt, gen)
+    radius = RMS_RADIUS if cfg["renorm"] else None
+    ckpt_epochs = {e for e in checkpoints if e <= epochs} | {epochs} if checkpoints else set()
     history["initial"] = dict(zip(("test_loss", "test_acc"),
-                                  evaluate(model, xte, yte, device, channels_last=channels_last)))
+                                  evaluate(model, xev, yev, device, channels_last=channels_last)))
+    history["epochs"] = []
     for epoch in range(1, epochs + 1):
         t0 = time.time()
         try:
             run_loss, renormed = _epoch(model, opt, sched, xtr, ytr, rng, batch_size, device, fmt,
-                                        precision, None if quiet else (epoch, epochs, t0))
+                                        cfg["precision"], None if quiet else (epoch, epochs, t0), radius)
         except TrainingError as e:
-            raise TrainingError(f"epoch {epoch}: {e} (learning rate {lr}); the run stopped and wrote "
-                                "nothing") from None
-        rec = _record(model, xte, yte, device, channels_last, epoch, run_loss, renormed, t0)
+            raise TrainingError(f"epoch {epoch}: {e} (learning rate {cfg['lr']}); the run stopped and "
+                                "wrote nothing") from None
+        rec = _record(model, xev, yev, device, channels_last, epoch, run_loss, renormed, t0)
         history["epochs"].append(rec)
         if not quiet:
             sys.stderr.write(f"\repoch {epoch}/{epochs} train loss {run_loss:.4f} test loss "
                              f"{rec['test_loss']:.4f} test acc {100 * rec['test_acc']:.2f}% "
                              f"({rec['seconds']:.0f} s, {renormed} renorms)\n")
         if epoch in ckpt_epochs:
-            save_npz(out / "checkpoints" / f"epoch_{epoch:02d}.npz", feature_params(model, arch), arch,
+            save_npz(out / "checkpoints" / f"epoch_{epoch:02d}.npz", feature_params(model, spec), name,
                      meta=dict(epoch=epoch, test_acc=rec["test_acc"], storage="float16", part="features"),
                      dtype=np.float16, overwrite=True)
-    # The exported (folded, float32) weights, evaluated in the plain mirror: the accuracy that ships.
-    params = fold_batchnorm(model)
-    plain = torch_model(SPECS[arch], params).to(device, memory_format=fmt)
-    test_loss, test_acc = evaluate(plain, xte, yte, device, channels_last=channels_last)
-    history["final"] = dict(test_loss=test_loss, test_acc=test_acc, batchnorm_folded=batchnorm)
-    save_npz(final, params, arch, meta=dict(epoch=epochs, test_acc=test_acc, seed=seed), overwrite=True)
+    history["final"] = _export(model, spec, out, history, xte, yte, device, fmt)
+    history["seconds"] = time.time() - t_start
     write_json(out / "history.json", history)
     return history
+
+
+def _export(model, spec, out, history, xte, yte, device, fmt) -> dict:
+    """Write ``<name>.npz`` (the BatchNorm-folded weights as ``history["config"]["export"]`` says) and
+    return the final record: loss and accuracy of exactly those weights in the plain mirror, on all
+    of ``xte``."""
+    cfg, name = history["config"], history["name"]
+    params = fold_batchnorm(model)
+    dtype = EXPORTS[cfg["export"]]
+    params = {k: v.astype(dtype).astype(np.float32) for k, v in params.items()}   # as stored
+    plain = torch_model(spec, params).to(device, memory_format=fmt)
+    test_loss, test_acc = evaluate(plain, xte, yte, device, channels_last=cfg["channels_last"])
+    meta = dict(epoch=cfg["epochs"], test_acc=test_acc, seed=history["seed"])
+    if cfg["export"] == "features16":
+        params = features_spec(spec, params)[1]
+        meta.update(storage="float16", part="features")
+    save_npz(out / f"{name}.npz", params, name, meta=meta, dtype=dtype, overwrite=True)
+    return dict(test_loss=test_loss, test_acc=test_acc, batchnorm_folded=cfg["batchnorm"],
+                storage=np.dtype(dtype).name)
