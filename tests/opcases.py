@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from zfcore.core._kernels import tuning
+from zfcore.core._tuning import tuning
 
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 

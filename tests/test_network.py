@@ -16,7 +16,7 @@ import pytest
 from zfcore.core import layers as L
 from zfcore import models
 from zfcore.core import network
-from zfcore.core._kernels import tuning
+from zfcore.core._tuning import tuning
 
 
 def rel(a, b) -> float:

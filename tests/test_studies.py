@@ -116,7 +116,7 @@ def test_deconv_stages_end_in_the_projection(embedded):
     assert [op for _, op, _ in back][:3] == ["unpool", "unrelu", "deconv"]
     np.testing.assert_allclose(back[-1][2], rec.project("pool5", 7), atol=1e-5)
     unpooled = back[0][2]                                     # non-zero only where a switch points
-    sw = fwd.caches[fwd.index("pool5")]["switches"][0, 7].ravel()
+    sw = fwd.switches("pool5")[0, 7].ravel()
     assert set(np.flatnonzero(unpooled[7].ravel())) <= set(sw.tolist())
     for rule in RULES:
         got = studies.project_units(embedded, x, "fc7", [3], rule, value=None)

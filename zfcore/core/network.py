@@ -83,6 +83,19 @@ class Record:
         """The recorded output of ``layer``."""
         return self[layer]
 
+    def layer_input(self, layer: str) -> np.ndarray:
+        """The array ``layer`` received: the output of the layer before it, or the record's input."""
+        i = self.index(layer)
+        return self.input if i == 0 else self.outputs[i - 1]
+
+    def switches(self, layer: str) -> np.ndarray:
+        """The switches a max-pool ``layer`` recorded: (N, C, Ho, Wo) flat indices ``h*W + w`` into each
+        input plane, the first maximum of each window in scan order."""
+        cache = self.caches[self.index(layer)]
+        if "switches" not in cache:
+            raise ArgumentError(f"layer {layer!r} ({self.layers[self.index(layer)].kind}) records no switches")
+        return cache["switches"]
+
     # --- features ------------------------------------------------------------------------------------
     def strongest(self, layer: str, feature: int, image: int = 0):
         """Position (row, col) of the largest activation of map ``feature`` of ``layer`` in ``image``
