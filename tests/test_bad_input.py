@@ -1,6 +1,7 @@
-"""Bad input to the library (issue 11): each defect of the bad-input probe, fixed and checked here.
-Every error is one of zfcore's own (``ZfcoreError``, a ValueError) naming the input and the problem;
-nothing is left half-written. Memory limits are measured in a fresh subprocess (peak RSS growth)."""
+"""Bad input to the library: hostile and malformed weights files, images, idx files and dataset folders,
+concurrent and failed saves, and out-of-range analysis arguments. Every error is one of zfcore's own
+(``ZfcoreError``, a ValueError) naming the input and the problem; nothing is left half-written.
+Memory limits are measured in a fresh subprocess (peak RSS growth)."""
 import gzip
 import json
 import multiprocessing
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from zfcore import analysis, data, models
+from zfcore.data import loading
 from zfcore.errors import ArgumentError, DataError, WeightsError, ZfcoreError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +223,7 @@ def test_decompression_bomb_wrapped(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="big.png: image too large"):
         data.load_image(tmp_path / "big.png")
     monkeypatch.undo()
-    monkeypatch.setattr(data, "MAX_PIXELS", 1000)              # zfcore's own limit, from the header
+    monkeypatch.setattr(loading, "MAX_PIXELS", 1000)              # zfcore's own limit, from the header
     with pytest.raises(DataError, match=r"big.png: image of 300x300 pixels is over the 1000-pixel limit"):
         data.load_image(tmp_path / "big.png")
 
@@ -270,7 +272,7 @@ def test_images_only_root_not_mixed_with_shipped_labels(tmp_path):
 
 def test_missing_data_message_names_the_cli_option(tmp_path, monkeypatch):
     monkeypatch.delenv("ZFCORE_DATA", raising=False)
-    monkeypatch.setattr(data, "DEBIAN", tmp_path / "none")
+    monkeypatch.setattr(loading, "DEBIAN", tmp_path / "none")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(DataError, match="--data FOLDER") as e:
@@ -309,5 +311,5 @@ def test_top_k_empty_set_and_non_integer_k(net, image):
 
 def test_errors_are_one_family():
     assert issubclass(DataError, ZfcoreError) and issubclass(WeightsError, ValueError)
-    assert data.DataError is DataError
+    assert loading.DataError is DataError
     assert json.loads(json.dumps({"ok": True}))

@@ -1,6 +1,7 @@
-"""The README's "Bad input" table: each bad input to the command line, the exit status and the one
-line it prints on stderr, and that the output folder is left exactly as it was (each row is one
-parametrised case here; the README names them ``test_bad_input_row[<id>]``)."""
+"""The command-line table of docs/bad-input.md: each bad input to the command line, the exit status and
+the one line it prints on stderr, and that the output folder is left exactly as it was (each row is
+one parametrised case here; docs/bad-input.md names them ``test_bad_input_row[<id>]``, and
+tests/test_docs.py checks that it lists every case)."""
 import math
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ pytest.importorskip("matplotlib")  # the command line draws its figures with mat
 pytest.importorskip("PIL")
 
 from zfcore import cli, data, models
+from zfcore.cli.main import build_parser
+from zfcore.data import loading
 
 from test_cli import snapshot
 
@@ -34,8 +37,8 @@ def files(tmp_path_factory):
     tiny.mkdir()
     imgs = (x[:, 0] * 255).round().astype(np.uint8)
     for split in ("train", "test"):
-        data.write_idx(tiny / (data._FILES[split][0] + ".gz"), imgs)
-        data.write_idx(tiny / (data._FILES[split][1] + ".gz"), y.astype(np.uint8))
+        data.write_idx(tiny / (loading._FILES[split][0] + ".gz"), imgs)
+        data.write_idx(tiny / (loading._FILES[split][1] + ".gz"), y.astype(np.uint8))
     return d
 
 
@@ -138,7 +141,7 @@ def test_bad_input_row(row, out, capsys, files):
 def test_bad_input_row_torch(row, out, capsys, files, monkeypatch, tmp_path):
     pytest.importorskip("torch")
     monkeypatch.delenv("ZFCORE_DATA", raising=False)
-    monkeypatch.setattr(data, "DEBIAN", tmp_path / "none")
+    monkeypatch.setattr(loading, "DEBIAN", tmp_path / "none")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     check_row(row[1], row[2], out, capsys, files)
@@ -157,12 +160,16 @@ def test_every_error_is_one_line_with_the_command(out, capsys, files):
     assert "128 out of range 0..127" in line
 
 
-def test_train_default_out_is_not_relative(tmp_path, monkeypatch):
+def test_train_default_out_is_in_the_working_directory(tmp_path, monkeypatch):
+    """`zfcore train` without --out writes ./zfcore-train/fmnist_zf, never the installed package's
+    assets (those are written only with an explicit --out zfcore/assets/models)."""
     from zfcore.torch import train
     monkeypatch.chdir(tmp_path)
-    args = cli.build_parser().parse_args(["train"])
-    assert Path(args.out).is_absolute() and Path(args.out) == train.DEFAULT_OUT
-    assert train.DEFAULT_OUT == Path(models.default_weights_path("fmnist_zf")).parent
+    args = build_parser().parse_args(["train"])
+    out = Path(args.out).absolute().resolve()
+    assert out == (tmp_path / "zfcore-train" / "fmnist_zf").resolve() == train.default_out("fmnist_zf").resolve()
+    shipped = Path(models.default_weights_path("fmnist_zf")).parent.resolve()
+    assert out != shipped and shipped not in out.parents
     assert not math.isnan(args.lr)
 
 

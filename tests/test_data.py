@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 from zfcore import data
+from zfcore.data import loading
+from zfcore.errors import ArgumentError, DataError
 
 
 def test_shipped_test_split_is_the_published_one():
@@ -19,7 +21,7 @@ def test_classes():
 
 
 def _write_split(root, images, labels, split="train", gz=True):
-    stem_i, stem_l = data._FILES[split]
+    stem_i, stem_l = loading._FILES[split]
     suf = ".gz" if gz else ""
     data.write_idx(root / (stem_i + suf), images)
     data.write_idx(root / (stem_l + suf), labels)
@@ -53,10 +55,10 @@ def test_search_order_env_then_torchvision_layout(tmp_path, monkeypatch):
 
 def test_missing_split_lists_every_option(tmp_path, monkeypatch):
     monkeypatch.setenv("ZFCORE_DATA", str(tmp_path / "nowhere"))
-    monkeypatch.setattr(data, "DEBIAN", tmp_path / "no-debian")
+    monkeypatch.setattr(loading, "DEBIAN", tmp_path / "no-debian")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(data.DataError) as e:
+    with pytest.raises(DataError) as e:
         data.load_dataset("train")
     msg = str(e.value)
     for hint in ("root=", "$ZFCORE_DATA", "FashionMNIST/raw", "dataset-fashion-mnist", "download=True"):
@@ -66,35 +68,35 @@ def test_missing_split_lists_every_option(tmp_path, monkeypatch):
 def test_bad_magic_names_file(tmp_path):
     p = tmp_path / "train-images-idx3-ubyte"
     p.write_bytes(b"\x00\x00\x08\x07" + b"\x00" * 20)
-    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte: bad magic number"):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: bad magic number"):
         data.read_idx(p)
 
 
 def test_truncated_payload(tmp_path):
     p = data.write_idx(tmp_path / "x-idx3-ubyte", np.zeros((2, 28, 28), np.uint8))
     p.write_bytes(p.read_bytes()[:-10])
-    with pytest.raises(data.DataError, match=r"x-idx3-ubyte: truncated"):
+    with pytest.raises(DataError, match=r"x-idx3-ubyte: truncated"):
         data.read_idx(p)
 
 
 def test_truncated_gzip_stream(tmp_path):
     p = data.write_idx(tmp_path / "x-idx3-ubyte.gz", np.zeros((50, 28, 28), np.uint8))
     p.write_bytes(p.read_bytes()[:40])
-    with pytest.raises(data.DataError, match=r"x-idx3-ubyte.gz: cannot read"):
+    with pytest.raises(DataError, match=r"x-idx3-ubyte.gz: cannot read"):
         data.read_idx(p)
 
 
 def test_image_label_count_mismatch(tmp_path):
     data.write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
     data.write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(2, np.uint8))
-    with pytest.raises(data.DataError, match="3 images but .* 2 labels"):
+    with pytest.raises(DataError, match="3 images but .* 2 labels"):
         data.load_dataset("train", root=tmp_path)
 
 
 def test_labels_file_given_as_images(tmp_path):
     data.write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros(3, np.uint8))
     data.write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(3, np.uint8))
-    with pytest.raises(data.DataError, match="holds a 1-d array, expected 3-d"):
+    with pytest.raises(DataError, match="holds a 1-d array, expected 3-d"):
         data.load_dataset("train", root=tmp_path)
 
 
@@ -106,7 +108,7 @@ def test_write_idx_refuses_to_overwrite(tmp_path):
 
 
 def test_unknown_split():
-    with pytest.raises(ValueError, match="unknown split"):
+    with pytest.raises(ArgumentError, match="unknown split 'validation'"):
         data.load_dataset("validation")
 
 
@@ -120,9 +122,9 @@ def test_load_image_png_and_errors(tmp_path):
     np.testing.assert_allclose(x[0].transpose(1, 2, 0), arr / 255.0, atol=1e-7)
     assert data.load_image(tmp_path / "a.png", size=(8, 6)).shape == (1, 3, 8, 6)
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    with pytest.raises(data.DataError, match="bad.png: not a readable image"):
+    with pytest.raises(DataError, match="bad.png: not a readable image"):
         data.load_image(tmp_path / "bad.png")
-    with pytest.raises(data.DataError, match="no such file"):
+    with pytest.raises(DataError, match="no such file"):
         data.load_image(tmp_path / "missing.png")
 
 
@@ -137,5 +139,5 @@ def test_imagenet_normalize_by_hand():
     assert out.dtype == np.float32 and out.shape == x.shape
     np.testing.assert_allclose(out[:, :, 0, 0], 0.0, atol=1e-6)
     np.testing.assert_allclose(out[:, :, 0, 1], 1.0, atol=1e-6)
-    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) RGB array"):
+    with pytest.raises(ArgumentError, match=r"\(N, 3, H, W\) RGB array"):
         data.imagenet_normalize(np.zeros((1, 1, 2, 2), np.float32))

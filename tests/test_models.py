@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from zfcore import models
+from zfcore.errors import ArgumentError, WeightsError
 from zfcore.models import weights
 
 
@@ -59,7 +60,7 @@ def test_param_shapes_and_kaiming_params_by_hand():
     # first draw of default_rng(0), scaled by sqrt(2 / fan_in) with fan_in = 2 * 1 * 2
     first = np.random.default_rng(0).standard_normal(1, dtype=np.float32)[0]
     assert p["c.weight"][0, 0, 0, 0] == np.float32(first) * np.float32(np.sqrt(0.5))
-    with pytest.raises(ValueError, match="layer 'c': kernel must be an int or a pair"):
+    with pytest.raises(ArgumentError, match="layer 'c': kernel must be an integer or a pair"):
         models.param_shapes([("c", "conv", dict(in_channels=1, out_channels=1, kernel=(1, 2, 3)))])
 
 
@@ -78,7 +79,7 @@ def test_num_classes_and_spec_copies():
     spec = models.get_spec("vgg16")
     spec[0][2]["out_channels"] = 1  # a copy: the registry is untouched
     assert models.SPECS["vgg16"][0][2]["out_channels"] == 64
-    with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
+    with pytest.raises(ArgumentError, match="unknown architecture 'resnet'"):
         models.get_spec("resnet")
 
 
@@ -95,7 +96,7 @@ def test_check_params_lists_every_problem(fmnist_params):
     del p["conv2.bias"]
     p["conv9.weight"] = np.zeros((2, 2), np.float32)
     p["fc6.weight"] = np.zeros((512, 2000), np.float32)
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(WeightsError) as e:
         models.check_params(models.FMNIST_ZF, p, source="mine.npz")
     msg = str(e.value)
     assert msg.startswith("mine.npz")
@@ -112,7 +113,7 @@ def test_check_params_lists_every_problem(fmnist_params):
 ])
 def test_build_model_rejects_bad_params(change, words, fmnist_params):
     change(fmnist_params)
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(WeightsError) as e:
         models.build_model("fmnist_zf", weights=fmnist_params)
     assert all(w in str(e.value) for w in words)
 
@@ -120,7 +121,7 @@ def test_build_model_rejects_bad_params(change, words, fmnist_params):
 def test_shape_mismatch_in_file_names_file_key_and_shapes(fmnist_params, tmp_path):
     fmnist_params["conv3.weight"] = fmnist_params["conv3.weight"][:, :32]
     path = models.save_npz(tmp_path / "bad.npz", fmnist_params, "fmnist_zf")
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(WeightsError) as e:
         models.load_weights(path)
     assert str(path) in str(e.value) and "conv3.weight: expected (128, 64, 3, 3), found (128, 32, 3, 3)" \
         in str(e.value)
@@ -129,7 +130,7 @@ def test_shape_mismatch_in_file_names_file_key_and_shapes(fmnist_params, tmp_pat
 def test_corrupt_npz(tmp_path):
     path = tmp_path / "random.npz"
     path.write_bytes(np.random.default_rng(0).bytes(5000))
-    with pytest.raises(ValueError, match="random.npz: corrupt weights file"):
+    with pytest.raises(WeightsError, match="random.npz: corrupt weights file"):
         models.load_weights(path)
 
 
@@ -137,17 +138,17 @@ def test_truncated_npz(fmnist_params, tmp_path):
     path = models.save_npz(tmp_path / "cut.npz", fmnist_params, "fmnist_zf")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="cut.npz: corrupt weights file"):
+    with pytest.raises(WeightsError, match="cut.npz: corrupt weights file"):
         models.load_weights(path)
 
 
 def test_npz_without_header_and_bare_npy(tmp_path):
     np.savez(tmp_path / "plain.npz", a=np.zeros(3))
-    with pytest.raises(ValueError, match="plain.npz: not a zfcore weights file"):
+    with pytest.raises(WeightsError, match="plain.npz: not a zfcore weights file"):
         models.load_weights(tmp_path / "plain.npz")
     np.save(tmp_path / "arr.npy", np.zeros(3))
     (tmp_path / "arr.npy").rename(tmp_path / "arr.npz")
-    with pytest.raises(ValueError, match="arr.npz: not a zfcore weights file"):
+    with pytest.raises(WeightsError, match="arr.npz: not a zfcore weights file"):
         models.load_weights(tmp_path / "arr.npz")
 
 
@@ -158,16 +159,16 @@ def test_damaged_member_in_npz(fmnist_params, tmp_path):
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
         for item in src.infolist():
             dst.writestr(item, b"garbage" if item.filename == "conv1.weight.npy" else src.read(item))
-    with pytest.raises(ValueError, match="damaged.npz: corrupt weights file"):
+    with pytest.raises(WeightsError, match="damaged.npz: corrupt weights file"):
         models.load_weights(bad)
 
 
 def test_npz_for_another_architecture(fmnist_params, tmp_path):
     path = models.save_weights(fmnist_params, tmp_path / "fm.npz", "fmnist_zf")
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(WeightsError) as e:
         models.load_weights(path, arch="zfnet")
     assert str(e.value) == f"{path}: a weights file for architecture 'fmnist_zf', not 'zfnet'"
-    with pytest.raises(ValueError, match="fm.npz: a weights file for architecture 'fmnist_zf'"):
+    with pytest.raises(WeightsError, match="fm.npz: a weights file for architecture 'fmnist_zf'"):
         models.build_model("alexnet", weights=path)
 
 
@@ -177,7 +178,7 @@ def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pth: no such weights file"):
         models.build_model("vgg16", weights=tmp_path / "nothere.pth")
     (tmp_path / "w.h5").write_bytes(b"x")
-    with pytest.raises(ValueError, match="w.h5: unknown weights format"):
+    with pytest.raises(WeightsError, match="w.h5: unknown weights format"):
         models.load_weights(tmp_path / "w.h5")
 
 
@@ -193,10 +194,10 @@ def test_save_refuses_to_overwrite(fmnist_params, tmp_path):
 
 
 def test_save_checks_params_and_suffix(fmnist_params, tmp_path):
-    with pytest.raises(ValueError, match="fc6.weight"):
+    with pytest.raises(WeightsError, match="fc6.weight"):
         models.save_weights({**fmnist_params, "fc6.weight": np.zeros((1, 1))}, tmp_path / "w.npz",
                             "fmnist_zf")
-    with pytest.raises(ValueError, match="ending in .npz"):
+    with pytest.raises(WeightsError, match="ending in .npz"):
         models.save_weights(fmnist_params, tmp_path / "w.pth", "fmnist_zf")
     assert list(tmp_path.iterdir()) == []
 
@@ -250,7 +251,7 @@ def test_load_model_embedded_shipped():
     net = models.load_model()
     models.check_params(models.FMNIST_ZF, net.params)
     x = np.zeros((2, 1, 28, 28), np.float32)
-    assert net.forward(x).shape == (2, 10)
+    assert net.forward(x).output.shape == (2, 10)
 
 
 def test_shipped_checkpoints():
@@ -269,10 +270,10 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         models.load_checkpoint(tmp_path / "epoch_99.npz")
     other = models.save_npz(tmp_path / "vgg.npz", {}, "vgg16")
-    with pytest.raises(ValueError, match="vgg.npz: a checkpoint for architecture 'vgg16'"):
+    with pytest.raises(WeightsError, match="vgg.npz: a checkpoint for architecture 'vgg16'"):
         models.load_checkpoint(other)
     bad = models.save_npz(tmp_path / "bad.npz", {"conv1.weight": np.zeros((3, 3), np.float32)}, "fmnist_zf")
-    with pytest.raises(ValueError, match="bad.npz"):
+    with pytest.raises(WeightsError, match="bad.npz"):
         models.load_checkpoint(bad)
 
 

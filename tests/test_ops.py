@@ -5,7 +5,7 @@
 * the naive loop twins against the fast versions (every kernel path, forced where needed through
   the kernels' test hook ``zfcore.core._kernels.tuning``);
 * small fixtures whose answers are written out by hand;
-* every ValueError the API promises.
+* every ArgumentError (a ZfcoreError, hence a ValueError) the API promises.
 The comparisons with torch.nn.functional are in test_ops_torch.py.
 
 Relative error = max|a - b| / max(max|b|, tiny); float32 <= 1e-5, float64 <= 1e-10.
@@ -24,6 +24,7 @@ from opcases import (TOL, X16, chunk_bytes, conv3x3_cases, conv_cases, conv_inpu
 
 from zfcore.core import ops
 from zfcore.core._kernels import tuning
+from zfcore.errors import ArgumentError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,11 +152,11 @@ def test_max_pool2d_values_nhwc_equals_naive(c, with_ties):
 
 def test_channels_last_ops_check_their_input():
     x = np.zeros((2, 5, 6, 3), np.float32)                    # (N, H, W, C) with C = 3
-    with pytest.raises(ValueError, match="channel mismatch"):
+    with pytest.raises(ArgumentError, match="channel mismatch"):
         ops.conv2d_nhwc(x, np.zeros((4, 2, 3, 3), np.float32))
-    with pytest.raises(ValueError, match="4-D"):
+    with pytest.raises(ArgumentError, match="4-D"):
         ops.conv2d_nhwc(x[0], np.zeros((4, 3, 3, 3), np.float32))
-    with pytest.raises(ValueError, match="padding"):
+    with pytest.raises(ArgumentError, match="padding"):
         ops.max_pool2d_values_nhwc(x, 2, 2, 2)
 
 
@@ -195,11 +196,12 @@ def test_max_unpool2d_window_fixture():
 
 
 @pytest.mark.parametrize("window, match", [((2,), "kernel, stride"), (3, "kernel, stride"),
-                                           ((0, 2), "positive"), ((2, (1, 0)), "positive"),
+                                           ((0, 2), r"window kernel must be >= 1, got 0"),
+                                           ((2, (1, 0)), r"window stride must be >= 1, got \(1, 0\)"),
                                            ((2.5, 2), "window kernel")])
 def test_max_unpool2d_window_is_checked(window, match):
     y, s = ops.max_pool2d(np.arange(16.).reshape(1, 1, 4, 4), 2)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ArgumentError, match=match):
         ops.max_unpool2d(y, s, (4, 4), window=window)
 
 
@@ -266,7 +268,7 @@ def test_im2col_col2im_by_hand():
     ones = ops.im2col(np.ones((1, 1, 4, 4)), 3, 2, 1)
     assert ops.col2im(ones, (1, 1, 4, 4), 3, 2, 1)[0, 0].tolist() == [[1, 2, 1, 1], [2, 4, 2, 2],
                                                                      [1, 2, 1, 1], [1, 2, 1, 1]]
-    with pytest.raises(ValueError, match="cols must have shape"):
+    with pytest.raises(ArgumentError, match="cols must have shape"):
         ops.col2im(np.zeros((4, 3)), (1, 1, 4, 4), 2, 2)
 
 
@@ -291,9 +293,9 @@ def test_winograd_filters_by_hand():
     g = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3) - 3.0
     G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
     np.testing.assert_allclose(ops.winograd_filters(g).reshape(4, 4), G @ g[0, 0] @ G.T, rtol=0, atol=1e-15)
-    with pytest.raises(ValueError, match="3x3"):
+    with pytest.raises(ArgumentError, match="3x3"):
         ops.winograd_filters(np.zeros((1, 1, 5, 5)))
-    with pytest.raises(ValueError, match="3x3"):
+    with pytest.raises(ArgumentError, match="3x3"):
         ops.conv2d_winograd(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 2, 2)))
 
 
@@ -412,12 +414,12 @@ def test_dtypes():
     assert y.dtype == np.float32 and s.dtype == np.int64
     assert ops.conv_transpose2d(ops.conv2d(x32, w32), w32).dtype == np.float32
     assert ops.max_unpool2d(y.astype(np.float64), s, xi.shape).dtype == np.float64
-    with pytest.raises(ValueError, match="real numeric"):
+    with pytest.raises(ArgumentError, match="real numeric"):
         ops.conv2d(x64.astype(np.complex128), w64)
 
 
 # ----------------------------------------------------------------------------------------------
-# bad input: one clear ValueError each
+# bad input: one clear ArgumentError (a ZfcoreError, hence a ValueError) each
 # ----------------------------------------------------------------------------------------------
 _x = np.zeros((1, 2, 5, 5), np.float32)
 _w = np.zeros((3, 2, 3, 3), np.float32)
@@ -431,17 +433,17 @@ BAD = {
     "conv bias 2d": (lambda: ops.conv2d(_x, _w, np.zeros((3, 1))), "b must have shape"),
     "conv kernel too big": (lambda: ops.conv2d(_x, np.zeros((3, 2, 6, 3))), "larger than the padded"),
     "conv kernel too big w": (lambda: ops.conv2d(_x, np.zeros((3, 2, 3, 8)), padding=1), "larger than the padded"),
-    "conv stride 0": (lambda: ops.conv2d(_x, _w, stride=0), "stride must be positive"),
-    "conv stride -1": (lambda: ops.conv2d(_x, _w, stride=(1, -1)), "stride must be positive"),
-    "conv padding": (lambda: ops.conv2d(_x, _w, padding=-1), "padding must be non-negative"),
-    "conv stride type": (lambda: ops.conv2d(_x, _w, stride=1.5), "int or a pair"),
-    "conv stride triple": (lambda: ops.conv2d(_x, _w, stride=(1, 1, 1)), "int or a pair"),
-    "conv bool padding": (lambda: ops.conv2d(_x, _w, padding=True), "int or a pair"),
+    "conv stride 0": (lambda: ops.conv2d(_x, _w, stride=0), "stride must be >= 1, got 0"),
+    "conv stride -1": (lambda: ops.conv2d(_x, _w, stride=(1, -1)), r"stride must be >= 1, got \(1, -1\)"),
+    "conv padding": (lambda: ops.conv2d(_x, _w, padding=-1), "padding must be >= 0, got -1"),
+    "conv stride type": (lambda: ops.conv2d(_x, _w, stride=1.5), "integer or a pair"),
+    "conv stride triple": (lambda: ops.conv2d(_x, _w, stride=(1, 1, 1)), "integer or a pair"),
+    "conv bool padding": (lambda: ops.conv2d(_x, _w, padding=True), "integer or a pair"),
     "naive conv channels": (lambda: ops.conv2d_naive(_x, np.zeros((3, 4, 3, 3))), "channel mismatch"),
     "deconv y ndim": (lambda: ops.conv_transpose2d(np.zeros((3, 3, 3)), _w), "4-D"),
     "deconv channels": (lambda: ops.conv_transpose2d(np.zeros((1, 2, 3, 3)), _w), "channel mismatch"),
-    "deconv stride": (lambda: ops.conv_transpose2d(np.zeros((1, 3, 3, 3)), _w, stride=0), "stride must be positive"),
-    "deconv padding": (lambda: ops.conv_transpose2d(np.zeros((1, 3, 3, 3)), _w, padding=-2), "padding must be non-negative"),
+    "deconv stride": (lambda: ops.conv_transpose2d(np.zeros((1, 3, 3, 3)), _w, stride=0), "stride must be >= 1, got 0"),
+    "deconv padding": (lambda: ops.conv_transpose2d(np.zeros((1, 3, 3, 3)), _w, padding=-2), "padding must be >= 0, got -2"),
     "deconv output_size small": (lambda: ops.conv_transpose2d(np.zeros((1, 3, 3, 3)), _w, 2, 1, output_size=(4, 5)), "out of range"),
     "deconv output_size big": (lambda: ops.conv_transpose2d(np.zeros((1, 3, 3, 3)), _w, 2, 1, output_size=(7, 5)), "out of range"),
     "deconv output_size stride 1": (lambda: ops.conv_transpose2d(np.zeros((1, 3, 3, 3)), _w, output_size=(6, 5)), "out of range"),
@@ -450,9 +452,9 @@ BAD = {
     "deconv size < 1": (lambda: ops.conv_transpose2d(np.zeros((1, 3, 1, 1)), _w, 3, 2, output_size=(0, 1)), "out of range"),
     "pool ndim": (lambda: ops.max_pool2d(_x[0], 2), "4-D"),
     "pool kernel too big": (lambda: ops.max_pool2d(_x, 6), "larger than the padded"),
-    "pool kernel 0": (lambda: ops.max_pool2d(_x, 0), "kernel must be positive"),
-    "pool stride 0": (lambda: ops.max_pool2d(_x, 2, 0), "stride must be positive"),
-    "pool padding negative": (lambda: ops.max_pool2d(_x, 2, 2, -1), "padding must be non-negative"),
+    "pool kernel 0": (lambda: ops.max_pool2d(_x, 0), "kernel must be >= 1, got 0"),
+    "pool stride 0": (lambda: ops.max_pool2d(_x, 2, 0), "stride must be >= 1, got 0"),
+    "pool padding negative": (lambda: ops.max_pool2d(_x, 2, 2, -1), "padding must be >= 0, got -1"),
     "pool padding > kernel/2": (lambda: ops.max_pool2d(_x, 3, 2, 2), "at most half"),
     "pool padding > kernel/2 h only": (lambda: ops.max_pool2d(_x, 3, 2, (2, 0)), "at most half"),
     "pool padding > kernel/2 w only": (lambda: ops.max_pool2d(_x, 3, 2, (0, 2)), "at most half"),
@@ -474,14 +476,14 @@ BAD = {
     "flatten ndim": (lambda: ops.flatten(np.zeros(3)), "at least 2"),
     "dropout p": (lambda: ops.dropout(_x, 1.5), "probability"),
     "output size": (lambda: ops.conv_output_size(4, 5), "larger than the padded"),
-    "output size stride": (lambda: ops.conv_output_size(4, 3, 0), "stride must be positive"),
+    "output size stride": (lambda: ops.conv_output_size(4, 3, 0), "stride must be >= 1, got 0"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_raises_value_error(case):
+def test_bad_input_raises_argument_error(case):
     fn, msg = BAD[case]
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(ArgumentError, match=msg):
         fn()
 
 

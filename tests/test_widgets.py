@@ -10,6 +10,7 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
 import zfcore as zf  # noqa: E402
+from zfcore.errors import ArgumentError  # noqa: E402
 from zfcore.viz import widgets  # noqa: E402
 
 
@@ -37,11 +38,11 @@ def test_explorer_bundle_has_the_widget_view_the_first_frame_and_the_controls(se
     controls = {c["description"]: c for c in meta["zfcore"]["controls"]}
     assert controls["image"] == {"description": "image", "value": 0, "min": 0, "max": 5}
     assert controls["layer"]["value"] == "conv3" and "conv1" in controls["layer"]["options"]
-    assert controls["feature"]["max"] == net.forward(images[:1], upto="conv3").shape[1] - 1
+    assert controls["feature"]["max"] == net.forward(images[:1], upto="conv3")["conv3"].shape[1] - 1
     assert controls["rule"]["options"] == ["deconvnet", "guided", "gradient"]
 
 
 def test_explorer_rejects_a_layer_that_is_not_spatial(setup):
     net, images = setup
-    with pytest.raises(ValueError, match="not a spatial layer"):
+    with pytest.raises(ArgumentError, match="not a spatial layer"):
         widgets.explorer(net, images, layer="fc6")

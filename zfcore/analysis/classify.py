@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from zfcore.analysis import parallel
-from zfcore.errors import ArgumentError
+from zfcore.errors import ArgumentError, check_count
 
 
 # --- classification -----------------------------------------------------------------------------------
@@ -18,6 +18,7 @@ def predict(net, images, batch_size: int = 500, threads=None) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or len(images) == 0:
         raise ArgumentError(f"images must be a non-empty (N, C, H, W) array, got shape {images.shape}")
+    batch_size = check_count(batch_size, "batch_size", 1)
     threads = parallel.resolve(threads)
     out = []
     for i in range(0, len(images), batch_size):
@@ -28,13 +29,17 @@ def predict(net, images, batch_size: int = 500, threads=None) -> np.ndarray:
 
 def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) counts: row = true class, column = predicted class."""
+    n_classes = check_count(n_classes, "n_classes", 1)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.size and y.dtype.kind not in "iu":
+            raise ArgumentError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y_true.shape != y_pred.shape:
         raise ArgumentError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         if y.size and (y.min() < 0 or y.max() >= n_classes):
             raise ArgumentError(f"{name} holds labels outside 0..{n_classes - 1}")
-    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes ** 2).reshape(n_classes, n_classes)
+    return np.bincount((y_true * n_classes + y_pred).astype(np.int64).ravel(), minlength=n_classes ** 2).reshape(n_classes, n_classes)
 
 
 def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
@@ -44,6 +49,10 @@ def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
 
 def most_confused_pairs(cm: np.ndarray, k: int = 5) -> list[tuple[int, int, int]]:
     """The k largest off-diagonal entries as (true, predicted, count), largest first."""
+    k = check_count(k, "k", 0)
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ArgumentError(f"cm must be a square (classes, classes) confusion matrix, got shape {cm.shape}")
     off = cm.astype(np.int64).copy()
     np.fill_diagonal(off, -1)
     flat = np.argsort(off, axis=None)[::-1][:k]

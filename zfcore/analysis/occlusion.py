@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zfcore.core import ops
-from zfcore._argcheck import check_count, check_feature, check_layer, num_classes
-from zfcore.errors import ArgumentError, check_index
+from zfcore.errors import ArgumentError, check_count, check_feature, check_index, check_layer, num_classes
 
 
 # --- occlusion sensitivity (the paper's Fig. 7) -------------------------------------------------------
@@ -37,10 +36,10 @@ def occlude(image, size: int, stride: int, fill: float = 0.0):
     border). Returns (stack (R*Q, C, H, W), row starts (R,), col starts (Q,))."""
     image = np.asarray(image)
     if image.ndim != 3:
-        raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
+        raise ArgumentError(f"image must be (C, H, W), got shape {image.shape}")
     C, H, W = image.shape
-    if not (1 <= size <= min(H, W)) or stride < 1:
-        raise ValueError(f"occluder size must be in 1..{min(H, W)} and stride >= 1 (got {size}, {stride})")
+    size = check_count(size, "occluder size", 1, min(H, W))
+    stride = check_count(stride, "occluder stride", 1)
     rows = np.unique(np.r_[np.arange(0, H - size + 1, stride), H - size])
     cols = np.unique(np.r_[np.arange(0, W - size + 1, stride), W - size])
     stack = np.repeat(image[None], len(rows) * len(cols), axis=0)
@@ -64,6 +63,7 @@ def occlusion(net, image, target: int, size: int = 6, stride: int = 2, fill: flo
         feature = check_feature(net, check_layer(net, layer), feature, image.shape)
     check_count(size, "occluder size", 1, min(image.shape[1:]))
     check_count(stride, "occluder stride", 1)
+    batch_size = check_count(batch_size, "batch_size", 1)
     stack, rows, cols = occlude(image, size, stride, fill)
     probs, acts = [], []
     for i in range(0, len(stack), batch_size):

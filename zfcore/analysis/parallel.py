@@ -19,7 +19,7 @@ import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from zfcore.errors import ArgumentError
+from zfcore.errors import ArgumentError, is_int
 
 
 def cores() -> int:
@@ -42,12 +42,12 @@ def resolve(threads) -> int:
     """The number of threads to use for ``threads`` (see the module docstring)."""
     if threads is None:
         return cores() if _limiter() is not None else 1
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if not is_int(threads) or threads < 1:
         raise ArgumentError(f"threads must be a positive integer or None, got {threads!r}")
     if threads > 1 and _limiter() is None:
         raise ArgumentError(f"threads={threads} needs the package threadpoolctl (to hold each thread's "
                             "BLAS to one thread): pip install threadpoolctl, or pass threads=1")
-    return threads
+    return int(threads)
 
 
 @contextlib.contextmanager

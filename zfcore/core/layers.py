@@ -52,15 +52,14 @@ import numpy as np
 from zfcore.core import ops
 from zfcore.core.ops import pair
 from zfcore.core.windows import Geometry, Window, gather_windows, rewindow  # noqa: F401  (re-exported)
+from zfcore.errors import ArgumentError, WeightsError, check_choice, check_count, is_int
 
 RULES = ("deconvnet", "guided", "gradient")
 
 
 def check_rule(rule: str) -> str:
-    """Return ``rule`` if it is one of ``RULES``, else raise a ValueError listing them."""
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}: expected one of {', '.join(map(repr, RULES))}")
-    return rule
+    """Return ``rule`` if it is one of ``RULES``, else raise an ``ArgumentError`` listing them."""
+    return check_choice(rule, RULES, "rule")
 
 
 class Layer:
@@ -154,10 +153,13 @@ class Conv2d(Layer):
         super().__init__(name)
         self.weight = np.asarray(weight)
         if self.weight.ndim != 4:
-            raise ValueError(f"layer {name!r}: conv weight must be (F, C, KH, KW), got {self.weight.shape}")
+            raise ArgumentError(f"layer {name!r}: conv weight must be (F, C, KH, KW), got {self.weight.shape}")
         self.bias = None if bias is None else np.asarray(bias)
-        self.stride = pair(stride, f"layer {name!r}: stride")
-        self.padding = pair(padding, f"layer {name!r}: padding")
+        if self.bias is not None and self.bias.shape != self.weight.shape[:1]:
+            raise ArgumentError(f"layer {name!r}: conv bias must be (F,) = {self.weight.shape[:1]}, "
+                                f"got {self.bias.shape}")
+        self.stride = pair(stride, f"layer {name!r}: stride", 1)
+        self.padding = pair(padding, f"layer {name!r}: padding", 0)
 
     @property
     def params(self):
@@ -231,9 +233,12 @@ class MaxPool2d(Layer):
 
     def __init__(self, name, kernel, stride=None, padding=0):
         super().__init__(name)
-        self.kernel = pair(kernel, f"layer {name!r}: kernel")
-        self.stride = self.kernel if stride is None else pair(stride, f"layer {name!r}: stride")
-        self.padding = pair(padding, f"layer {name!r}: padding")
+        self.kernel = pair(kernel, f"layer {name!r}: kernel", 1)
+        self.stride = self.kernel if stride is None else pair(stride, f"layer {name!r}: stride", 1)
+        self.padding = pair(padding, f"layer {name!r}: padding", 0)
+        if 2 * self.padding[0] > self.kernel[0] or 2 * self.padding[1] > self.kernel[1]:
+            raise ArgumentError(f"layer {name!r}: padding {self.padding} must be at most half the kernel "
+                                f"{self.kernel}")
 
     def forward(self, x):
         y, switches = ops.max_pool2d(x, self.kernel, self.stride, self.padding)
@@ -312,8 +317,11 @@ class Linear(Layer):
         super().__init__(name)
         self.weight = np.asarray(weight)
         if self.weight.ndim != 2:
-            raise ValueError(f"layer {name!r}: linear weight must be (out, in), got {self.weight.shape}")
+            raise ArgumentError(f"layer {name!r}: linear weight must be (out, in), got {self.weight.shape}")
         self.bias = None if bias is None else np.asarray(bias)
+        if self.bias is not None and self.bias.shape != self.weight.shape[:1]:
+            raise ArgumentError(f"layer {name!r}: linear bias must be (out,) = {self.weight.shape[:1]}, "
+                                f"got {self.bias.shape}")
 
     @property
     def params(self):
@@ -324,8 +332,8 @@ class Linear(Layer):
 
     def forward(self, x):
         if x.ndim != 2:
-            raise ValueError(f"layer {self.name!r}: linear input must be (N, {self.weight.shape[1]}), "
-                             f"got shape {x.shape} (add a flatten layer before it)")
+            raise ArgumentError(f"layer {self.name!r}: linear input must be (N, {self.weight.shape[1]}), "
+                                f"got shape {x.shape} (add a flatten layer before it)")
         return ops.linear(x, self.weight, self.bias), {"input_shape": x.shape}
 
     def inverse(self, r, cache, rule="deconvnet"):
@@ -344,6 +352,8 @@ class Dropout(Layer):
 
     def __init__(self, name, p=0.5):
         super().__init__(name)
+        if not (isinstance(p, (int, float, np.integer, np.floating)) and 0.0 <= p <= 1.0):
+            raise ArgumentError(f"layer {name!r}: dropout probability p must lie in [0, 1], got {p!r}")
         self.p = float(p)
 
     def forward(self, x):
@@ -366,11 +376,16 @@ class LocalResponseNorm(Layer):
 
     def __init__(self, name, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__(name)
-        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self.size = check_count(size, f"layer {name!r}: size", 1)
+        try:
+            self.alpha, self.beta, self.k = float(alpha), float(beta), float(k)
+        except (TypeError, ValueError):
+            raise ArgumentError(f"layer {name!r}: alpha, beta and k must be numbers, got "
+                                f"{(alpha, beta, k)!r}") from None
 
     def forward(self, x):
         if x.ndim < 3:
-            raise ValueError(f"layer {self.name!r}: lrn input must be (N, C, ...), got shape {x.shape}")
+            raise ArgumentError(f"layer {self.name!r}: lrn input must be (N, C, ...), got shape {x.shape}")
         return ops.local_response_norm(x, self.size, self.alpha, self.beta, self.k).astype(x.dtype), {}
 
     def inverse(self, r, cache, rule="deconvnet"):
@@ -393,19 +408,20 @@ class AdaptiveAvgPool2d(Layer):
     def __init__(self, name, output_size):
         super().__init__(name)
         o = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
-        if len(o) != 2:
-            raise ValueError(f"layer {name!r}: output_size must be an int or an (H, W) pair, got {output_size!r}")
+        if len(o) != 2 or not all(v is None or (is_int(v) and v >= 1) for v in o):
+            raise ArgumentError(f"layer {name!r}: output_size must be an integer >= 1 or an (H, W) pair of "
+                                f"them (None keeps an axis), got {output_size!r}")
         self.output_size = tuple(None if v is None else int(v) for v in o)
 
     def _blocks(self, in_hw):
         try:
             return ops.adaptive_pool_size(in_hw, self.output_size)
-        except ValueError as e:
-            raise ValueError(f"layer {self.name!r}: {e}") from None
+        except ArgumentError as e:
+            raise ArgumentError(f"layer {self.name!r}: {e}") from None
 
     def forward(self, x):
         if x.ndim != 4:
-            raise ValueError(f"layer {self.name!r}: input must be (N, C, H, W), got shape {x.shape}")
+            raise ArgumentError(f"layer {self.name!r}: input must be (N, C, H, W), got shape {x.shape}")
         self._blocks(x.shape[2:])
         return ops.adaptive_avg_pool2d(x, self.output_size), {"input_shape": x.shape}
 
@@ -429,29 +445,39 @@ class AdaptiveAvgPool2d(Layer):
         return f"output_size={self.output_size}"
 
 
+KINDS = ("conv", "relu", "maxpool", "flatten", "linear", "dropout", "lrn", "adaptive_avgpool")
+
+
 def from_spec(name: str, kind: str, p: dict, params: dict | None = None) -> Layer:
     """One layer from a spec entry ``(name, kind, p)``; conv/linear weights from ``params``
-    (``<name>.weight``, ``<name>.bias``)."""
+    (``<name>.weight``, ``<name>.bias``). A bad entry raises ``ArgumentError`` naming the layer."""
+    try:
+        check_choice(kind, KINDS, "kind")
+    except ArgumentError as e:
+        raise ArgumentError(f"layer {name!r}: {e}") from None
+    if not isinstance(p, dict):
+        raise ArgumentError(f"layer {name!r}: spec parameters must be a dict, got {p!r}")
+
     def get(key):
         if params is None or key not in params:
-            raise ValueError(f"layer {name!r}: parameter {key!r} missing")
+            raise WeightsError(f"layer {name!r}: parameter {key!r} missing")
         return params[key]
+
+    def need(key):
+        if key not in p:
+            raise ArgumentError(f"layer {name!r}: a {kind} layer needs {key!r} in its spec parameters")
+        return p[key]
 
     if kind == "conv":
         return Conv2d(name, get(f"{name}.weight"), get(f"{name}.bias"), p.get("stride", 1), p.get("padding", 0))
-    if kind == "relu":
-        return ReLU(name)
     if kind == "maxpool":
-        return MaxPool2d(name, p["kernel"], p.get("stride"), p.get("padding", 0))
-    if kind == "flatten":
-        return Flatten(name)
+        return MaxPool2d(name, need("kernel"), p.get("stride"), p.get("padding", 0))
     if kind == "linear":
         return Linear(name, get(f"{name}.weight"), get(f"{name}.bias"))
     if kind == "dropout":
         return Dropout(name, p.get("p", 0.5))
     if kind == "lrn":
-        return LocalResponseNorm(name, p["size"], p.get("alpha", 1e-4), p.get("beta", 0.75), p.get("k", 1.0))
+        return LocalResponseNorm(name, need("size"), p.get("alpha", 1e-4), p.get("beta", 0.75), p.get("k", 1.0))
     if kind == "adaptive_avgpool":
-        return AdaptiveAvgPool2d(name, p["output_size"])
-    raise ValueError(f"layer {name!r}: unknown kind {kind!r} (known: conv, relu, maxpool, flatten, linear, "
-                     "dropout, lrn, adaptive_avgpool)")
+        return AdaptiveAvgPool2d(name, need("output_size"))
+    return ReLU(name) if kind == "relu" else Flatten(name)

@@ -34,14 +34,15 @@ stride)`` as the layers do, by one assignment per class of outputs whose windows
 
 Dtypes: float32 and float64 are preserved. When inputs mix dtypes the result is float64 if any input
 is float64, else float32; any other real dtype (bool, integers, float16) is computed in float32.
-Complex and non-numeric inputs raise ValueError. Bad shapes or parameters raise ValueError; nothing
-is broadcast silently.
+Complex and non-numeric inputs, bad shapes and bad parameters raise ``zfcore.errors.ArgumentError`` (a
+``ZfcoreError``, hence a ValueError) naming the argument; nothing is broadcast silently.
 """
 import numpy as np
 
 from zfcore.core import _checks as chk
 from zfcore.core import _kernels as kern
 from zfcore.core._checks import adaptive_pool_size, conv_output_size, pair
+from zfcore.errors import ArgumentError, check_count
 
 __all__ = [
     "pair", "conv_output_size", "im2col", "col2im",
@@ -173,7 +174,7 @@ def conv2d_winograd(x, w, b=None, padding=1):
     rounding) as ``conv2d(x, w, b, 1, padding)``."""
     x, w, b, _, _, (ph, pw), (Ho, Wo) = chk.check_conv(x, w, b, 1, padding)
     if w.shape[2:] != (3, 3):
-        raise ValueError(f"conv2d_winograd needs 3x3 filters, got {w.shape[2]}x{w.shape[3]}")
+        raise ArgumentError(f"conv2d_winograd needs 3x3 filters, got {w.shape[2]}x{w.shape[3]}")
     return kern.conv3x3_winograd(x, w, b, ph, pw, Ho, Wo)
 
 
@@ -181,7 +182,7 @@ def winograd_filters(w):
     """3x3 filters w (F, C, 3, 3) -> U (16, F, C), ``U[4*a + b] = (G w G^T)[a, b]`` with Lavin & Gray's
     G (4, 3): one GEMM with the 16x9 Kronecker product G (x) G."""
     if np.shape(w)[2:] != (3, 3):
-        raise ValueError(f"winograd_filters needs 3x3 filters, got {'x'.join(map(str, np.shape(w)[2:]))}")
+        raise ArgumentError(f"winograd_filters needs 3x3 filters, got {'x'.join(map(str, np.shape(w)[2:]))}")
     return kern.winograd_filters(np.asarray(w))
 
 
@@ -283,10 +284,8 @@ def max_unpool2d(y, switches, input_shape, *, window=None):
         try:
             kernel, stride = window
         except (TypeError, ValueError):
-            raise ValueError(f"window must be the pooling's (kernel, stride), got {window!r}") from None
-        (KH, KW), (sy, sx) = pair(kernel, "window kernel"), pair(stride, "window stride")
-        if min(KH, KW, sy, sx) < 1:
-            raise ValueError(f"window kernel and stride must be positive, got {window!r}")
+            raise ArgumentError(f"window must be the pooling's (kernel, stride), got {window!r}") from None
+        (KH, KW), (sy, sx) = pair(kernel, "window kernel", 1), pair(stride, "window stride", 1)
         return kern.unpool_classes(y, s, (H, W), (-(-KH // sy), -(-KW // sx)))
     flat = s.reshape(N * C, Ho * Wo) + (np.arange(N * C, dtype=np.int64) * (H * W))[:, None]
     x = np.bincount(flat.ravel(), weights=y.ravel(), minlength=N * C * H * W).astype(dt, copy=False)
@@ -315,7 +314,10 @@ def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
     being channels ``[c - size//2, c + (size-1)//2]`` clipped to [0, C) (zeros beyond, still divided
     by ``size``). The deconvnet passes it through unchanged (its inverse is the identity).
     """
-    x = np.asarray(x)
+    (x,), _ = chk.floats(x, names=("x",))
+    if x.ndim < 2:
+        raise ArgumentError(f"x must be (N, C, ...), got shape {x.shape}")
+    size = check_count(size, "size", 1)
     C = x.shape[1]
     sq = x * x
     s = np.zeros_like(sq)
@@ -347,6 +349,8 @@ def adaptive_avg_pool2d(x, output_size):
 def adaptive_avg_pool2d_transpose(r, input_size):
     """The adjoint of :func:`adaptive_avg_pool2d`: r (N, C, h, w) -> (N, C, H, W), ``input_size``
     = (H, W); each value divided by its block's area and copied over the block."""
+    r = np.asarray(r)
+    chk.ndim(r, 4, "r", "(N, C, h, w)")
     N, C, oh, ow = r.shape
     (_, _), (bh, bw) = chk.adaptive_pool_size(input_size, (oh, ow))
     if bh == 1 and bw == 1:
@@ -366,12 +370,12 @@ def linear(x, w, b=None):
     chk.ndim(x, 2, "x", "(N, in)")
     chk.ndim(w, 2, "w", "(out, in)")
     if x.shape[1] != w.shape[1]:
-        raise ValueError(f"feature mismatch: x has {x.shape[1]} features, w expects {w.shape[1]}")
+        raise ArgumentError(f"feature mismatch: x has {x.shape[1]} features, w expects {w.shape[1]}")
     out = x @ w.T
     if b is not None:
         b = arrays[2]
         if b.shape != (w.shape[0],):
-            raise ValueError(f"b must have shape (out,) = ({w.shape[0]},), got {b.shape}")
+            raise ArgumentError(f"b must have shape (out,) = ({w.shape[0]},), got {b.shape}")
         out += b
     return out
 
@@ -382,7 +386,7 @@ def linear_transpose(y, w):
     chk.ndim(y, 2, "y", "(N, out)")
     chk.ndim(w, 2, "w", "(out, in)")
     if y.shape[1] != w.shape[0]:
-        raise ValueError(f"feature mismatch: y has {y.shape[1]} features, w has {w.shape[0]} outputs")
+        raise ArgumentError(f"feature mismatch: y has {y.shape[1]} features, w has {w.shape[0]} outputs")
     return y @ w
 
 
@@ -390,7 +394,7 @@ def flatten(x):
     """(N, ...) -> (N, prod(...)), C-order (as ``torch.flatten(x, 1)``)."""
     (x,), _ = chk.floats(x, names=("x",))
     if x.ndim < 2:
-        raise ValueError(f"flatten needs at least 2 dimensions (N, ...), got shape {x.shape}")
+        raise ArgumentError(f"flatten needs at least 2 dimensions (N, ...), got shape {x.shape}")
     return x.reshape(x.shape[0], -1)
 
 
@@ -408,8 +412,8 @@ def dropout(x, p=0.5, training=False, rng=None):
     1 / (1 - p), so the expectation is unchanged. ``rng``: a ``numpy.random.Generator``, an int
     seed or None (fresh entropy).
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability p must lie in [0, 1], got {p}")
+    if not (isinstance(p, (int, float, np.integer, np.floating)) and 0.0 <= p <= 1.0):
+        raise ArgumentError(f"dropout probability p must lie in [0, 1], got {p!r}")
     (x,), _ = chk.floats(x, names=("x",))
     if not training or p == 0.0:
         return x

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from zfcore._io import atomic_write
-from zfcore.errors import ArgumentError, DataError
+from zfcore.errors import ArgumentError, DataError, check_choice, is_int
 
 CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -111,7 +111,7 @@ def write_idx(path, array, overwrite: bool = False) -> Path:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     a = np.asarray(array)
     if a.dtype != np.uint8 or a.ndim not in (1, 3):
-        raise ValueError(f"write_idx takes a 1-d or 3-d uint8 array, got {a.ndim}-d {a.dtype}")
+        raise ArgumentError(f"write_idx takes a 1-d or 3-d uint8 array, got {a.ndim}-d {a.dtype}")
     raw = _MAGIC[a.ndim].to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
     raw += np.ascontiguousarray(a).tobytes()
     opener = gzip.open if path.suffix == ".gz" else open
@@ -145,8 +145,7 @@ def _find_in(stem: str, d) -> Path | None:
 
 def find_split(split: str, root=None, shipped: bool = True) -> tuple[Path, Path]:
     """Locate the (images, labels) files of a split; raise one clear error listing where it looked."""
-    if split not in _FILES:
-        raise ValueError(f"unknown split {split!r}: expected 'train' or 'test'")
+    check_choice(split, _FILES, "split")
     dirs = _candidates(root)
     if split == "test" and shipped:
         dirs = dirs[:1] if root is not None else []
@@ -170,6 +169,13 @@ def find_split(split: str, root=None, shipped: bool = True) -> tuple[Path, Path]
     )
 
 
+def check_limit(limit) -> int | None:
+    """``limit`` (how many images to keep) as an int >= 1, or None (all); ``ArgumentError`` otherwise."""
+    if limit is not None and (not is_int(limit) or limit < 1):
+        raise ArgumentError(f"limit must be a positive integer (or None for all images), got {limit!r}")
+    return None if limit is None else int(limit)
+
+
 def load_dataset(split: str = "test", root=None, download: bool = False, limit: int | None = None):
     """Return ``(images, labels)`` of a Fashion-MNIST split.
 
@@ -177,9 +183,7 @@ def load_dataset(split: str = "test", root=None, download: bool = False, limit: 
     ``download=True`` lets torchvision fetch the split into ``root`` (default ``./data``) when it is
     not found locally.
     """
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
-            raise ArgumentError(f"limit must be a positive integer (or None for all images), got {limit!r}")
+    limit = check_limit(limit)
     try:
         img_path, lab_path = find_split(split, root)
     except DataError:
@@ -280,6 +284,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 def imagenet_normalize(x: np.ndarray) -> np.ndarray:
     """Normalise an RGB (N, 3, H, W) array in [0, 1] with the ImageNet mean and std."""
+    x = np.asarray(x)
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an (N, 3, H, W) RGB array, got shape {x.shape}")
+        raise ArgumentError(f"imagenet_normalize takes an (N, 3, H, W) RGB array, got shape {x.shape}")
     return ((x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]).astype(np.float32)

@@ -27,18 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from zfcore.errors import ArgumentError, DataError
+from zfcore.data.loading import check_limit
+from zfcore.errors import ArgumentError, DataError, check_choice, is_int
 
 # the file name endings read as images (lower-cased): torchvision's IMG_EXTENSIONS and .gif
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 
 
 def _limit(limit, n: int) -> int:
-    if limit is None:
-        return n
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
-        raise ArgumentError(f"limit must be a positive integer (or None for all images), got {limit!r}")
-    return min(int(limit), n)
+    """How many of ``n`` images ``limit`` keeps (``check_limit``: None keeps all)."""
+    limit = check_limit(limit)
+    return n if limit is None else min(limit, n)
 
 
 def _ids(ids, n: int) -> np.ndarray:
@@ -124,8 +123,7 @@ def for_model(name: str) -> dict:
     vgg16, alexnet, zfnet: 224x224 RGB with ImageNet normalisation)."""
     from zfcore.models.specs import INPUTS
 
-    if name not in INPUTS:
-        raise ArgumentError(f"unknown model {name!r} (known: {', '.join(INPUTS)})")
+    check_choice(name, INPUTS, "model")
     ch, side, imagenet = INPUTS[name]
     return {"size": (side, side), "mode": "L" if ch == 1 else "RGB", "imagenet": imagenet}
 
@@ -170,8 +168,8 @@ class FolderSource:
         self.files = files[:_limit(limit, len(files))]
 
     def _settings(self, size, mode, imagenet):
-        size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-        if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and 1 <= v <= 4096 for v in size):
+        size = (size, size) if is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else (size,)
+        if len(size) != 2 or not all(is_int(v) and 1 <= v <= 4096 for v in size):
             raise ArgumentError(f"size must be an integer or an (H, W) pair in 1..4096, got {size!r}")
         if mode not in ("L", "RGB"):
             raise ArgumentError(f"mode must be 'L' or 'RGB', got {mode!r}")
@@ -241,8 +239,7 @@ def open_folder(root, size, mode: str = "L", imagenet: bool = False, limit: int 
     """A ``FolderSource`` or an ``ImageFolderSource`` for ``root``. ``layout``: "folder",
     "imagefolder", or "auto": an ImageFolder when ``root`` holds sub-folders and no image file of its
     own, a recursive folder otherwise."""
-    if layout not in ("auto", "folder", "imagefolder"):
-        raise ArgumentError(f"layout must be 'auto', 'folder' or 'imagefolder', got {layout!r}")
+    check_choice(layout, ("auto", "folder", "imagefolder"), "layout")
     root = _check_root(root)
     if layout == "auto":
         entries = list(os.scandir(root))

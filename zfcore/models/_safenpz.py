@@ -53,7 +53,7 @@ def _npy_header(path, key, f):
         elif version in ((2, 0), (3, 0)):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            raise ValueError(f"unsupported .npy version {version}")
+            raise WeightsError(f"unsupported .npy version {version}")
     except ValueError as e:
         raise WeightsError(f"{path}: corrupt weights file (member {key!r} has a bad .npy header: {e})") from None
     return shape, fortran, np.dtype(dtype), f.tell()

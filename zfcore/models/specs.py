@@ -32,6 +32,7 @@ import numpy as np
 from zfcore.core import layers as L
 from zfcore.core import ops
 from zfcore.core.network import Network
+from zfcore.errors import ArgumentError, WeightsError, check_choice, check_count
 
 # The embedded default: a small ZF-style net for 28x28 grey Fashion-MNIST images. Five conv layers (so
 # the paper's "layers 1-5" figures have a counterpart), overlapping 3x3 stride-2 max-pools as in ZFNet,
@@ -186,9 +187,8 @@ INPUTS = {"fmnist_zf": (1, 28, False), "vgg16": (3, 224, True), "alexnet": (3, 2
 
 
 def _check_arch(arch: str) -> str:
-    if arch not in SPECS:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(SPECS)}")
-    return arch
+    """``arch`` if it is a registered architecture, else ``ArgumentError`` suggesting the nearest."""
+    return check_choice(arch, SPECS, "architecture")
 
 
 def get_spec(arch: str, num_classes: int | None = None) -> list:
@@ -197,33 +197,77 @@ def get_spec(arch: str, num_classes: int | None = None) -> list:
     _check_arch(arch)
     if num_classes is None:
         return [(n, k, dict(p)) for n, k, p in SPECS[arch]]
-    return _set_num_classes(SPECS[arch], num_classes)
+    return _set_num_classes(SPECS[arch], check_count(num_classes, "num_classes", 1))
 
 
 def _spec_of(arch_or_spec) -> list:
-    return get_spec(arch_or_spec) if isinstance(arch_or_spec, str) else arch_or_spec
+    """A registered architecture's spec (by name), or ``arch_or_spec`` itself once its entries are
+    checked to be ``(name, kind, params)`` triples."""
+    if isinstance(arch_or_spec, str):
+        return get_spec(arch_or_spec)
+    try:
+        entries = list(arch_or_spec)
+    except TypeError:
+        raise ArgumentError(f"spec must be an architecture name or a list of (name, kind, params) triples, "
+                            f"got {arch_or_spec!r}") from None
+    for entry in entries:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 3 and isinstance(entry[0], str)
+                and isinstance(entry[2], dict)):
+            raise ArgumentError(f"spec entries are (name, kind, params) triples, got {entry!r}")
+    return arch_or_spec
+
+
+def _size(name, kind, p, key) -> int:
+    """Spec parameter ``key`` of layer ``name``: an integer >= 1, else ``ArgumentError``."""
+    if key not in p:
+        raise ArgumentError(f"layer {name!r}: a {kind} layer needs {key!r} in its spec parameters")
+    return check_count(p[key], f"layer {name!r}: {key}", 1)
 
 
 def param_shapes(spec) -> dict[str, tuple[int, ...]]:
     """Expected parameter shapes of a spec, keyed ``<layer>.weight`` / ``<layer>.bias``."""
     shapes = {}
-    for name, kind, p in spec:
+    for name, kind, p in _spec_of(spec):
         if kind == "conv":
-            kernel = ops.pair(p["kernel"], f"layer {name!r}: kernel")
-            shapes[f"{name}.weight"] = (p["out_channels"], p["in_channels"], *kernel)
-            shapes[f"{name}.bias"] = (p["out_channels"],)
+            if "kernel" not in p:
+                raise ArgumentError(f"layer {name!r}: a conv layer needs 'kernel' in its spec parameters")
+            kernel = ops.pair(p["kernel"], f"layer {name!r}: kernel", 1)
+            cout, cin = _size(name, kind, p, "out_channels"), _size(name, kind, p, "in_channels")
+            shapes[f"{name}.weight"] = (cout, cin, *kernel)
+            shapes[f"{name}.bias"] = (cout,)
         elif kind == "linear":
-            shapes[f"{name}.weight"] = (p["out_features"], p["in_features"])
-            shapes[f"{name}.bias"] = (p["out_features"],)
+            fout, fin = _size(name, kind, p, "out_features"), _size(name, kind, p, "in_features")
+            shapes[f"{name}.weight"] = (fout, fin)
+            shapes[f"{name}.bias"] = (fout,)
     return shapes
+
+
+def _check_chain(spec, input_shape=None) -> None:
+    """Each conv's ``in_channels`` must equal the channels of what comes before it (the input's, when
+    ``input_shape`` (C, H, W) is given), and each linear's ``in_features`` the features of a linear
+    layer before it; ``ArgumentError`` naming both layers otherwise. Widths after a flatten depend on
+    the input size and are not checked here."""
+    known = input_shape is not None and len(input_shape) == 3
+    width, source = (int(input_shape[0]), "the input") if known else (None, None)
+    for name, kind, p in spec:
+        if kind in ("conv", "linear"):
+            key, unit = ("in_channels", "channels") if kind == "conv" else ("in_features", "features")
+            if width is not None and p[key] != width:
+                raise ArgumentError(f"layer {name!r}: {key} {p[key]} does not match the {width} {unit} of "
+                                    f"{source} before it")
+            width, source = p["out_channels" if kind == "conv" else "out_features"], f"layer {name!r}"
+        elif kind == "flatten":
+            width = None
 
 
 def check_params(spec, params: dict, source: str = "params") -> None:
     """Check ``params`` against a spec (or a registered architecture's name).
 
-    Raises one ``ValueError`` naming ``source`` that lists every missing key, every unexpected key and
+    Raises one ``WeightsError`` naming ``source`` that lists every missing key, every unexpected key and
     every shape mismatch (key, expected shape, found shape); returns None when all is well.
     """
+    if not hasattr(params, "keys"):
+        raise WeightsError(f"{source}: weights must be a dict of arrays, got {type(params).__name__}")
     spec = _spec_of(spec)
     expected = param_shapes(spec)
     problems = []
@@ -242,7 +286,7 @@ def check_params(spec, params: dict, source: str = "params") -> None:
             elif tuple(found) != tuple(shape):
                 problems.append(f"shape mismatch for {k}: expected {tuple(shape)}, found {tuple(found)}")
     if problems:
-        raise ValueError(f"{source}: weights do not fit the architecture:\n  " + "\n  ".join(problems))
+        raise WeightsError(f"{source}: weights do not fit the architecture:\n  " + "\n  ".join(problems))
 
 
 def _features_end(spec) -> int:
@@ -286,37 +330,45 @@ def kaiming_params(spec, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarra
 
 
 def input_shape(arch: str) -> tuple[int, int, int]:
-    """(C, H, W) of the images architecture ``arch`` takes (``INPUTS``)."""
+    """(C, H, W) of the images architecture ``arch`` takes (``INPUTS``); ``ArgumentError`` for an
+    unknown name."""
     return _input(_check_arch(arch))
 
 
 def build(spec, params: dict | None = None, seed: int = 0, dtype=np.float32, input_shape=None) -> Network:
-    """A ``zfcore.core.network.Network`` from a spec (list of ``(name, kind, params)``).
+    """A ``zfcore.core.network.Network`` from a spec (list of ``(name, kind, params)``, or a registered
+    architecture's name).
 
     params: name -> array (``<layer>.weight`` / ``<layer>.bias``, torch layout), converted to ``dtype``;
     None: seeded Kaiming-normal weights and zero biases (``kaiming_params``). ``input_shape`` (C, H, W):
     the images the network takes, if known (receptive fields then need no size); a registered spec's
-    own by default.
+    own by default. A bad spec (unknown kind, missing or non-positive sizes, a conv whose
+    ``in_channels`` differ from the channels before it) raises ``ArgumentError`` naming the layer;
+    weights that do not fit raise ``WeightsError``.
     """
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
     if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    for entry in spec:
-        if len(entry) != 3:
-            raise ValueError(f"spec entries are (name, kind, params) triples, got {entry!r}")
+        raise ArgumentError(f"dtype must be float32 or float64, got {dtype}")
+    spec = _spec_of(spec)
+    expected = param_shapes(spec)
+    if input_shape is None:
+        input_shape = next((_input(a) for a, sp in SPECS.items() if sp is spec or sp == list(spec)), None)
+    _check_chain(spec, input_shape)
     if params is None:
         params = kaiming_params(spec, seed, dtype)
+    elif not hasattr(params, "items"):
+        raise WeightsError(f"params must be a dict of arrays, got {type(params).__name__}")
     params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
-    expected = param_shapes(spec)
     layers = []
     for name, kind, p in spec:
         layer = L.from_spec(name, kind, p, params)
         for key, value in layer.params.items():
             if value.shape != expected[key]:
-                raise ValueError(f"shape mismatch for {key}: expected {expected[key]}, found {value.shape}")
+                raise WeightsError(f"shape mismatch for {key}: expected {expected[key]}, found {value.shape}")
         layers.append(layer)
-    if input_shape is None:
-        input_shape = next((_input(a) for a, sp in SPECS.items() if sp is spec or sp == list(spec)), None)
     return Network(layers, spec=spec, dtype=dtype, input_shape=input_shape)
 
 

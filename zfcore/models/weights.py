@@ -18,7 +18,7 @@ import numpy as np
 
 from zfcore._io import atomic_write
 from zfcore.models._safenpz import MAX_FILE_BYTES, read_npz
-from zfcore.errors import WeightsError
+from zfcore.errors import ArgumentError, MissingDependencyError, WeightsError
 from zfcore.models.specs import SPECS, input_shape, last_linear, _check_arch, _features_end, _spec_of, build, check_params, features_spec, \
     get_spec, param_shapes
 
@@ -140,6 +140,10 @@ def save_npz(path, params: dict, arch: str, meta: dict | None = None, dtype=None
     ``overwrite`` a rename that cannot replace a file), so concurrent writers never leave a corrupt file.
     """
     path = Path(path)
+    if not isinstance(arch, str):
+        raise WeightsError(f"{path}: arch must be an architecture name, got {arch!r}")
+    if not hasattr(params, "items"):
+        raise WeightsError(f"{path}: params must be a dict of arrays, got {type(params).__name__}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     arrays = _storage_arrays(path, params, dtype)
@@ -174,8 +178,9 @@ def _load_pth(path: Path) -> dict:
     try:
         import torch
     except ImportError:
-        raise ImportError(f"{path}: reading .pth/.pt files needs PyTorch (pip install torch), "
-                          "or convert it to .npz with save_weights where torch is installed") from None
+        raise MissingDependencyError(f"{path}: reading .pth/.pt files needs torch, which is not installed: "
+                                     "pip install 'zfcore[torch]', or convert the file to .npz with "
+                                     "save_weights where torch is installed") from None
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise WeightsError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit for weights files")
@@ -287,8 +292,11 @@ def build_model(arch: str = "fmnist_zf", weights=None, seed: int = 0, num_classe
     if isinstance(weights, (str, os.PathLike)):
         params, arch = load_weights(weights, arch)
         source = str(weights)
+    elif hasattr(weights, "items"):
+        params = {k: _to_numpy(v) for k, v in weights.items()}
     elif weights is not None:
-        params = {k: _to_numpy(v) for k, v in dict(weights).items()}
+        raise ArgumentError(f"weights must be None, a path to a weights file or a dict of arrays, got "
+                            f"{type(weights).__name__}")
     if params is not None and num_classes is None:
         num_classes = _infer_num_classes(arch, params)
     spec = get_spec(arch, num_classes)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from zfcore.errors import ArgumentError, check_choice, check_count
+
+MODES = ("minmax", "symmetric", "clip")
+
 
 def to_display(img: np.ndarray, mode: str = "minmax") -> np.ndarray:
     """Map a (C, H, W) image or projection to an (H, W) or (H, W, 3) array in [0, 1] for imshow.
@@ -15,19 +19,18 @@ def to_display(img: np.ndarray, mode: str = "minmax") -> np.ndarray:
     ``"symmetric"`` maps 0 to mid-grey and +-max|x| to 1 / 0, so the sign of a projection stays
     readable; ``"clip"`` clips to [0, 1] (for images already in that range).
     """
+    check_choice(mode, MODES, "display mode")
     a = np.asarray(img, dtype=np.float64)
     if a.ndim != 3 or a.shape[0] not in (1, 3):
-        raise ValueError(f"expected a (C, H, W) array with C = 1 or 3, got shape {a.shape}")
+        raise ArgumentError(f"expected a (C, H, W) array with C = 1 or 3, got shape {a.shape}")
     if mode == "minmax":
         lo, hi = a.min(), a.max()
         a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
     elif mode == "symmetric":
         m = np.abs(a).max()
         a = 0.5 + 0.5 * a / m if m > 0 else np.full_like(a, 0.5)
-    elif mode == "clip":
-        a = np.clip(a, 0.0, 1.0)
     else:
-        raise ValueError(f"unknown display mode {mode!r}: expected 'minmax', 'symmetric' or 'clip'")
+        a = np.clip(a, 0.0, 1.0)
     return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
 
 
@@ -46,7 +49,9 @@ def grid(images, titles=None, ncols=8, mode="minmax", size=1.6, suptitle=None):
     import matplotlib.pyplot as plt
 
     n = len(images)
-    ncols = max(1, min(ncols, n))
+    if n == 0:
+        raise ArgumentError("grid needs at least one image")
+    ncols = max(1, min(check_count(ncols, "ncols", 1), n))
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
                              squeeze=False)
@@ -124,12 +129,13 @@ def montage(images, ncols: int, mode="minmax", pad: int = 1, pad_value: float = 
     """Tile (C, H, W) arrays into one (H', W') or (H', W', 3) display array in [0, 1], each tile
     scaled on its own by ``to_display(mode)``, separated by ``pad`` pixels of ``pad_value``. One
     imshow of a montage is much faster than one axes per tile."""
+    ncols = check_count(ncols, "ncols", 1)
     tiles = [to_display(im, mode) for im in images]
     if not tiles:
-        raise ValueError("montage needs at least one image")
+        raise ArgumentError("montage needs at least one image")
     h, w = tiles[0].shape[:2]
     if any(t.shape != tiles[0].shape for t in tiles):
-        raise ValueError("montage tiles must share one shape")
+        raise ArgumentError("montage tiles must share one shape")
     nrows = -(-len(tiles) // ncols)
     out = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad) + tiles[0].shape[2:], pad_value)
     for i, t in enumerate(tiles):

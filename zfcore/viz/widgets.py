@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from zfcore.core.layers import RULES, check_rule
+from zfcore.errors import ArgumentError, check_feature, check_index, check_layer, require
 from zfcore.viz import plotting
-from zfcore.core.layers import RULES
 
 
 def spatial_layers(net, input_shape) -> list[str]:
@@ -21,8 +22,11 @@ def spatial_layers(net, input_shape) -> list[str]:
 def render(net, images, index: int, layer: str, feature: int, rule: str = "deconvnet", fig=None):
     """One explorer frame: the image with the receptive field of the strongest activation of
     ``feature`` in ``layer`` boxed, its projection, and the feature map. Returns the figure."""
-    import matplotlib.pyplot as plt
-
+    images = _images(images)
+    index = check_index(index, len(images), "image")
+    feature = check_feature(net, check_layer(net, layer), feature, images.shape[1:])
+    check_rule(rule)
+    plt = require("matplotlib.pyplot", "notebooks", "the explorer")
     record = net.forward(images[index:index + 1], upto=layer)
     act = record[layer][0, feature]
     pos = record.strongest(layer, feature)
@@ -41,6 +45,14 @@ def render(net, images, index: int, layer: str, feature: int, rule: str = "decon
     axes[2].set_title(f"feature map, max {act.max():.2f} at {tuple(int(v) for v in pos)}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _images(images) -> np.ndarray:
+    """``images`` as an array, or ``ArgumentError`` unless it is a non-empty (N, C, H, W) stack."""
+    images = np.asarray(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise ArgumentError(f"images must be a non-empty (N, C, H, W) array, got shape {images.shape}")
+    return images
 
 
 def _controls(widgets) -> list[dict]:
@@ -86,16 +98,19 @@ def explorer(net, images, layer: str | None = None):
     """An interactive widget (ipywidgets) over ``images`` (N, C, H, W): sliders for the image and
     the feature, a menu for the layer and one for the rule. Returns the widget box, which also
     carries a PNG of its first frame for static renderings (HTML, PDF)."""
-    import ipywidgets as W
-    import matplotlib.pyplot as plt
+    images = _images(images)
+    if layer is not None:
+        check_layer(net, layer)
+    W = require("ipywidgets", "notebooks", "the explorer")
+    plt = require("matplotlib.pyplot", "notebooks", "the explorer")
     from IPython.display import display
 
     layers = spatial_layers(net, images.shape)
     if not layers:
-        raise ValueError("the network has no spatial layers to explore")
-    layer = layer or layers[-1]
+        raise ArgumentError("the network has no spatial layers to explore")
+    layer = layers[-1] if layer is None else layer
     if layer not in layers:
-        raise ValueError(f"layer {layer!r} is not a spatial layer; choose one of {', '.join(layers)}")
+        raise ArgumentError(f"layer {layer!r} is not a spatial layer; choose one of {', '.join(layers)}")
     n_feat = {name: net(images[:1], upto=name).shape[1] for name in layers}
     w_img = W.IntSlider(0, 0, len(images) - 1, description="image")
     w_layer = W.Dropdown(options=layers, value=layer, description="layer")
