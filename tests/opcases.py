@@ -1,5 +1,5 @@
 """Shared helpers of the ops tests (numpy only): hypothesis settings, strategies, tolerances, and
-the kernels' test hook (``zfcore.core._kernels.tuning``) that forces small chunks or a given path."""
+the kernels' test hook (``zfcore.core._tuning.tuning``) that forces small chunks or a given path."""
 import contextlib
 
 import numpy as np
@@ -26,7 +26,7 @@ def rel_err(a, b):
 
 def chunk_bytes(n):
     """Force the fast convs and pools to split their work in bands/groups of images (n bytes per
-    chunk; None: the defaults), through the kernels' test hook ``zfcore.core._kernels.tuning``."""
+    chunk; None: the defaults), through the kernels' test hook ``zfcore.core._tuning.tuning``."""
     if n is None:
         return contextlib.nullcontext()
     return tuning(chunk_bytes=n, pool_chunk_bytes=n, nhwc_chunk_bytes=n, min_cols=1)

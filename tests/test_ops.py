@@ -3,7 +3,7 @@
 * the adjoint identities <A x, y> == <x, A^T y> for conv/deconv, im2col/col2im and pool/unpool
   with fixed switches;
 * the naive loop twins against the fast versions (every kernel path, forced where needed through
-  the kernels' test hook ``zfcore.core._kernels.tuning``);
+  the kernels' test hook ``zfcore.core._tuning.tuning``);
 * small fixtures whose answers are written out by hand;
 * every ArgumentError (a ZfcoreError, hence a ValueError) the API promises.
 The comparisons with torch.nn.functional are in test_ops_torch.py.
@@ -23,7 +23,7 @@ from opcases import (TOL, X16, chunk_bytes, conv3x3_cases, conv_cases, conv_inpu
                      pool_cases, rel_err, winograd_everywhere)
 
 from zfcore.core import ops
-from zfcore.core._kernels import tuning
+from zfcore.core._tuning import tuning
 from zfcore.errors import ArgumentError
 
 
@@ -83,6 +83,27 @@ def test_conv2d_fast_equals_naive(c, flat):
     naive = ops.conv2d_naive(x, w, b, c["s"], c["p"])
     assert naive.dtype == fast.dtype == c["dtype"]
     assert rel_err(fast, naive) <= TOL[c["dtype"]]
+
+
+@hyp(100)
+@given(conv_cases(), pool_cases(), st.data())
+def test_plain_paths_equal_naive(c, pc, data):
+    """``TUNING.fast=False``: the bodies written out in ops (one im2col + GEMM, col2im of one GEMM, one
+    scatter-add) give the loop twins' results."""
+    _, x, w, b = conv_inputs(c)
+    size = (c["H"], c["W"]) if data.draw(st.booleans()) else None
+    with tuning(fast=False):
+        y = ops.conv2d(x, w, b, c["s"], c["p"])
+        back = ops.conv_transpose2d(y, w, c["s"], c["p"], output_size=size)
+    assert y.dtype == back.dtype == c["dtype"]
+    assert rel_err(y, ops.conv2d_naive(x, w, b, c["s"], c["p"])) <= TOL[c["dtype"]]
+    assert rel_err(back, ops.conv_transpose2d_naive(y, w, c["s"], c["p"], output_size=size)) <= TOL[c["dtype"]]
+    rng, xp = distinct_inputs(pc)
+    _, sw = ops.max_pool2d(xp, pc["K"], pc["s"], pc["p"])
+    g = rng.standard_normal(sw.shape).astype(pc["dtype"])
+    with tuning(fast=False):
+        un = ops.max_unpool2d(g, sw, xp.shape, window=(pc["K"], pc["s"]))
+    assert un.dtype == pc["dtype"] and rel_err(un, ops.max_unpool2d_naive(g, sw, xp.shape)) <= TOL[pc["dtype"]]
 
 
 @hyp(200)

@@ -7,8 +7,8 @@ padding along rows and columns.
 """
 import numpy as np
 
-from zfcore.core._tuning import TUNING, tuning  # noqa: F401  (the kernels' switches; tests force paths)
-from zfcore.core._winograd import conv3x3_winograd, winograd_filters, winograd_pays  # noqa: F401
+from zfcore.core._tuning import TUNING
+from zfcore.core._winograd import conv3x3_winograd, winograd_pays
 
 
 def bands(N, Ho, nb, rb):

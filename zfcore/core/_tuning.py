@@ -9,6 +9,7 @@ from dataclasses import dataclass
 @dataclass
 class Tuning:
     """Sizes of the chunks the kernels work in, and which path they take (None: by the rules below)."""
+    fast: bool = True                # ops: the fast kernels (True) or the plain im2col + GEMM and scatter
     chunk_bytes: int = 2 * 2**20     # im2col columns + GEMM result of one conv chunk (stay in cache)
     min_cols: int = 1024             # ... but at least this many GEMM columns per chunk
     pool_chunk_bytes: int = 2**20    # max-pool window copies of one chunk of planes

@@ -23,14 +23,14 @@ Output size of a convolution or pooling window, per spatial axis (:func:`conv_ou
 
     H_out = 1 + (H + 2*padding - KH) // stride
 
-The fast convolutions are im2col + GEMM (:func:`im2col`, :func:`col2im`), run in bands of output rows
-that stay in cache, with Winograd's F(2x2, 3x3) for large 3x3 stride-1 layers; those kernels live in
-``zfcore.core._kernels`` and the argument checks in ``zfcore.core._checks``. Tests hold fast == naive == PyTorch.
-For inference, where nothing is projected, :func:`max_pool2d_values` pools without switches, and
-:func:`conv2d_nhwc` / :func:`max_pool2d_values_nhwc` take (N, H, W, C) arrays (``Network.infer`` uses
-them on narrow maps, where copying runs of KW*C contiguous values beats the NCHW im2col).
-:func:`max_unpool2d` scatter-adds by one ``np.bincount``, or, told the pooling's ``window=(kernel,
-stride)`` as the layers do, by one assignment per class of outputs whose windows are disjoint.
+The method is written out in the functions below: a convolution is one :func:`im2col` and one matrix
+product, its transpose one product and one :func:`col2im`, unpooling one scatter-add. Behind one switch,
+``zfcore.core._tuning.TUNING.fast`` (on by default), the same computations run as fast kernels
+(``zfcore.core._kernels``: bands of output rows that stay in cache, Winograd's F(2x2, 3x3) for large
+3x3 stride-1 layers, unpooling by classes of disjoint windows); the tests hold both paths, the loop
+twins and PyTorch to each other. For inference, where nothing is projected, :func:`max_pool2d_values`
+pools without switches, and :func:`conv2d_nhwc` / :func:`max_pool2d_values_nhwc` take (N, H, W, C)
+arrays. Argument checks live in ``zfcore.core._checks``.
 
 Dtypes: float32 and float64 are preserved. When inputs mix dtypes the result is float64 if any input
 is float64, else float32; any other real dtype (bool, integers, float16) is computed in float32.
@@ -41,6 +41,8 @@ import numpy as np
 
 from zfcore.core import _checks as chk
 from zfcore.core import _kernels as kern
+from zfcore.core import _winograd as wino
+from zfcore.core._tuning import TUNING
 from zfcore.core._checks import adaptive_pool_size, conv_output_size, pair
 from zfcore.errors import ArgumentError, check_count
 
@@ -65,14 +67,17 @@ def im2col(x, kernel, stride=1, padding=0):
     ``cols[(c, u, v), (n, i, j)] = xpad[n, c, i*stride_h + u, j*stride_w + v]`` (rows in C order
     (c, u, v), columns in (n, i, j) order, ``xpad`` x with zero padding), so that
     ``conv2d(x, w) == (w.reshape(F, -1) @ cols).reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3)``.
-    KH*KW copies of shifted slices; :func:`conv2d` runs the same copies band by band.
+    KH*KW copies of strided slices, one per kernel offset (u, v).
     """
     (x,), dt = chk.floats(x, names=("x",))
     chk.ndim(x, 4, "x", "(N, C, H, W)")
     N, C = x.shape[:2]
-    (KH, KW), stride, (ph, pw), (Ho, Wo) = chk.check_window(x.shape, kernel, stride, padding)
-    cols = np.empty((C, KH * KW, N, Ho, Wo), dt)
-    kern.im2col_band(cols, kern.pad(x, ph, pw), 0, 0, (KH, KW), stride, 0, Wo, flat=False)
+    (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = chk.check_window(x.shape, kernel, stride, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((C, KH, KW, N, Ho, Wo), dt)
+    for u in range(KH):
+        for v in range(KW):            # offset (u, v) of every window: one strided slice of xp
+            cols[:, u, v] = xp[:, :, u:u + sy * (Ho - 1) + 1:sy, v:v + sx * (Wo - 1) + 1:sx].transpose(1, 0, 2, 3)
     return cols.reshape(C * KH * KW, N * Ho * Wo)
 
 
@@ -80,12 +85,15 @@ def col2im(cols, x_shape, kernel, stride=1, padding=0):
     """The adjoint of :func:`im2col`: cols (C*KH*KW, N*Ho*Wo) -> x (N, C, H, W) = ``x_shape``.
 
     Each column is added back onto the window it was cut from (overlapping windows add up); the
-    padding is cut off. :func:`conv_transpose2d` runs the same adds band by band.
+    padding is cut off. KH*KW strided slice-adds, one per kernel offset (u, v).
     """
-    cols, dt, kernel, stride, (ph, pw), (Ho, Wo) = chk.check_cols(cols, x_shape, kernel, stride, padding)
+    cols, dt, (KH, KW), (sy, sx), (ph, pw), (Ho, Wo) = chk.check_cols(cols, x_shape, kernel, stride, padding)
     N, C, H, W = (int(v) for v in x_shape)
     xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dt)
-    kern.col2im_band(xp, cols.reshape(C, -1, N, Ho, Wo), 0, 0, kernel, stride, 0, Wo, flat=False)
+    c = cols.reshape(C, KH, KW, N, Ho, Wo)
+    for u in range(KH):
+        for v in range(KW):
+            xp[:, :, u:u + sy * (Ho - 1) + 1:sy, v:v + sx * (Wo - 1) + 1:sx] += c[:, u, v].transpose(1, 0, 2, 3)
     return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W])
 
 
@@ -99,11 +107,20 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     ``Ho = 1 + (H + 2*padding_h - KH) // stride_h`` (likewise Wo) and
     ``y[n, f, i, j] = b[f] + sum_{c,u,v} w[f, c, u, v] * xpad[n, c, i*stride_h + u, j*stride_w + v]``.
 
-    Computed as ``w.reshape(F, -1) @ im2col(x)`` in bands of output rows (the bias one more GEMM
-    column); 3x3 stride-1 convs on 256+ channels and small maps by Winograd (:func:`conv2d_winograd`).
+    The method is the four lines at the end: every window of x becomes a column (:func:`im2col`) and
+    one matrix product applies every filter to every window. The fast path (``TUNING.fast``, the
+    default; ``zfcore.core._kernels``) computes the same product in bands of output rows that stay in
+    cache, with the bias as one more GEMM column, and 3x3 stride-1 convs on 256+ channels by Winograd
+    (:func:`conv2d_winograd`); the tests hold both paths, the loop twin and PyTorch to each other.
     """
-    x, w, b, _, stride, padding, out_hw = chk.check_conv(x, w, b, stride, padding)
-    return kern.conv2d(x, w, b, stride, padding, out_hw)
+    x, w, b, _, stride, padding, (Ho, Wo) = chk.check_conv(x, w, b, stride, padding)
+    if TUNING.fast:
+        return kern.conv2d(x, w, b, stride, padding, (Ho, Wo))
+    N, F = x.shape[0], w.shape[0]
+    cols = im2col(x, w.shape[2:], stride, padding)              # (C*KH*KW, N*Ho*Wo)
+    y = (w.reshape(F, -1) @ cols).reshape(F, N, Ho, Wo)         # every filter on every window
+    y = np.ascontiguousarray(y.transpose(1, 0, 2, 3))           # (N, F, Ho, Wo)
+    return y if b is None else y + b[:, None, None]
 
 
 def conv2d_nhwc(x, w, b=None, stride=1, padding=0):
@@ -148,11 +165,18 @@ def conv_transpose2d(y, w, stride=1, padding=0, output_size=None):
     Wmin); with stride > 1 every H in [Hmin, Hmin + stride_h - 1] gives the same Ho, so
     ``output_size=(H, W)`` (or (N, C, H, W)) selects it; default (Hmin, Wmin) (or 1 where Hmin < 1).
 
-    Computed as ``col2im(w.reshape(F, -1).T @ y)`` in bands of output rows, or at stride 1 on large
-    images as :func:`conv2d` of y with the flipped, transposed filters (padding K - 1 - p).
+    The method is the three lines at the end, :func:`conv2d` read backwards: one matrix product gives
+    every window's contribution as a column, and :func:`col2im` adds the columns back onto their
+    windows. The fast path (``TUNING.fast``, the default) runs the same in bands of output rows, or at
+    stride 1 on large images as :func:`conv2d` of y with the flipped, transposed filters (padding
+    K - 1 - p).
     """
     y, w, _, stride, padding, in_hw = chk.check_conv_transpose(y, w, stride, padding, output_size)
-    return kern.conv_transpose2d(y, w, stride, padding, in_hw)
+    if TUNING.fast:
+        return kern.conv_transpose2d(y, w, stride, padding, in_hw)
+    N, F = y.shape[:2]
+    cols = w.reshape(F, -1).T @ y.transpose(1, 0, 2, 3).reshape(F, -1)   # (C*KH*KW, N*Ho*Wo)
+    return col2im(cols, (N, w.shape[1]) + tuple(in_hw), w.shape[2:], stride, padding)
 
 
 def conv_transpose2d_naive(y, w, stride=1, padding=0, output_size=None):
@@ -175,7 +199,7 @@ def conv2d_winograd(x, w, b=None, padding=1):
     x, w, b, _, _, (ph, pw), (Ho, Wo) = chk.check_conv(x, w, b, 1, padding)
     if w.shape[2:] != (3, 3):
         raise ArgumentError(f"conv2d_winograd needs 3x3 filters, got {w.shape[2]}x{w.shape[3]}")
-    return kern.conv3x3_winograd(x, w, b, ph, pw, Ho, Wo)
+    return wino.conv3x3_winograd(x, w, b, ph, pw, Ho, Wo)
 
 
 def winograd_filters(w):
@@ -183,7 +207,7 @@ def winograd_filters(w):
     G (4, 3): one GEMM with the 16x9 Kronecker product G (x) G."""
     if np.shape(w)[2:] != (3, 3):
         raise ArgumentError(f"winograd_filters needs 3x3 filters, got {'x'.join(map(str, np.shape(w)[2:]))}")
-    return kern.winograd_filters(np.asarray(w))
+    return wino.winograd_filters(np.asarray(w))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,7 +310,9 @@ def max_unpool2d(y, switches, input_shape, *, window=None):
         except (TypeError, ValueError):
             raise ArgumentError(f"window must be the pooling's (kernel, stride), got {window!r}") from None
         (KH, KW), (sy, sx) = pair(kernel, "window kernel", 1), pair(stride, "window stride", 1)
-        return kern.unpool_classes(y, s, (H, W), (-(-KH // sy), -(-KW // sx)))
+        if TUNING.fast:
+            return kern.unpool_classes(y, s, (H, W), (-(-KH // sy), -(-KW // sx)))
+    # the plain scatter-add: every value to its switch's position in the flat output, summed
     flat = s.reshape(N * C, Ho * Wo) + (np.arange(N * C, dtype=np.int64) * (H * W))[:, None]
     x = np.bincount(flat.ravel(), weights=y.ravel(), minlength=N * C * H * W).astype(dt, copy=False)
     return x.reshape(N, C, H, W)
