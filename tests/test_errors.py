@@ -311,6 +311,8 @@ def _api_message(call) -> str:
     (["project", "--test-index", "0", "--layer", "conv55"], lambda e: e.net.forward(e.x, upto="conv55")),
     (["topk", "--layer", "conv1", "conv55"], lambda e: analysis.top_k(e.net, e.x, ["conv1", "conv55"], k=1)),
     (["project", "--test-index", "0", "--layer", "conv5", "--feature", "999"],
+     lambda e: e.rec.project("conv5", 999)),
+    (["project", "--test-index", "0", "--layer", "conv5", "--feature", "999"],
      lambda e: studies.deconv_stages(e.net, e.x[0], "conv5", 999)),
     (["occlusion", "--test-index", "0", "--layer", "conv5", "--feature", "128"],
      lambda e: analysis.occlusion(e.net, e.x[0], 0, layer="conv5", feature=128)),
@@ -319,6 +321,7 @@ def _api_message(call) -> str:
      lambda e: models.build_model("fmnist_zf", weights=e.dir / "random.npz")),
     (["classify", "{dir}/nothere.png"], lambda e: data.load_image(e.dir / "nothere.png", size=(28, 28), mode="L")),
 ], ids=["unknown-layer-project", "unknown-layer-forward", "unknown-layer-topk", "feature-out-of-range",
+        "feature-out-of-range-studies",
         "occlusion-feature", "occlusion-target", "corrupt-weights", "missing-image"])
 def test_cli_prints_the_api_message(env, argv, api, capsys, tmp_path):
     """For the same bad input, the command line's one line is ``zfcore <command>: error: <message>``

@@ -112,7 +112,7 @@ class Record:
         (k,), values (k,)), strongest first (ties: the smaller index first). ``k=1`` gives "the
         strongest feature" of the image at that layer."""
         m = self.map_maxima(layer)
-        image = check_index(image, m.shape[0], f"image (the record holds {m.shape[0]})")
+        image = check_index(image, m.shape[0], "image")
         order = np.argsort(-m[image], kind="stable")[:k]
         return order, m[image, order]
 

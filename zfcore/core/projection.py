@@ -72,9 +72,11 @@ def _indices(v, name, default=None):
 
 
 def _in_range(idx, n, what):
+    """idx as intp if every entry is in 0..n-1; else ``ArgumentError`` in ``zfcore.errors.check_index``'s
+    words for the first bad one: "<what> <value> out of range 0..<n-1>"."""
     bad = (idx < 0) | (idx >= n)
     if bad.any():
-        raise ArgumentError(f"{what(int(idx[bad][0]))} (0 to {n - 1})")
+        raise ArgumentError(f"{what} {int(idx[bad][0])} out of range 0..{n - 1}")
     return idx.astype(np.intp)
 
 
@@ -93,12 +95,8 @@ def request(rec, layer: str, features, images=None, positions=None, mode: str = 
         raise ArgumentError(f"features, images and positions need one entry per item or a single one; got "
                          f"{len(feats)} features, {len(imgs)} images, {npos} positions")
     feats, imgs = np.resize(feats, K), np.resize(imgs, K)
-    what = "feature maps" if spatial else "units"
-    feats = _in_range(feats, act.shape[1], lambda f: f"feature {f} out of range: layer {layer!r} has "
-                                                     f"{act.shape[1]} {what}")
-    N = act.shape[0]
-    imgs = _in_range(imgs, N, lambda i: f"image {i} out of range: the record holds {N} "
-                                        f"image{'s' if N != 1 else ''}")
+    feats = _in_range(feats, act.shape[1], f"feature of layer {layer!r}")
+    imgs = _in_range(imgs, act.shape[0], "image")
     if not spatial:
         if positions is not None:
             raise ArgumentError(f"layer {layer!r} is not spatial (output {act.shape[1:]}): position does not "
