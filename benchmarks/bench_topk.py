@@ -1,4 +1,4 @@
-"""Dataset-scale top-k (zfcore.analysis.stream, zfcore.analysis.distributed): the paper's Fig. 2 workload, the scan's
+"""Dataset-scale top-k (zfcore.analysis.topk, zfcore.analysis.distributed): the paper's Fig. 2 workload, the scan's
 throughput on Dask, the scan's memory, and VGG16 conv5_3 with an extrapolation to ImageNet.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_topk.py
@@ -8,8 +8,8 @@ throughput on Dask, the scan's memory, and VGG16 conv5_3 with an extrapolation t
 
 (a) fig2: the embedded model, top-9 of all 480 conv features of conv1..conv5 over the first --images
     (default all 10,000) shipped test images, one scan for all layers, projections (cropped, batched),
-    boxes and patches included (``stream.plan`` + ``stream.scan``, then ``project_winners`` +
-    ``assemble``, which is ``stream.top_k``); total seconds and the split scan / project, median of
+    boxes and patches included (``topk.plan`` + ``topk.scan``, then ``project_winners`` +
+    ``assemble``, which is ``topk.top_k``); total seconds and the split scan / project, median of
     --repeats, with ``--threads`` threads (``zfcore.analysis.parallel``; default every core). Next to it, in a
     subprocess with as many threads, PyTorch's time for the scan's forward alone (the same layers and
     images in batches of the same size, the per-map maxima of the five conv layers; no top-k, no
@@ -53,7 +53,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from zfcore import analysis, data, models  # noqa: E402  (numpy only)
-from zfcore.analysis import parallel, stream
+from zfcore.analysis import parallel, topk  # noqa: E402  (numpy only)
 from zfcore.data import sources  # noqa: E402  (numpy only)
 
 FIG2_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
@@ -91,15 +91,15 @@ def timed(fn):
 
 # --- (a) the Fig. 2 workload ----------------------------------------------------------------------------
 def fig2_once(net, src, layers, threads, k=9):
-    """stream.top_k's steps, timed: (scan s, pass 2 s, tops, distinct winners, batch size)."""
+    """topk.top_k's steps, timed: (scan s, pass 2 s, tops, distinct winners, batch size)."""
     t0 = time.perf_counter()
-    names, feats, bs, k = stream.plan(net, src, layers, k)
-    states = stream.scan(net, src, names, feats, k, bs, threads=threads)
+    names, feats, bs, k = topk.plan(net, src, layers, k)
+    states = topk.scan(net, src, names, feats, k, bs, threads=threads)
     t1 = time.perf_counter()
-    win = stream.winners(states)
-    parts = parallel.map_items(lambda n, ids: stream.project_winners(n, src, states, feats, ids),
-                               stream.chunks(win, bs, threads), threads, net=net)
-    tops = stream.assemble(net, src, states, feats, parts)
+    win = topk.winners(states)
+    parts = parallel.map_items(lambda ids: topk.project_winners(net, src, states, feats, ids),
+                               topk.id_chunks(win, bs, threads), threads)
+    tops = topk.assemble(net, src, states, feats, parts)
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1, tops, len(win), bs
 
@@ -218,7 +218,7 @@ def part_dask(args):
     net = models.load_model()
     src = sources.TestSetSource(limit=args.images)
     src.load([0])
-    names, feats, bs, k = stream.plan(net, src, FIG2_LAYERS, 9)
+    names, feats, bs, k = topk.plan(net, src, FIG2_LAYERS, 9)
     n = len(src)
     print(f"(b) scan throughput: {', '.join(FIG2_LAYERS)} ({sum(map(len, feats.values()))} features), "
           f"{n} test images, batches of {bs}; median of {args.repeats} after a warm-up")
@@ -229,7 +229,7 @@ def part_dask(args):
         cases.append((f"this process, {T} threads (zfcore.analysis.parallel)", None, T))
     for label, ctx, threads in cases:
         def run():
-            return stream.scan(net, src, names, feats, k, bs, threads=threads)
+            return topk.scan(net, src, names, feats, k, bs, threads=threads)
         if ctx is None:
             run()
             t = statistics.median(timed(run)[0] for _ in range(args.repeats))
@@ -300,12 +300,12 @@ def memory_worker(n):
 
     net = models.load_model()
     src = CyclingSource(n)
-    names, feats, bs, k = stream.plan(net, src, FIG2_LAYERS, 9)
+    names, feats, bs, k = topk.plan(net, src, FIG2_LAYERS, 9)
     hwm0 = vm_hwm()
     reset = reset_hwm()
     rss_start = vm_hwm()
     tracemalloc.start()
-    t, states = timed(lambda: stream.scan(net, src, names, feats, k, bs))
+    t, states = timed(lambda: topk.scan(net, src, names, feats, k, bs))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     state_bytes = sum(s.values.nbytes + s.ids.nbytes + s.positions.nbytes for s in states.values())
@@ -388,7 +388,7 @@ class SampleImages:
 def _project_all(net, src, states, feats, bs, ids_list):
     n = 0
     for ids in ids_list:
-        part = stream.project_winners(net, src, states, feats, ids)
+        part = topk.project_winners(net, src, states, feats, ids)
         n += sum(int(m.sum()) for m, _, _ in part.values())
         del part                                             # dropped: see the module docstring
     return n
@@ -400,21 +400,21 @@ def part_vgg16(args):
     n = args.vgg16
     src = SampleImages(n)
     feats = None if args.vgg16_features is None else np.arange(args.vgg16_features)
-    names, fmap, bs, k = stream.plan(net, src, "conv5_3", 9, features=feats)
+    names, fmap, bs, k = topk.plan(net, src, "conv5_3", 9, features=feats)
     F = len(fmap["conv5_3"])
     print(f"(d) VGG16 (random Kaiming weights) conv5_3: top-9 of {F} features over {n} natural-ish 224x224 "
           f"images, batches of {bs}", flush=True)
-    t_load, _ = timed(lambda: [src.load(ids) for ids in stream.chunks(np.arange(n), bs)])
+    t_load, _ = timed(lambda: [src.load(ids) for ids in topk.id_chunks(np.arange(n), bs)])
     print(f"    image generation {t_load:.1f} s ({1e3 * t_load / n:.1f} ms/image, inside the scan's time too)",
           flush=True)
-    t_scan, states = timed(lambda: stream.scan(net, src, names, fmap, k, bs))
+    t_scan, states = timed(lambda: topk.scan(net, src, names, fmap, k, bs))
     sub = min(n, max(bs, args.vgg16_one_thread))
     with one_blas_thread():
-        t_scan1, _ = timed(lambda: stream.scan(net, src, names, fmap, k, bs, stop=sub))
+        t_scan1, _ = timed(lambda: topk.scan(net, src, names, fmap, k, bs, stop=sub))
     rate, rate1 = n / t_scan, sub / t_scan1
     print(f"    scan {t_scan:.1f} s: {rate:.2f} images/s (default threads); one BLAS thread on {sub} images: "
           f"{rate1:.2f} images/s per worker", flush=True)
-    chunks = stream.chunks(stream.winners(states), bs)
+    chunks = topk.id_chunks(topk.winners(states), bs)
     t_proj, n_proj = timed(lambda: _project_all(net, src, states, fmap, bs, chunks))
     with one_blas_thread():
         t_proj1, n_proj1 = timed(lambda: _project_all(net, src, states, fmap, bs, chunks[:1]))

@@ -1,5 +1,6 @@
-"""Analyses: confusion matrices by hand, top-k's boxes and patches against input_box and the image
-(numpy only); top-k and occlusion against PyTorch computations (skipped without torch)."""
+"""Analyses: confusion matrices by hand, top-k's boxes and patches against input_box and the image,
+features during training against each network's own record (numpy only); top-k, a record's map maxima
+and strongest features, and occlusion against PyTorch computations (skipped without torch)."""
 import numpy as np
 import pytest
 
@@ -96,6 +97,38 @@ def test_top_k_against_torch_activations(setup):
                                   img[:, top:bottom + 1, left:right + 1])
 
 
+def test_record_maxima_and_top_features_against_torch(setup):
+    """Record.map_maxima is each map's maximum in the PyTorch activations; Record.top_features the
+    strongest maps of one image, strongest first."""
+    x, _, _, net, tm = setup
+    act = _torch_acts(tm, x[:8], "conv5")
+    maxima = act.reshape(8, 128, -1).max(2)
+    rec = net.forward(x[:8], upto="conv5")
+    np.testing.assert_allclose(rec.map_maxima("conv5"), maxima, rtol=1e-5, atol=1e-6)
+    feats, vals = rec.top_features("conv5", image=3, k=3)
+    assert feats.tolist() == np.argsort(-maxima[3], kind="stable")[:3].tolist()
+    np.testing.assert_allclose(vals, maxima[3, feats], rtol=1e-5)
+
+
+def test_feature_evolution_takes_each_networks_strongest_image(numpy_setup):
+    """For each network, each feature's strongest image over the set (the first on ties), its maximum
+    and that activation's projection, from each network's own forward record of all the images."""
+    x, _, _, net = numpy_setup
+    nets = [net, models.build_model("fmnist_zf", weights=kaiming_params(models.FMNIST_ZF, seed=4))]
+    feats = [0, 5, 31]
+    projs, vals, idxs = analysis.feature_evolution(nets, x[:20], "conv2", feats, batch_size=8)
+    assert projs.shape == (2, 3, 1, 28, 28) and vals.shape == idxs.shape == (2, 3)
+    for n, nt in enumerate(nets):
+        rec = nt.forward(x[:20], upto="conv2")
+        m = rec.map_maxima("conv2")
+        for j, f in enumerate(feats):
+            i = int(np.argmax(m[:, f]))
+            assert idxs[n, j] == i
+            np.testing.assert_allclose(vals[n, j], m[i, f], rtol=1e-6)
+            ref = rec.project("conv2", f, image=i)
+            np.testing.assert_allclose(projs[n, j], ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
 def test_occlusion_against_torch(setup):
     import torch
     x, y, _, net, tm = setup
@@ -113,7 +146,7 @@ def test_occlusion_against_torch(setup):
 
 def test_bad_input(numpy_setup):
     x, _, _, net = numpy_setup
-    with pytest.raises(ValueError, match="features must be in 0..127"):
+    with pytest.raises(ValueError, match="features must be distinct integers in 0..127"):
         analysis.top_k(net, x[:4], "conv5", k=2, features=[128])
     with pytest.raises(ValueError, match="k must be in 1..4"):
         analysis.top_k(net, x[:4], "conv5", k=5)

@@ -1,4 +1,4 @@
-"""Top-k on dask.distributed (zfcore.analysis.distributed) against the single-process streaming result: a
+"""Top-k on dask.distributed (zfcore.analysis.distributed) against the single-process result (analysis.top_k): a
 LocalCluster of 2 worker processes gives the same images, positions, values, boxes and patches, and
 projections within 1e-6. The reference runs with one BLAS thread, as the workers do: OpenBLAS's float32
 GEMM rounds differently with 1 and 2 threads (about half of conv3's maxima differ in the last bit on the
@@ -10,9 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from zfcore import models
+from zfcore import analysis, models
 from zfcore.data import sources
-from zfcore.analysis import stream
 from zfcore.errors import ArgumentError, DataError, MissingDependencyError
 
 FIELDS = ("features", "images", "positions", "values", "boxes", "patches")
@@ -24,10 +23,10 @@ def net():
 
 
 def single_process(net, src, layers, **kw):
-    """stream.top_k with one BLAS thread (the workers' arithmetic)."""
+    """analysis.top_k with one BLAS thread (the workers' arithmetic)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     with threadpoolctl.threadpool_limits(1):
-        return stream.top_k(net, src, layers, **kw)
+        return analysis.top_k(net, src, layers, **kw)
 
 
 def assert_same(got, ref):
@@ -130,7 +129,7 @@ def test_existing_scheduler(net):
         got = distributed.top_k(net, src, ["conv2", "conv4"], k=3, features=[1, 2], batch_size=25,
                                 scheduler=cluster.scheduler_address, progress=None)
         assert list(cluster.scheduler.clients) == ["fire-and-forget"]    # our client is closed again
-    ref = stream.top_k(net, src, ["conv2", "conv4"], k=3, features=[1, 2], batch_size=25)
+    ref = analysis.top_k(net, src, ["conv2", "conv4"], k=3, features=[1, 2], batch_size=25)
     for layer in ref:
         assert_same(got[layer], ref[layer])
     with pytest.raises(ArgumentError, match="scheduler notanaddress: cannot connect"):

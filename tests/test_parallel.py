@@ -1,4 +1,4 @@
-"""Threads over the images of a batch (zfcore.analysis.parallel): scan_maxima and stream.top_k give the same
+"""Threads over the images of a batch (zfcore.analysis.parallel): scan_maxima and top_k give the same
 maxima, images and positions with 2 or 3 threads as in one thread whose BLAS also runs one thread (the
 threads' arithmetic: a float32 GEMM rounds differently with a multi-threaded BLAS), predict and the
 projections the same within 1e-6 of their largest magnitude; the pieces cover the work once; a bad
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zfcore import analysis, data, models
-from zfcore.analysis import parallel, stream
+from zfcore.analysis import parallel, topk
 from zfcore.data import sources
 from zfcore.errors import ArgumentError
 
@@ -48,14 +48,15 @@ def test_predict_and_scan_maxima_do_not_depend_on_threads(net, images, threads):
     assert (ref_logits.argmax(1) == data.load_dataset("test", limit=600)[1]).mean() > 0.85
 
 
-def test_stream_top_k_does_not_depend_on_threads(net):
+def test_top_k_does_not_depend_on_threads(net):
     src = sources.TestSetSource(limit=600)
     feats = {"conv2": np.arange(0, 64, 7), "conv5": np.arange(0, 128, 9)}
     with one_blas_thread():
-        ref = stream.top_k(net, src, list(feats), k=5, features=feats, batch_size=200, threads=1)
-    net.forward(data.load_dataset("test", limit=1)[0])
-    got = stream.top_k(net, src, list(feats), k=5, features=feats, batch_size=200, threads=2)
-    assert net.trace is None                             # as with one thread: no stale trace is left
+        ref = analysis.top_k(net, src, list(feats), k=5, features=feats, batch_size=200, threads=1)
+    rec = net.forward(data.load_dataset("test", limit=1)[0])
+    mine = rec.project("conv5", 3)
+    got = analysis.top_k(net, src, list(feats), k=5, features=feats, batch_size=200, threads=2)
+    np.testing.assert_array_equal(rec.project("conv5", 3), mine)     # as with one thread: the record is kept
     for name in feats:
         for f in ("features", "images", "positions", "values", "boxes", "patches"):
             np.testing.assert_array_equal(getattr(got[name], f), getattr(ref[name], f), err_msg=f)
@@ -72,10 +73,10 @@ def test_pieces_cover_the_work_once():
             assert all(hi > lo for lo, hi in pieces)
     ids = np.arange(2145)
     for size, threads in ((500, 1), (500, 2), (358, 3), (5000, 4)):
-        pieces = stream.chunks(ids, size, threads)
+        pieces = topk.id_chunks(ids, size, threads)
         assert len(pieces) % threads == 0 and max(map(len, pieces)) <= size
         np.testing.assert_array_equal(np.concatenate(pieces), ids)
-    assert stream.chunks(ids[:0], 10, 2) == []
+    assert topk.id_chunks(ids[:0], 10, 2) == []
     assert parallel.map_items(lambda x: x * x, range(7), 3) == [x * x for x in range(7)]
 
 

@@ -1,14 +1,14 @@
 """Analyses built on the deconvnet, numpy only: classification summaries (``classify``), top-k
-activations over a dataset, the paper's Fig. 2 (``topk``; ``stream`` for collections of any size, on
-Dask in ``distributed``), occlusion (``occlusion``), features during training (``evolution``), the
+activations over an array or a collection of any size, the paper's Fig. 2 (``topk``; on Dask in
+``distributed``), occlusion (``occlusion``), features during training (``evolution``), the
 paper's other studies (``studies``), explanations that can be checked (``explain``), and threads over
 a batch (``parallel``)."""
-from zfcore.analysis import classify, evolution, explain, occlusion, parallel, stream, studies, topk
+from zfcore.analysis import classify, evolution, explain, occlusion, parallel, studies, topk
 from zfcore.analysis.classify import confusion_matrix, most_confused_pairs, per_class_accuracy, predict
 from zfcore.analysis.evolution import feature_evolution, weight_settling
 from zfcore.analysis.occlusion import Occlusion, occlude, occlusion
 from zfcore.analysis.topk import TopK, scan_maxima, top_k
 
-__all__ = ["classify", "evolution", "explain", "occlusion", "parallel", "stream", "studies", "topk",
+__all__ = ["classify", "evolution", "explain", "occlusion", "parallel", "studies", "topk",
            "confusion_matrix", "most_confused_pairs", "per_class_accuracy", "predict", "feature_evolution", "weight_settling", "Occlusion", "occlude", "top_k",
            "TopK", "scan_maxima"]

@@ -1,5 +1,5 @@
-"""Streaming top-k (``zfcore.analysis.stream``) on ``dask.distributed``: the same computation and the same result,
-spread over worker processes.
+"""Top-k (``zfcore.analysis.topk``) on ``dask.distributed``: the same computation and the same result, spread
+over worker processes.
 
     from zfcore.analysis import distributed
     from zfcore.data import sources
@@ -9,10 +9,10 @@ spread over worker processes.
 1. The network (spec and parameters) and the image source are scattered to every worker once; each
    worker process builds the network on first use and keeps it (one per thread).
 2. The ids are cut into shards (whole batches, so every batch is the one a single process would run);
-   each shard is scanned on a worker into per-feature ``stream.TopState`` s, and the states are merged
-   pairwise in a tree (``stream.merge_all`` tasks) into one state per layer.
+   each shard is scanned on a worker into per-feature ``topk.TopState`` s, and the states are merged
+   pairwise in a tree (``topk.merge_all`` tasks) into one state per layer.
 3. The winning images are cut into chunks; each task loads its images, runs them forward once and
-   projects its entries (``stream.project_winners``); the client assembles the ``analysis.TopK`` s.
+   projects its entries (``topk.project_winners``); the client assembles the ``topk.TopK`` s.
 
 ``workers=N`` starts a ``LocalCluster`` of N processes with one thread each and one BLAS thread each
 (OPENBLAS/OMP/MKL_NUM_THREADS=1 in the workers' environment, whatever the parent's environment says),
@@ -27,10 +27,8 @@ import os
 import threading
 import uuid
 
-from zfcore.analysis import stream
-from zfcore._argcheck import check_count
-from zfcore.errors import ArgumentError, require
-from zfcore.data.sources import ArraySource
+from zfcore.analysis import topk
+from zfcore.errors import ArgumentError, check_count, require
 
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CONNECT_TIMEOUT = 20             # seconds to reach a scheduler
@@ -117,11 +115,11 @@ def _net(shipped):
 
 
 def _scan_task(shipped, source, lo, hi, layers, features, k, batch_size):
-    return stream.scan(_net(shipped), source, layers, features, k, batch_size, start=lo, stop=hi)
+    return topk.scan(_net(shipped), source, layers, features, k, batch_size, start=lo, stop=hi)
 
 
 def _project_task(shipped, source, states, features, ids, rule):
-    return stream.project_winners(_net(shipped), source, states, features, ids, rule)
+    return topk.project_winners(_net(shipped), source, states, features, ids, rule)
 
 
 def blas_threads() -> list:
@@ -150,7 +148,7 @@ def shards(n: int, batch_size: int, n_workers: int, shard_size: int | None = Non
 def _tree_merge(client, futures):
     """Merge futures of state dicts pairwise, level by level, into one future."""
     while len(futures) > 1:
-        nxt = [client.submit(stream.merge_all, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2])]
+        nxt = [client.submit(topk.merge_all, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2])]
         futures = nxt + (futures[-1:] if len(futures) % 2 else [])
     return futures[0]
 
@@ -172,14 +170,14 @@ def ship(client, net, source):
 def scan(client, shipped, source, n: int, layers, features, k: int, batch_size: int,
          shard_size: int | None = None, progress=None) -> dict:
     """Pass 1 on the workers: the ``n`` images of the shipped ``source`` in shards (``shards``), each
-    scanned by a task, the states merged in a tree. Returns dict layer -> ``stream.TopState``."""
+    scanned by a task, the states merged in a tree. Returns dict layer -> ``topk.TopState``."""
     dist = _distributed()
     n_workers = len(client.scheduler_info().get("workers", {}))
     spans = shards(n, batch_size, n_workers, shard_size)
     futs = [client.submit(_scan_task, shipped, source, lo, hi, layers, features, k, batch_size, pure=False)
             for lo, hi in spans]
     total = _tree_merge(client, futs)
-    step, close = stream._progress_fn(progress, n, "scan")
+    step, close = topk.progress_steps(progress, n, "scan")
     try:
         if step is not None:
             size = {f.key: hi - lo for f, (lo, hi) in zip(futs, spans)}
@@ -194,23 +192,21 @@ def scan(client, shipped, source, n: int, layers, features, k: int, batch_size: 
 def top_k(net, source, layers, k: int = 9, features=None, batch_size: int | None = None,
           rule: str = "deconvnet", workers: int | None = None, scheduler: str | None = None, client=None,
           shard_size: int | None = None, progress=True):
-    """``stream.top_k`` on Dask: same arguments and the same result (images, positions, values, boxes
+    """``topk.top_k`` on Dask: same arguments and the same result (images, positions, values, boxes
     and patches identical; projections to rounding). Runs on a new ``LocalCluster`` of ``workers``
     processes (default: one per core), on the cluster of ``scheduler`` (an address), or through an
     open ``client``. ``shard_size``: images per scan task (a multiple of the batch size; default: see
     ``shards``). ``progress``: True (a tqdm bar of the images scanned), None or a callable."""
     _distributed()
-    source = source if hasattr(source, "load") else ArraySource(source)
+    source = topk.as_source(source)
     _check_spec(net)                             # before any cluster starts
-    names, feats, batch_size, k = stream.plan(net, source, layers, k, features, batch_size)
-    if rule not in ("deconvnet", "guided", "gradient"):
-        raise ArgumentError(f"rule {rule!r}: expected deconvnet, guided or gradient")
+    names, feats, batch_size, k = topk.plan(net, source, layers, k, features, batch_size, rule)
     with connect(workers, scheduler, client) as c:
         shipped, src = ship(c, net, source)
         states = scan(c, shipped, src, len(source), names, feats, k, batch_size, shard_size, progress)
         st = c.scatter([states], broadcast=True)[0]
         futs = [c.submit(_project_task, shipped, src, st, feats, ids, rule, pure=False)
-                for ids in stream.chunks(stream.winners(states), batch_size)]
+                for ids in topk.id_chunks(topk.winners(states), batch_size)]
         parts = c.gather(futs)
-    tops = stream.assemble(net, source, states, feats, parts)
+    tops = topk.assemble(net, source, states, feats, parts)
     return tops[layers] if isinstance(layers, str) else tops

@@ -13,8 +13,9 @@ from zfcore.analysis.topk import top_k
 # --- feature evolution during training (the paper's Fig. 4) -------------------------------------------
 def feature_evolution(nets, images, layer: str, features, batch_size: int = 500):
     """For each network in ``nets`` (e.g. training checkpoints) and each feature: the strongest
-    activation of that feature over ``images`` and its projection. Returns (projections
-    (len(nets), F, C, H, W), values (len(nets), F), image indices (len(nets), F))."""
+    activation of that feature over ``images`` (an (N, C, H, W) array or a ``zfcore.data.sources``
+    source) and its projection (``top_k`` with k=1). Returns (projections (len(nets), F, C, H, W),
+    values (len(nets), F), image indices (len(nets), F))."""
     features = np.atleast_1d(np.asarray(features))
     projs, vals, idxs = [], [], []
     for net in nets:

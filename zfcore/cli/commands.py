@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from zfcore.cli import common as C
-from zfcore._argcheck import check_count, check_feature, check_layer, layer_width
-from zfcore.errors import ArgumentError, ZfcoreError
+from zfcore.core.layers import RULES
+from zfcore.errors import ArgumentError, ZfcoreError, check_count, check_feature, check_layer, layer_width
 
 # a source checkout holds report/build.py and notebooks/ beside the package; an installed wheel does not
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -58,8 +58,8 @@ def cmd_classify(args):
 
 def cmd_project(args):
     """Project one feature of a layer (given, or the image's strongest) back to pixels."""
-    if args.rule not in ("deconvnet", "guided", "gradient"):
-        raise ArgumentError(f"--rule {args.rule!r}: expected deconvnet, guided or gradient")
+    if args.rule not in RULES:
+        raise ArgumentError(f"--rule {args.rule!r}: expected {', '.join(RULES[:-1])} or {RULES[-1]}")
     net, model = C.load_net(args)
     check_layer(net, args.layer)
     ch, side, _ = C.INPUTS[args.model]
@@ -138,9 +138,9 @@ def _topk_run(args, net, src, layers, feats):
     kw = dict(k=args.k, features=feats, batch_size=args.batch_size, rule=args.rule,
               progress=not args.quiet)
     if args.workers is None and args.scheduler is None:
-        from zfcore.analysis import stream
+        from zfcore.analysis.topk import top_k
 
-        return stream.top_k(net, src, layers, threads=args.threads, **kw)
+        return top_k(net, src, layers, threads=args.threads, **kw)
     from zfcore.analysis import distributed
 
     return distributed.top_k(net, src, layers, workers=args.workers, scheduler=args.scheduler, **kw)
@@ -162,8 +162,8 @@ def cmd_topk(args):
         check_count(args.threads, "--threads", 1, 1024)
         if args.workers is not None or args.scheduler is not None:
             raise ArgumentError("--threads is for the single-process path: each Dask worker runs one thread")
-    if args.rule not in ("deconvnet", "guided", "gradient"):
-        raise ArgumentError(f"--rule {args.rule!r}: expected deconvnet, guided or gradient")
+    if args.rule not in RULES:
+        raise ArgumentError(f"--rule {args.rule!r}: expected {', '.join(RULES[:-1])} or {RULES[-1]}")
     net, model = C.load_net(args)
     layers = list(dict.fromkeys(args.layer))
     for layer in layers:
@@ -270,10 +270,14 @@ def _occlusion_figure(args, image, occ, target) -> bytes:
 def cmd_train(args):
     from zfcore.torch.train import train
 
+    command = (f"zfcore train --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr} "
+               f"--weight-decay {args.weight_decay} --seed {args.seed} --precision {args.precision} "
+               f"--{'' if args.batchnorm else 'no-'}batchnorm"
+               + (f" --subset {args.subset}" if args.subset else ""))
     hist = train(epochs=args.epochs, out=args.out, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                  weight_decay=args.weight_decay, subset=args.subset, device=args.device, root=args.data,
                  threads=args.threads, overwrite=args.force, batchnorm=args.batchnorm,
-                 precision=args.precision, quiet=args.quiet)
+                 precision=args.precision, quiet=args.quiet, command=command)
     if not args.quiet:
         print(f"final test accuracy {100 * hist['final']['test_acc']:.2f}% after "
               f"{hist['epochs'][-1]['epoch']} epochs; weights and history.json in {args.out}")
