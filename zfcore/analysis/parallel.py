@@ -1,14 +1,16 @@
 """Threads over the images of a batch, for the dataset-scale analyses (``analysis.predict``,
-``analysis.scan_maxima``, ``stream.top_k``).
+``analysis.scan_maxima``, ``analysis.top_k``).
 
 numpy releases the GIL in its copies, reductions and matrix products, so T Python threads, each
 running the network on its own share of the images with a one-thread BLAS, keep T cores busy in the
 im2col copies, pools and maxima as well as in the GEMMs; one BLAS call with T threads parallelises the
 GEMMs alone. The BLAS is held to one thread per caller with ``threadpoolctl`` (imported here, lazily,
 and only when more than one thread is asked for); without it the work runs in the calling thread.
-Each image is computed by the same code whatever the number of threads; the float32 results can differ
-in the last bit from a run with a multi-threaded BLAS (its GEMMs sum in another order), and the
-classifier's small GEMMs can round differently when a batch is split (tests/test_parallel.py).
+Each image is computed by the same code whatever the number of threads, but a GEMM over a piece of the
+batch has fewer columns than one over the whole batch, and a BLAS may round an image's values in the
+last bit differently with that size (OpenBLAS's Haswell kernel does; with a multi-threaded BLAS the
+sums run in another order too). Results then agree to float rounding, and a pooling switch at a
+near-tie may flip (tests/test_parallel.py compares on a float64 network).
 
 ``threads``: None (every core this process may use, when threadpoolctl is installed; else 1) or a
 positive integer.

@@ -343,8 +343,8 @@ def top_k(net, source, layers, k: int = 9, features=None, batch_size: int | None
     ``BATCH_BYTES``, 1..500). rule: ``zfcore.core.layers.RULES``. progress: None, True (a tqdm bar)
     or a callable(n). threads: None (every core) or a count: each scanned batch is split over them,
     and pass 2 hands its chunks of winners to them (``zfcore.analysis.parallel``: each runs a
-    one-thread BLAS, so images, positions and values equal those of one thread with a one-thread
-    BLAS, projections to rounding)."""
+    one-thread BLAS; values and projections agree with one thread's to float rounding, which may
+    reorder near-ties)."""
     source = as_source(source)
     names, feats, batch_size, k = plan(net, source, layers, k, features, batch_size, rule)
     threads = parallel.resolve(threads)

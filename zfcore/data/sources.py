@@ -1,4 +1,4 @@
-"""Image sources for dataset-scale analyses (``zfcore.analysis.stream``, ``zfcore.analysis.distributed``): a collection
+"""Image sources for dataset-scale analyses (``zfcore.analysis.top_k``, ``zfcore.analysis.distributed``): a collection
 of images with a fixed id order, loaded a few at a time.
 
 Every source has ``len(source)`` (N), ``source.shape`` (C, H, W) and ``source.load(ids)`` -> float
