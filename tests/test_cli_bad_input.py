@@ -49,7 +49,7 @@ ROWS = [
      r"feature of layer 'conv5' 999 out of range 0..127"),
     ("feature-negative", "project --test-index 0 --layer conv5 --feature -1",
      r"feature of layer 'conv5' -1 out of range 0..127"),
-    ("unknown-rule", "project --test-index 0 --layer conv5 --rule deconv", r"--rule 'deconv': expected deconvnet"),
+    ("unknown-rule", "project --test-index 0 --layer conv5 --rule deconv", r"unknown rule 'deconv'; did you mean 'deconvnet'"),
     ("missing-image", "classify {in}/nothere.png", r"nothere.png: no such file"),
     ("not-an-image", "classify {in}/text.png", r"text.png: not a readable image"),
     ("test-index-out-of-range", "classify --test-index 10000", r"--test-index 10000: out of range 0..9999"),

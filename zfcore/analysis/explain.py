@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from zfcore._argcheck import layer_width
 from zfcore.analysis.studies import project_units
-from zfcore.errors import ArgumentError
+from zfcore.core.layers import RULES
+from zfcore.errors import ArgumentError, layer_width
 
 
 # --- contributions of a layer's feature maps to a logit ---------------------------------------------------
@@ -158,7 +158,7 @@ def randomised_params(net, layers, seed: int = 0):
     return params
 
 
-def cascading_randomisation(net, images, targets, rules=("deconvnet", "guided", "gradient"),
+def cascading_randomisation(net, images, targets, rules=RULES,
                             layer: str = "fc7", seed: int = 0):
     """Adebayo et al.'s cascade: randomise the weighted layers from the top down, one more at a time,
     and compare each rule's projection of output unit ``targets[n]`` of ``layer`` with the trained

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from zfcore.cli import common as C
-from zfcore.core.layers import RULES
+from zfcore.core.layers import check_rule
 from zfcore.errors import ArgumentError, ZfcoreError, check_count, check_feature, check_layer, layer_width
 
 # a source checkout holds report/build.py and notebooks/ beside the package; an installed wheel does not
@@ -58,8 +58,7 @@ def cmd_classify(args):
 
 def cmd_project(args):
     """Project one feature of a layer (given, or the image's strongest) back to pixels."""
-    if args.rule not in RULES:
-        raise ArgumentError(f"--rule {args.rule!r}: expected {', '.join(RULES[:-1])} or {RULES[-1]}")
+    check_rule(args.rule)
     net, model = C.load_net(args)
     check_layer(net, args.layer)
     ch, side, _ = C.INPUTS[args.model]
@@ -162,8 +161,7 @@ def cmd_topk(args):
         check_count(args.threads, "--threads", 1, 1024)
         if args.workers is not None or args.scheduler is not None:
             raise ArgumentError("--threads is for the single-process path: each Dask worker runs one thread")
-    if args.rule not in RULES:
-        raise ArgumentError(f"--rule {args.rule!r}: expected {', '.join(RULES[:-1])} or {RULES[-1]}")
+    check_rule(args.rule)
     net, model = C.load_net(args)
     layers = list(dict.fromkeys(args.layer))
     for layer in layers:

@@ -19,6 +19,7 @@ import argparse
 import sys
 
 from zfcore import __version__
+from zfcore.core.layers import RULES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
+_RULE_HELP = "the ReLU's backward rule: " + ", ".join(RULES)
 
 
 def _common(out_required=True, out_default=None, out_help="folder for the summary and figures"):
@@ -77,7 +79,7 @@ def build_parser():
     _input_args(c)
     c.add_argument("--layer", required=True, help="layer name, e.g. conv5")
     c.add_argument("--feature", type=int, default=None, help="feature map; default: the strongest")
-    c.add_argument("--rule", default="deconvnet", help="deconvnet, guided or gradient")
+    c.add_argument("--rule", default="deconvnet", metavar="RULE", help=_RULE_HELP)
     c = _add(sub, "topk", K.cmd_topk, "the paper's Fig. 2 for layers over a collection of images", common)
     _model_args(c)
     c.add_argument("--layer", required=True, nargs="+", metavar="LAYER",
@@ -91,7 +93,7 @@ def build_parser():
                    help="--images layout; auto: an ImageFolder when FOLDER holds sub-folders and no images")
     c.add_argument("--limit", type=int, default=None,
                    help="use the first N images; default: 2000 of the shipped test set, all of a folder")
-    c.add_argument("--rule", default="deconvnet", help="deconvnet, guided or gradient")
+    c.add_argument("--rule", default="deconvnet", metavar="RULE", help=_RULE_HELP)
     c.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass; default: as many as fit about 512 MB of activations (<= 500)")
     c.add_argument("--threads", type=int, default=None,
