@@ -138,7 +138,7 @@ def invariance(net, images, labels, kind: str, amounts, layers=("relu1", "relu6"
 def occluded_activations(net, image, layer: str, size: int, stride: int, fill: float = 0.0):
     """The whole output of ``layer`` for every position of a ``size`` x ``size`` occluder (filled with
     ``fill``) on ``image`` (C, H, W). Returns (acts (R, Q, ...), reference output (...), rows, cols)."""
-    from zfcore.analysis.occlusion import occlude
+    from zfcore.analysis.sensitivity import occlude
 
     stack, rows, cols = occlude(image, size, stride, fill)
     out = np.concatenate([net.forward(stack[i:i + 256], upto=layer).output for i in range(0, len(stack), 256)])
