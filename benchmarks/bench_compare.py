@@ -3,18 +3,19 @@
     python benchmarks/bench_compare.py [--threads N] [--repeats R] [--size S]
 
 VGG16 with seeded random weights (``zfcore.models.build_model("vgg16", seed=0)``; the timings do not
-depend on the values), scikit-image's ``chelsea`` resized to S x S (default 224) and fed as the original
+depend on the values), scikit-image's ``chelsea`` resized to S x S (default 224; a multiple of 224, as the
+classifier's adaptive pooling to 7 x 7 takes pool5's S/32 x S/32 maps in whole blocks) and fed as the original
 does (BGR, RGB ImageNet statistics). Three worker processes, one per implementation, so that numpy's
 and torch's thread pools never contend; each uses N threads (default: all cores), prints JSON, and
 this process prints one Markdown table. Medians of R runs after one warm-up.
 
-Measures (``zfcore.comparison.compare.time_zfcore`` / ``time_recreation`` / ``time_captum``):
+Measures (``harness.time_zfcore`` / ``time_recreation`` / ``time_captum``, in benchmarks/harness.py):
 
   forward             one image through the whole net, recording switches (zfcore: ``Network.forward``,
-                      every layer's activation and cache; re-creation: its hooked ``features`` +
+                      a ``Record`` of every layer's activation and cache; re-creation: its hooked ``features`` +
                       classifier, as the original). captum has no separate forward.
   project <layer>     the strongest activation of the strongest map of each conv layer, to pixels,
-                      after one forward: zfcore's cropped projection; the re-creation's selection +
+                      after one forward: zfcore's cropped projection (``Record.project``); the re-creation's selection +
                       dense mirror (``MaxUnpool2d -> ReLU -> ConvTranspose2d``, random biases as the
                       original); one captum ``NeuronDeconvolution.attribute`` call (its own forward up to
                       pool5 and backward, on the features part only).
@@ -49,8 +50,9 @@ def setup(size):
 def worker(kind, repeats, threads, size):
     warnings.filterwarnings("ignore")
     net, x = setup(size)
-    from zfcore.comparison import compare, huybery
+    import harness
     from zfcore import models
+    from zfcore.comparison import huybery
 
     convs = huybery.conv_layers("vgg16")
     demo = huybery.layer_names("vgg16")
@@ -59,7 +61,7 @@ def worker(kind, repeats, threads, size):
         import numpy as np
 
         res["numpy"] = np.__version__
-        times = compare.time_zfcore(net, x, convs, demo, repeats)
+        times = harness.time_zfcore(net, x, convs, demo, repeats)
     else:
         import torch
 
@@ -68,7 +70,7 @@ def worker(kind, repeats, threads, size):
         res["torch_threads"] = torch.get_num_threads()
         if kind == "recreation":
             rec = huybery.Recreation(net.spec, net.params, deconv_bias="random", bias_seed=0)
-            times = compare.time_recreation(rec, x, convs, demo, repeats)
+            times = harness.time_recreation(rec, x, convs, demo, repeats)
         else:
             import captum
 
@@ -80,7 +82,7 @@ def worker(kind, repeats, threads, size):
             for name in convs:
                 _, sel = rec.select(name)
                 units[name] = (sel.feature, *sel.positions[0])
-            times = compare.time_captum(spec, params, x, convs, units, demo, repeats)
+            times = harness.time_captum(spec, params, x, convs, units, demo, repeats)
     res["times"] = times
     print(json.dumps(res))
 
@@ -102,9 +104,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, default=224, help="image size S, a multiple of 224")
     ap.add_argument("--worker", choices=["zfcore", "recreation", "captum"])
     a = ap.parse_args()
+    if a.size <= 0 or a.size % 224:
+        ap.error(f"--size {a.size}: must be a multiple of 224 (the classifier pools pool5's maps to 7 x 7)")
     if a.worker:
         return worker(a.worker, a.repeats, a.threads, a.size)
 
@@ -112,9 +116,10 @@ def main():
     t0 = time.time()
     res = {k: run_worker(k, a.threads, a.repeats, a.size) for k in ("zfcore", "recreation", "captum")}
     sys.path.insert(0, ROOT)
-    from zfcore.comparison import compare
+    import harness
+    from zfcore.comparison.compare import format_table
 
-    rows = compare.timing_rows({k: r["times"] for k, r in res.items()})
+    rows = harness.timing_rows({k: r["times"] for k, r in res.items()})
     print(f"# zfcore vs re-created huybery/VisualizingCNN vs captum {res['captum']['captum']}: VGG16 "
           f"(seeded random weights), chelsea {a.size}x{a.size}, float32, {a.threads} threads each "
           f"(separate processes), median of {a.repeats}")
@@ -123,8 +128,8 @@ def main():
           f"nproc {os.cpu_count()}, load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
           f"wall {time.time() - t0:.0f} s")
     print()
-    print(compare.format_table(rows, formats={"zfcore ms": ".1f", "recreation ms": ".1f", "captum ms": ".1f",
-                                              "recreation / zfcore": ".2f", "captum / zfcore": ".2f"}))
+    print(format_table(rows, formats={"zfcore ms": ".1f", "recreation ms": ".1f", "captum ms": ".1f",
+                                      "recreation / zfcore": ".2f", "captum / zfcore": ".2f"}))
 
 
 if __name__ == "__main__":

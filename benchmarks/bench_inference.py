@@ -19,9 +19,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 def worker(kind, repeats, batch, threads):
     sys.path.insert(0, ROOT)
-    import numpy as np
-
-    from zfcore.comparison import compare
+    import harness
     from zfcore import data, models
 
     x, y = data.load_dataset("test")
@@ -46,7 +44,7 @@ def worker(kind, repeats, batch, threads):
                 return torch.cat([tm(xt[i:i + batch]) for i in range(0, len(xt), batch)]).numpy()
 
     out = run()                                                   # the warm-up
-    seconds = compare.median_time(run, repeats, warmup=0)
+    seconds = harness.median_time(run, repeats, warmup=0)
     pred = out.argmax(1)
     print(json.dumps(dict(seconds=seconds, accuracy=float((pred == y).mean()),
                           pred=pred.tolist())))

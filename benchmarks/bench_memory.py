@@ -1,4 +1,4 @@
-"""Peak memory of VGG16 in zfcore: one 224x224 forward pass with its trace (switches, ReLU inputs), then
+"""Peak memory of VGG16 in zfcore: one 224x224 forward pass with its record (switches, ReLU inputs), then
 projections of conv5_3 to pixels, each in a fresh process; the peak resident set (``ru_maxrss``) of
 that process, against the issue-12 bound of 1.5 GB.
 
@@ -38,24 +38,24 @@ def worker(case: str, full: bool, batch: int) -> dict:
         spec = models.get_spec("vgg16") if full else models.features_spec("vgg16")
         net = models.build(spec, models.kaiming_params(spec, seed=0))
         x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-        net.forward(x)
+        rec = net.forward(x)
         if case != "forward":
-            f, (r, c) = best_unit(net, "conv5_3")
+            f, (r, c) = best_unit(rec, "conv5_3")
             if case == "project":
-                out["shape"] = net.project("conv5_3", f, position=(r, c)).shape
+                out["shape"] = rec.project("conv5_3", f, position=(r, c)).shape
             elif case == "project_batch":
-                out["shape"] = net.project_batch("conv5_3", list(range(16))).shape
+                out["shape"] = rec.project_batch("conv5_3", list(range(16))).shape
             else:
-                out["shape"] = net.project("conv5_3", f, position=(r, c), crop=False).shape
+                out["shape"] = rec.project("conv5_3", f, position=(r, c), crop=False).shape
     out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
-def best_unit(net, layer):
-    """(feature, (row, col)) of the strongest activation of ``layer`` in image 0."""
+def best_unit(rec, layer):
+    """(feature, (row, col)) of the strongest activation of ``layer`` in image 0 of the record ``rec``."""
     import numpy as np
 
-    a = net.activations(layer)[0]
+    a = rec[layer][0]
     f, r, c = np.unravel_index(int(np.argmax(a)), a.shape)
     return int(f), (int(r), int(c))
 
@@ -85,7 +85,7 @@ def main():
             if not full:
                 cmd.append("--features-only")
             res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            what = {"baseline": "python + numpy + zfcore, nothing run", "forward": "forward (trace kept)",
+            what = {"baseline": "python + numpy + zfcore, nothing run", "forward": "forward (record kept)",
                     "project": "+ one conv5_3 projection (cropped)", "project_batch": "+ 16 conv5_3 projections",
                     "whole_maps": "+ one conv5_3 projection, whole maps"}[case]
             mb = res["maxrss_mb"]

@@ -30,8 +30,7 @@ def main(argv=None):
     net = models.load_model()
     x, y = data.load_dataset("test", limit=1)
     grey = float(data.load_dataset("test")[0].mean())
-    net.forward(x)
-    f = int(analysis.top_features(net, "conv5", k=1)[0][0])
+    f = int(net.forward(x).top_features("conv5")[0][0])       # the image's strongest conv5 map
 
     def run():
         return analysis.occlusion(net, x[0], int(y[0]), size=a.size, stride=1, fill=grey, layer="conv5",

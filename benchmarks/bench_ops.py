@@ -18,7 +18,7 @@ Tables:
                     stack forward and the deconv stack back once, and tracemalloc peaks.
 
 The machine may be shared: each worker measures how much CPU other processes used while it ran,
-every timing is re-taken when they were busy (see median_time), and the workers alternate
+every timing is re-taken when they were busy (see ``harness.median_time``), and the workers alternate
 (--rounds) so that a slow spell of the machine does not favour one library.
 """
 import argparse
@@ -47,16 +47,16 @@ STACK_GFLOP = sum(flops(*c) for c in CONVS) / 1e9      # 30.69
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from zfcore.comparison import compare  # noqa: E402  (numpy only)
+import harness  # noqa: E402  (benchmarks/harness.py, numpy only)
 
 QUIET = 0.05                            # a timing counts only if other processes used less than this
 RETRIES = {"retimed": 0, "gave_up": 0}  # share of the CPUs meanwhile; else it is re-taken (or kept)
 
 
 def median_time(fn, repeats):
-    """Median wall time of fn over `repeats` calls after one warm-up: ``zfcore.comparison.compare.median_time``
-    with its shared-machine guard (``QUIET``), counting re-taken timings into RETRIES."""
-    return compare.median_time(fn, repeats, quiet=QUIET, stats=RETRIES)
+    """Median wall time of fn over `repeats` calls after one warm-up: ``harness.median_time`` with its
+    shared-machine guard (``QUIET``), counting re-taken timings into RETRIES."""
+    return harness.median_time(fn, repeats, quiet=QUIET, stats=RETRIES)
 
 
 def weights(np, seed=0):
@@ -138,10 +138,10 @@ def worker_numpy(repeats):
     out, sw, shp = stack_forward(x0)
     res["deconv_stack_s"] = median_time(lambda: stack_backward(out, list(sw), list(shp)), repeats)
     n = 4096
-    A = rng.standard_normal((n, n)).astype(np.float32)
-    res["sgemm_square_s"] = median_time(lambda: A @ A, max(3, repeats // 2))
+    square = rng.standard_normal((n, n)).astype(np.float32)
+    res["sgemm_square_s"] = median_time(lambda: square @ square, max(3, repeats // 2))
     res["sgemm_square_n"] = n
-    del A
+    square = None                       # free its 64 MB before the memory measurements
     tracemalloc.start()
     stack_forward(x0)
     res["tracemalloc_peak_forward_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
@@ -211,13 +211,13 @@ def run_worker(kind, threads, repeats):
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    busy0, own0 = compare.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, own0 = harness.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind,
                           "--threads", str(threads), "--repeats", str(repeats)],
                          env=env, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
-    busy1, own1 = compare.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy1, own1 = harness.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res.setdefault("retries", {"retimed": 0, "gave_up": 0})
     own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)

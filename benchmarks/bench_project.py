@@ -4,7 +4,8 @@ huybery/VisualizingCNN's style, VGG16 with random seeded weights, one 224x224 im
     python benchmarks/bench_project.py [--threads N] [--repeats R] [--rounds N] [--batch K] [--image chelsea|random]
 
 Single projections: for each VGG16 conv layer, the strongest activation of the layer (over all its
-feature maps) is kept and projected to pixels. zfcore: ``net.project(layer, f, position=(r, c))``
+feature maps) is kept and projected to pixels. zfcore: ``rec.project(layer, f, position=(r, c))`` on the
+record ``rec = net.forward(x)``
 (cropped to the receptive field; also ``crop=False``, the whole-map numpy path). torch: the mirror
 network of ``MaxUnpool2d -> ReLU -> ConvTranspose2d`` (bias-free, the forward convs' weights shared),
 run from the layer down on whole maps, as huybery's ``Vgg16Deconv`` does, under ``torch.no_grad()``
@@ -36,16 +37,16 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from zfcore.comparison import compare  # noqa: E402  (numpy only)
+import harness  # noqa: E402  (benchmarks/harness.py, numpy only)
 
 
 QUIET = 0.05          # a repeat counts only if other processes used less than this share of the CPUs
-STATS = {}            # re-timed calls (compare.median_time)
+STATS = {}            # re-timed calls (harness.median_time)
 
 
 def median_time(fn, repeats):
-    """``zfcore.comparison.compare.median_time`` with its shared-machine guard (``QUIET``), counting into ``STATS``."""
-    return compare.median_time(fn, repeats, quiet=QUIET, stats=STATS)
+    """``harness.median_time`` with its shared-machine guard (``QUIET``), counting into ``STATS``."""
+    return harness.median_time(fn, repeats, quiet=QUIET, stats=STATS)
 
 
 def setup(image):
@@ -89,32 +90,33 @@ def worker_numpy(args):
 
     net = models.build(spec, params)
     t_fwd = median_time(lambda: net.forward(x), args.repeats)
+    rec = net.forward(x)
     out = {"forward_ms": 1e3 * t_fwd, "layers": {}}
-    recs = {}
+    projs = {}
     for name in convs:
-        f, r, c = strongest(net.activations(name)[0])
-        t_crop = median_time(lambda: net.project(name, f, position=(r, c)), args.repeats)
-        t_full = median_time(lambda: net.project(name, f, position=(r, c), crop=False),
+        f, r, c = strongest(rec[name][0])
+        t_crop = median_time(lambda: rec.project(name, f, position=(r, c)), args.repeats)
+        t_full = median_time(lambda: rec.project(name, f, position=(r, c), crop=False),
                              max(1, args.repeats // 2))
-        recs[name] = net.project(name, f, position=(r, c))
-        box = net.input_box(name, (r, c))
+        projs[name] = rec.project(name, f, position=(r, c))
+        box = rec.input_box(name, (r, c))
         out["layers"][name] = dict(unit=[f, r, c], crop_ms=1e3 * t_crop, full_ms=1e3 * t_full,
-                                   box=[int(v) for v in box], crop_macs=cropped_macs(net, name, (r, c)))
-    np.savez(os.path.join(args.out, "numpy.npz"), **recs)
+                                   box=[int(v) for v in box], crop_macs=cropped_macs(rec, name, (r, c)))
+    np.savez(os.path.join(args.out, "numpy.npz"), **projs)
     # batched: one projection per conv5_3 feature, each at its strongest position
     K = args.batch
-    feats = np.arange(max(K, 16)) % net.activations("conv5_3").shape[1]
+    feats = np.arange(max(K, 16)) % rec["conv5_3"].shape[1]
     if K:
         for attempt in range(3):                         # one long call: re-run it if disturbed
-            b0, o0, t0 = compare.busy_cpu_seconds(), compare.own_cpu_seconds(), time.perf_counter()
-            net.project_batch("conv5_3", feats[:K])
-            t1, b1, o1 = time.perf_counter(), compare.busy_cpu_seconds(), compare.own_cpu_seconds()
+            b0, o0, t0 = harness.busy_cpu_seconds(), harness.own_cpu_seconds(), time.perf_counter()
+            rec.project_batch("conv5_3", feats[:K])
+            t1, b1, o1 = time.perf_counter(), harness.busy_cpu_seconds(), harness.own_cpu_seconds()
             others = None if b0 is None else max(0.0, (b1 - b0) - (o1 - o0)) / ((t1 - t0) * (os.cpu_count() or 1))
             if others is None or others <= QUIET:
                 break
         out["batch"] = dict(K=int(K), seconds=t1 - t0, per_second=K / (t1 - t0), others_cpu_share=others,
                             attempts=attempt + 1)
-    t_16 = median_time(lambda: net.project_batch("conv5_3", feats[:16]), max(1, args.repeats // 2))
+    t_16 = median_time(lambda: rec.project_batch("conv5_3", feats[:16]), max(1, args.repeats // 2))
     out["batch16"] = dict(K=16, seconds=t_16, per_second=16 / t_16)
     a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
     out["sgemm_gflops"] = 2 * 2048 ** 3 / median_time(lambda: a @ a, 5) / 1e9
@@ -122,9 +124,9 @@ def worker_numpy(args):
     print(json.dumps(out))
 
 
-def cropped_macs(net, layer, position):
-    """Multiplications of the transposed convolutions in the cropped projection of one unit, counted
-    three ways: ``direct``, each conv below ``layer`` (itself included) multiplying every value of its
+def cropped_macs(rec, layer, position):
+    """Multiplications of the transposed convolutions in the cropped projection of one unit (``position``
+    of ``layer`` in the forward record ``rec``), counted three ways: ``direct``, each conv below ``layer`` (itself included) multiplying every value of its
     output window by its C*KH*KW weights (``projection.own_windows``: a layer's output window is the
     next layer's input window); ``winograd_rule``, the same with Winograd F(2x2, 3x3)'s 16 per 2x2 tile
     of the deconv's output and channel pair on the layers where zfcore's own rule takes it
@@ -135,11 +137,11 @@ def cropped_macs(net, layer, position):
     from zfcore.core import _kernels as kern
     from zfcore.core import projection
 
-    li = net.index(layer)
-    own = projection.own_windows(net, li, np.asarray([position]), 1)     # own[j]: input of layer li - j
+    li = rec.index(layer)
+    own = projection.own_windows(rec, li, np.asarray([position]), 1)     # own[j]: input of layer li - j
     out = dict(direct=0, winograd_rule=0, winograd_all=0)
     for j in range(li + 1):
-        conv = net.layers[li - j]
+        conv = rec.layers[li - j]
         if conv.kind != "conv":
             continue
         h, w = (1, 1) if j == 0 else (int(v) for v in own[j - 1][1][0])
@@ -204,9 +206,9 @@ def run_worker(kind, args, out_dir):
         env[var] = str(args.threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--threads", str(args.threads),
            "--repeats", str(args.repeats), "--batch", str(args.batch), "--image", args.image, "--out", out_dir]
-    busy0, own0, t0 = compare.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    busy0, own0, t0 = harness.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    busy1, own1, t1 = compare.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    busy1, own1, t1 = harness.busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     if res.returncode != 0:
         sys.stderr.write(res.stderr)
         raise SystemExit(f"{kind} worker failed")
@@ -233,11 +235,18 @@ def main():
     if args.worker == "torch":
         return worker_torch(args)
 
+    rounds, errs = run_rounds(args)
+    report(args, rounds, errs)
+
+
+def run_rounds(args):
+    """Rounds: torch worker, then numpy worker, ``args.rounds`` times (the batched run in the last round
+    only). Speeds on this kind of VM drift over minutes by tens of percent (seen here: the same
+    projection at 141 and 186 ms in two processes minutes apart), so each round's ratio compares
+    neighbours in time, and the table gives medians over rounds. Returns ([(torch result, numpy
+    result)] per round, {layer: relative difference of the two last projections})."""
     import numpy as np
 
-    # Rounds: torch worker, then numpy worker, R times. Speeds on this kind of VM drift over minutes by
-    # tens of percent (seen here: the same projection at 141 and 186 ms in two processes minutes apart),
-    # so each round's ratio compares neighbours in time, and the table gives medians over rounds.
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
@@ -248,6 +257,13 @@ def main():
             rounds.append((tr, nu))
         with np.load(os.path.join(tmp, "numpy.npz")) as a, np.load(os.path.join(tmp, "torch.npz")) as b:
             errs = {k: float(np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(b[k]), 1e-30)) for k in a.files}
+    return rounds, errs
+
+
+def report(args, rounds, errs):
+    """Print the rounds' table, the dense-GEMM ceiling of the top layer and the batched rates."""
+    import numpy as np
+
     med = lambda v: float(np.median(v))  # noqa: E731
     print(f"VGG16 (random seeded weights), one 224x224 image ({args.image}), {args.threads} threads; "
           f"{args.rounds} rounds (torch worker, then numpy worker), each time the median of {args.repeats}")
@@ -273,20 +289,7 @@ def main():
         full = med([n_["layers"][name]["full_ms"] for _, n_ in rounds])
         print(f"{name:8s} {str(unit):>16s} {str(tuple(z['box'])):>20s} {tms:9.1f} {zms:10.1f} "
               f"{med(ratios):8.1f}x {rng:>12s} {full:19.1f} {errs[name]:10.1e}")
-    # the ceiling of the top layer's speed-up with dense GEMMs: its cropped walk's multiplications at
-    # numpy's GEMM rate measured in the same worker, against the torch pipeline's time
-    top = list(nu["layers"])[-1]
-    macs = nu["layers"][top]["crop_macs"]
-    rate = nu["sgemm_gflops"] * 1e9
-    tms = med([t_["layers"][top]["ms"] for t_, _ in rounds])
-    print(f"\n{top}: the cropped walk's transposed convolutions at numpy's sgemm rate in the numpy worker "
-          f"({nu['sgemm_gflops']:.0f} GFLOP/s, 2048^3, median of 5), against the torch pipeline's {tms:.1f} ms:")
-    for key, what in (("direct", "as direct convolutions (im2col + GEMM)"),
-                      ("winograd_rule", "with Winograd F(2x2, 3x3) where zfcore's rule takes it"),
-                      ("winograd_all", "with Winograd F(2x2, 3x3) on every 3x3 layer")):
-        floor_ms = 2e3 * macs[key] / rate
-        print(f"    {what}: {macs[key] / 1e9:.2f} G multiply-adds, at least {floor_ms:.1f} ms, "
-              f"speed-up at most {tms / floor_ms:.2f}x")
+    print_ceiling(rounds)
     if "batch" in nu:
         b = nu["batch"]
         share = b.get("others_cpu_share")
@@ -297,6 +300,26 @@ def main():
     print(f"batched, conv5_3, 16 features: zfcore {b16:.2f}/s; torch pipeline (one batch of 16) {t16:.2f}/s "
           f"(medians over rounds)")
     print(json.dumps({"rounds": [{"torch": t_, "numpy": n_} for t_, n_ in rounds], "rel_diff": errs}))
+
+
+def print_ceiling(rounds):
+    """The ceiling of the top layer's speed-up with dense GEMMs: its cropped walk's multiplications at
+    numpy's GEMM rate measured in the same worker, against the torch pipeline's time."""
+    import numpy as np
+
+    nu = rounds[-1][1]
+    top = list(nu["layers"])[-1]
+    macs = nu["layers"][top]["crop_macs"]
+    rate = nu["sgemm_gflops"] * 1e9
+    tms = float(np.median([t_["layers"][top]["ms"] for t_, _ in rounds]))
+    print(f"\n{top}: the cropped walk's transposed convolutions at numpy's sgemm rate in the numpy worker "
+          f"({nu['sgemm_gflops']:.0f} GFLOP/s, 2048^3, median of 5), against the torch pipeline's {tms:.1f} ms:")
+    for key, what in (("direct", "as direct convolutions (im2col + GEMM)"),
+                      ("winograd_rule", "with Winograd F(2x2, 3x3) where zfcore's rule takes it"),
+                      ("winograd_all", "with Winograd F(2x2, 3x3) on every 3x3 layer")):
+        floor_ms = 2e3 * macs[key] / rate
+        print(f"    {what}: {macs[key] / 1e9:.2f} G multiply-adds, at least {floor_ms:.1f} ms, "
+              f"speed-up at most {tms / floor_ms:.2f}x")
 
 
 if __name__ == "__main__":

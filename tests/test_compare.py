@@ -1,4 +1,5 @@
-"""The comparison with huybery/VisualizingCNN and captum (zfcore.comparison.huybery, zfcore.comparison.compare, notebook 06).
+"""The comparison with huybery/VisualizingCNN and captum (zfcore.comparison.huybery, zfcore.comparison.compare,
+notebook 06), and the benchmarks' timing harness (benchmarks/harness.py, outside the package).
 
 References: the original's own published facts (its hand-written index maps, its demo layers), captum's
 ``NeuronDeconvolution`` (through ``zfcore.torch.reference``), torch's own ops (``F.conv2d``, ``F.interpolate``,
@@ -8,9 +9,11 @@ plus small random conv biases so that a bias mix-up in the forward pass would sh
 """
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from zfcore.core import ops
 pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")
 
 VGG_CONVS = huybery.conv_layers("vgg16")
+HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "harness.py"
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,15 @@ def torch():
     """The torch references (torch, captum); a test that takes this fixture is skipped without them."""
     pytest.importorskip("captum")
     return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """benchmarks/harness.py, loaded from the source tree (it is not part of the package)."""
+    spec = importlib.util.spec_from_file_location("harness", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -207,11 +220,11 @@ def test_agreement_every_vgg16_conv_layer_float32(agreement32):
 
 def test_cropped_default_equals_full_projection_here(vgg32, photo):
     """The comparison uses zfcore's default (cropped) path; it equals the whole-map path."""
-    vgg32.forward(huybery.prepare_input(photo, "BGR"))
+    rec = vgg32.forward(huybery.prepare_input(photo, "BGR"))
     for name in ("conv3_3", "conv5_3"):
-        f = huybery.strongest_feature(vgg32.activations(name)[0])
-        a = vgg32.project(name, f)
-        b = vgg32.project(name, f, crop=False)
+        f = int(rec.top_features(name)[0][0])
+        a = rec.project(name, f)
+        b = rec.project(name, f, crop=False)
         assert compare.relative_error(a, b) <= 1e-6
 
 
@@ -298,20 +311,20 @@ def test_embedded_net_overlapping_pools(torch):
 # ------------------------------------------------------------------------------------------------
 # small helpers
 
-def test_support_relative_error_and_tables():
+def test_support_relative_error_and_tables(harness):
     a = np.zeros((3, 4, 5))
     a[1, 2, 3] = -1.0
     a[0, 0, 0] = 2.0
     assert compare.support(a) == 2 / 20
     assert compare.relative_error(a, a) == 0.0 and compare.relative_error(2 * a, a) == 1.0
-    rows = compare.timing_rows({"zfcore": {"figure": 0.5}, "captum": {"figure": 2.0}})
+    rows = harness.timing_rows({"zfcore": {"figure": 0.5}, "captum": {"figure": 2.0}})
     assert rows == [{"measure": "figure", "zfcore ms": 500.0, "captum ms": 2000.0, "captum / zfcore": 4.0}]
     table = compare.format_table(rows)
     assert table.splitlines()[0] == "| measure | zfcore ms | captum ms | captum / zfcore |"
     assert len(table.splitlines()) == 3
 
 
-def test_median_time_calls_and_median():
+def test_median_time_calls_and_median(harness):
     """warmup + repeat calls without the shared-machine guard; the median of the timed ones."""
     calls = []
     durations = iter([0.0, 0.03, 0.01, 0.02])      # warm-up, then three timed calls
@@ -320,10 +333,26 @@ def test_median_time_calls_and_median():
         calls.append(1)
         time.sleep(next(durations))
 
-    t = compare.median_time(fn, repeat=3, warmup=1)
+    t = harness.median_time(fn, repeat=3, warmup=1)
     assert len(calls) == 4 and 0.02 <= t < 0.03
 
 
+def test_read_results_table_by_hand(harness, tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\n## Comparison timing: a run\n\ntext\n\n| measure | zfcore ms | captum ms |\n"
+                  "|---|---:|---:|\n| forward | 12.5 | n/a |\n| figure | 3 | 4 |\n\n## Other\n\n| a |\n|---|\n| 1 |\n",
+                  encoding="utf-8")
+    rows = harness.read_results_table(md, "Comparison timing")
+    assert rows[1] == {"measure": "figure", "zfcore ms": 3.0, "captum ms": 4.0}
+    assert rows[0]["zfcore ms"] == 12.5 and rows[0]["captum ms"] != rows[0]["captum ms"]     # n/a: NaN
+    with pytest.raises(ValueError, match="RESULTS.md: no table under a heading starting with 'Missing'"):
+        harness.read_results_table(md, "Missing")
+
+
 def test_importing_compare_does_not_import_torch():
-    code = "import sys, zfcore.comparison.compare, zfcore.comparison.huybery; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, zfcore.comparison, zfcore.comparison.compare, zfcore.comparison.huybery; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = (f"import sys; sys.path.insert(0, {str(HARNESS.parent)!r}); import harness; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

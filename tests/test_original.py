@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from zfcore.comparison import compare, huybery, original
+from zfcore.errors import ZfcoreError
 
 LAYERS = (0, 5, 14, 21, 28)          # conv1_1, conv2_1, conv3_3, conv4_3, conv5_3 (features indices)
 
@@ -46,7 +47,7 @@ def test_bad_clone_paths(monkeypatch, tmp_path):
     (tmp_path / "main.py").write_text("raise SystemExit('must not be imported')\n")
     with pytest.raises(original.CloneError, match=r"path = .*missing models/__init__.py"):
         original.find_clone(tmp_path)
-    assert issubclass(original.CloneError, ValueError)
+    assert issubclass(original.CloneError, ValueError) and issubclass(original.CloneError, ZfcoreError)
 
 
 def test_importing_original_does_not_import_torch():

@@ -44,6 +44,7 @@ import numpy as np
 from zfcore import models
 from zfcore.torch import reference
 from zfcore.data.loading import imagenet_normalize
+from zfcore.errors import ArgumentError, suggest
 
 # The layers of the original's demo figure, as ``features`` indices of VGG16: conv3_3, conv4_1, conv4_2,
 # conv4_3, conv5_1, conv5_2, conv5_3 (huybery/VisualizingCNN, main.py).
@@ -62,7 +63,7 @@ def resize_bilinear(img: np.ndarray, size) -> np.ndarray:
     """
     a = np.asarray(img)
     if a.dtype != np.uint8 or a.ndim not in (2, 3):
-        raise ValueError(f"expected an (H, W) or (H, W, C) uint8 image, got {a.ndim}-d {a.dtype}")
+        raise ArgumentError(f"expected an (H, W) or (H, W, C) uint8 image, got {a.ndim}-d {a.dtype}")
     ho, wo = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     h, w = a.shape[:2]
 
@@ -98,9 +99,9 @@ def prepare_input(img: np.ndarray, order: str = "BGR") -> np.ndarray:
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) or (H, W) uint8 image, got shape {a.shape} {a.dtype}")
+        raise ArgumentError(f"expected an (H, W, 3) or (H, W) uint8 image, got shape {a.shape} {a.dtype}")
     if order not in ("BGR", "RGB"):
-        raise ValueError(f"order must be 'BGR' or 'RGB', got {order!r}")
+        raise ArgumentError(f"order must be 'BGR' or 'RGB', got {order!r}")
     if order == "BGR":
         a = a[:, :, ::-1]
     x = a.astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
@@ -115,7 +116,7 @@ def minmax_uint8(img: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(img, dtype=np.float32)
     if a.ndim != 3:
-        raise ValueError(f"expected a (C, H, W) array, got shape {a.shape}")
+        raise ArgumentError(f"expected a (C, H, W) array, got shape {a.shape}")
     lo, hi = float(a.min()), float(a.max())
     if hi <= lo:
         return np.zeros(a.shape[1:] + a.shape[:1], dtype=np.uint8)
@@ -196,19 +197,19 @@ class Recreation:
         from torch import nn
 
         if deconv_bias not in ("random", "zero"):
-            raise ValueError(f"deconv_bias must be 'random' or 'zero', got {deconv_bias!r}")
+            raise ArgumentError(f"deconv_bias must be 'random' or 'zero', got {deconv_bias!r}")
         if unpool not in ("assign", "add"):
-            raise ValueError(f"unpool must be 'assign' or 'add', got {unpool!r}")
+            raise ArgumentError(f"unpool must be 'assign' or 'add', got {unpool!r}")
         self.unpool = unpool
         if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+            raise ArgumentError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         spec = models.get_spec(spec) if isinstance(spec, str) else spec
         self.deconv_bias, self.bias_seed, self.dtype = deconv_bias, bias_seed, dtype
         feats = models.features_spec(spec)
         for name, kind, _ in feats:
             if kind not in ("conv", "relu", "maxpool"):
-                raise ValueError(f"layer {name!r}: the re-creation handles conv, relu and maxpool "
-                                 f"feature layers, not {kind!r}")
+                raise ArgumentError(f"layer {name!r}: the re-creation handles conv, relu and maxpool "
+                                    f"feature layers, not {kind!r}")
         self.names = [name for name, _, _ in feats]
         self.index = {name: i for i, name in enumerate(self.names)}
         # The forward network: zfcore's torch mirror of the spec (ReLUs not in place, so the hook on a
@@ -242,9 +243,11 @@ class Recreation:
         return hook
 
     def _index(self, layer) -> int:
+        if isinstance(layer, str) and layer not in self.index:
+            raise ArgumentError(f"no features layer {layer!r}{suggest(layer, self.names)}")
         i = self.index[layer] if isinstance(layer, str) else int(layer)
         if not 0 <= i < len(self.names):
-            raise ValueError(f"no features layer {layer!r}")
+            raise ArgumentError(f"no features layer {layer!r}")
         return i
 
     # -- forward ---------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ class Recreation:
         x = x.to(getattr(torch, self.dtype)) if torch.is_tensor(x) else torch.from_numpy(
             np.ascontiguousarray(x, dtype=self.dtype))
         if x.ndim != 4 or x.shape[0] != 1:
-            raise ValueError(f"the original works on one image (1, C, H, W), got shape {tuple(x.shape)}")
+            raise ArgumentError(f"the original works on one image (1, C, H, W), got shape {tuple(x.shape)}")
         self.feature_maps.clear()
         self.pool_locs.clear()
         with torch.no_grad():
@@ -331,7 +334,7 @@ class Recreation:
         if scale == "uint8":
             out = minmax_uint8(out)
         elif scale is not None:
-            raise ValueError(f"scale must be None or 'uint8', got {scale!r}")
+            raise ArgumentError(f"scale must be None or 'uint8', got {scale!r}")
         return out, sel
 
     def figure(self, x, layers=DEMO_LAYERS):
@@ -354,9 +357,3 @@ def conv_layers(spec) -> list[str]:
     """Names of the conv layers of a spec's ``features`` section."""
     return [name for name, kind, _ in models.features_spec(spec) if kind == "conv"]
 
-
-def strongest_feature(act: np.ndarray) -> int:
-    """The original's choice of map in a (C, H, W) activation: the one with the largest maximum (the
-    first of equal ones)."""
-    a = np.asarray(act)
-    return int(np.argmax(a.reshape(a.shape[0], -1).max(axis=1)))

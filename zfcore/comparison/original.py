@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zfcore.errors import ArgumentError, ZfcoreError
+
 ENV = "ZFCORE_HUYBERY"
 URL = "https://github.com/huybery/VisualizingCNN"
 FILES = ("main.py", "models/__init__.py", "models/vgg16_conv.py", "models/vgg16_deconv.py",
@@ -38,8 +40,8 @@ HOW_TO = (f"git clone {URL} /path/to/VisualizingCNN, then set {ENV}=/path/to/Vis
           f"(or pass path=) and install OpenCV (pip install opencv-python-headless)")
 
 
-class CloneError(ValueError):
-    """The path given for the huybery/VisualizingCNN clone is not a usable clone."""
+class CloneError(ZfcoreError):
+    """No huybery/VisualizingCNN clone is configured, or the path given is not a usable clone."""
 
 
 def find_clone(path=None) -> Path | None:
@@ -142,7 +144,7 @@ class Original:
     def deconv_bias(self, which: str) -> None:
         """``"published"``: the random biases the original drew; ``"zero"``: all deconv biases zero."""
         if which not in ("published", "zero"):
-            raise ValueError(f"deconv bias must be 'published' or 'zero', got {which!r}")
+            raise ArgumentError(f"deconv bias must be 'published' or 'zero', got {which!r}")
         for m, b in zip(self._transposed, self.published_biases):
             m.bias.data = b.clone() if which == "published" else b.new_zeros(b.shape)
 
