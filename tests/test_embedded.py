@@ -11,7 +11,7 @@ import zfcore as zf
 from zfcore import analysis, models
 from zfcore.torch.reference import torch_model
 
-ASSETS = Path(models.__file__).parent / "assets"
+ASSETS = Path(zf.__file__).parent / "assets"
 
 
 @pytest.fixture(scope="module")
