@@ -8,7 +8,9 @@ export PYTHONHASHSEED := 0
 
 REPORT_SCRATCH ?= .report-test
 
-.PHONY: env report test test-fast test-code test-notebooks bench clean
+NUMPY_VENV ?= .venv-numpy
+
+.PHONY: env report test test-core test-fast test-code test-notebooks bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +28,19 @@ report: $(STAMP)
 # All tests: the package's tests (and the builder's unit tests), every notebook under nbval (cells must
 # run cleanly), then a report built into a scratch folder and checked (HTML offline, in Chromium
 # when installed, and the PDF).
-test: $(STAMP)
+test: $(STAMP) test-core
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
 	$(PY) report/build.py --out $(REPORT_SCRATCH)
 	ZFCORE_REPORT_DIR=$(REPORT_SCRATCH) $(PY) -m pytest -p no:cacheprovider tests/report/test_built_report.py
+
+# The core on an install of the wheel with numpy alone (no torch, no matplotlib): the tests of the ops,
+# the network, the projection, the records and the errors, run against the installed package.
+test-core:
+	$(PYTHON) -m venv $(NUMPY_VENV)
+	$(NUMPY_VENV)/bin/python -m pip install --quiet . pytest hypothesis
+	cd tests && ../$(NUMPY_VENV)/bin/python -m pytest -p no:cacheprovider -q -m "not slow" \
+		test_ops.py test_network.py test_projection.py test_record.py test_errors.py
 
 # Development: the package's tests without those marked slow (the 1,000-example property runs against
 # torch, the VGG16-sized cases); a few minutes instead of the full run.
@@ -41,4 +51,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) report/build $(REPORT_SCRATCH)
+	rm -rf $(VENV) $(NUMPY_VENV) report/build $(REPORT_SCRATCH)
