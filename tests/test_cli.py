@@ -1,6 +1,6 @@
-"""The command line (issue 11): every subcommand on the shipped test set and on a PNG written here;
+"""The command line: every subcommand on the shipped test set and on a PNG written here;
 the same seed gives byte-identical summaries and identical arrays; bad input gives one line on stderr,
-exit status 2, and leaves the output folder unchanged (the README's "Bad input" table lists these)."""
+exit status 2, and leaves the output folder unchanged (docs/bad-input.md lists these)."""
 import hashlib
 import json
 import subprocess
@@ -80,9 +80,10 @@ def test_project(tmp_path, png, capsys, fmnist_net):
     r = s["results"][0]
     # independent of the CLI: the strongest conv3 map of test image 0, and its projection
     x, _ = data.load_dataset("test", limit=1)
-    act = fmnist_net.forward(x, upto="conv3")[0]
+    rec = fmnist_net.forward(x, upto="conv3")
+    act = rec["conv3"][0]
     assert r["feature"] == int(np.argmax(act.reshape(act.shape[0], -1).max(axis=1)))
-    ref = fmnist_net.project("conv3", r["feature"])
+    ref = rec.project("conv3", r["feature"])
     with np.load(tmp_path / "a" / "project.npz") as z:
         np.testing.assert_array_equal(z["00-test-0"], ref)
     assert r["receptive_field_box"] == list(fmnist_net.input_box("conv3", tuple(r["position"])))
@@ -100,7 +101,7 @@ def test_topk(tmp_path, png, capsys, fmnist_net):
     assert rc == 0
     s = json.loads((tmp_path / "a" / "topk.json").read_text())
     x, _ = data.load_dataset("test", limit=50)
-    m = fmnist_net.forward(x, upto="conv2")[:, 3].reshape(50, -1).max(axis=1)
+    m = fmnist_net.forward(x, upto="conv2")["conv2"][:, 3].reshape(50, -1).max(axis=1)
     assert s["results"][0]["images"] == list(np.argsort(-m, kind="stable")[:2])
     np.testing.assert_allclose(s["results"][0]["values"], np.sort(m)[::-1][:2], rtol=1e-6)
     folder = tmp_path / "imgs"
@@ -115,7 +116,7 @@ def test_topk(tmp_path, png, capsys, fmnist_net):
 
 def _hand_top(net, x, layer, feature, k):
     """Images and values of a feature's top k, by hand from the forward pass (argsort, stable)."""
-    m = net.forward(x, upto=layer)[:, feature].reshape(len(x), -1).max(axis=1)
+    m = net.forward(x, upto=layer)[layer][:, feature].reshape(len(x), -1).max(axis=1)
     order = np.argsort(-m, kind="stable")[:k]
     return order.tolist(), m[order]
 
