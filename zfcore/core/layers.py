@@ -101,7 +101,9 @@ class Layer:
 
     @property
     def params(self) -> dict:
-        return {}
+        """``<layer>.weight`` / ``<layer>.bias`` -> array, for the layers that have them."""
+        return {f"{self.name}.{k}": getattr(self, k) for k in ("weight", "bias")
+                if getattr(self, k, None) is not None}
 
     # --- caches ---------------------------------------------------------------------------------
     # A cache is a dict. Keys: "input_shape" (N, ...); "switches" and "x" hold arrays with a batch axis.
@@ -143,6 +145,18 @@ class Layer:
 
 
 # ------------------------------------------------------------------------------------------------
+def _weights(name, kind, weight, bias, w_axes, b_axes):
+    """(weight, bias) as arrays, the weight with one axis per letter group of ``w_axes`` and the bias
+    (or None) of the weight's first axis; ``ArgumentError`` naming the layer otherwise."""
+    weight = np.asarray(weight)
+    if weight.ndim != w_axes.count(",") + 1:
+        raise ArgumentError(f"layer {name!r}: {kind} weight must be {w_axes}, got {weight.shape}")
+    bias = None if bias is None else np.asarray(bias)
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ArgumentError(f"layer {name!r}: {kind} bias must be {b_axes} = {weight.shape[:1]}, got {bias.shape}")
+    return weight, bias
+
+
 class Conv2d(Layer):
     """Convolution. weight (F, C, KH, KW), bias (F,): x (N, C, H, W) -> y (N, F, Ho, Wo) with
     ``Ho = 1 + (H + 2*ph - KH) // sh``. Inverse: ``conv_transpose2d(r, weight)`` back to exactly
@@ -151,22 +165,9 @@ class Conv2d(Layer):
 
     def __init__(self, name, weight, bias=None, stride=1, padding=0):
         super().__init__(name)
-        self.weight = np.asarray(weight)
-        if self.weight.ndim != 4:
-            raise ArgumentError(f"layer {name!r}: conv weight must be (F, C, KH, KW), got {self.weight.shape}")
-        self.bias = None if bias is None else np.asarray(bias)
-        if self.bias is not None and self.bias.shape != self.weight.shape[:1]:
-            raise ArgumentError(f"layer {name!r}: conv bias must be (F,) = {self.weight.shape[:1]}, "
-                                f"got {self.bias.shape}")
+        self.weight, self.bias = _weights(name, "conv", weight, bias, "(F, C, KH, KW)", "(F,)")
         self.stride = pair(stride, f"layer {name!r}: stride", 1)
         self.padding = pair(padding, f"layer {name!r}: padding", 0)
-
-    @property
-    def params(self):
-        p = {f"{self.name}.weight": self.weight}
-        if self.bias is not None:
-            p[f"{self.name}.bias"] = self.bias
-        return p
 
     def forward(self, x):
         y = ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
@@ -315,20 +316,7 @@ class Linear(Layer):
 
     def __init__(self, name, weight, bias=None):
         super().__init__(name)
-        self.weight = np.asarray(weight)
-        if self.weight.ndim != 2:
-            raise ArgumentError(f"layer {name!r}: linear weight must be (out, in), got {self.weight.shape}")
-        self.bias = None if bias is None else np.asarray(bias)
-        if self.bias is not None and self.bias.shape != self.weight.shape[:1]:
-            raise ArgumentError(f"layer {name!r}: linear bias must be (out,) = {self.weight.shape[:1]}, "
-                                f"got {self.bias.shape}")
-
-    @property
-    def params(self):
-        p = {f"{self.name}.weight": self.weight}
-        if self.bias is not None:
-            p[f"{self.name}.bias"] = self.bias
-        return p
+        self.weight, self.bias = _weights(name, "linear", weight, bias, "(out, in)", "(out,)")
 
     def forward(self, x):
         if x.ndim != 2:
@@ -346,7 +334,17 @@ class Linear(Layer):
         return f"{self.weight.shape[1]}->{self.weight.shape[0]}"
 
 
-class Dropout(Layer):
+class _PassThrough(Layer):
+    """A layer the deconvnet passes the signal through unchanged (dropout at inference, LRN)."""
+
+    def inverse(self, r, cache, rule="deconvnet"):
+        return r
+
+    def inverse_window(self, r, cache, rule, win):
+        return r
+
+
+class Dropout(_PassThrough):
     """Dropout: the identity at inference (the only mode used here); inverse: identity."""
     kind = "dropout"
 
@@ -359,17 +357,11 @@ class Dropout(Layer):
     def forward(self, x):
         return ops.dropout(x, self.p, training=False), {}
 
-    def inverse(self, r, cache, rule="deconvnet"):
-        return r
-
-    def inverse_window(self, r, cache, rule, win):
-        return r
-
     def _describe(self):
         return f"p={self.p}"
 
 
-class LocalResponseNorm(Layer):
+class LocalResponseNorm(_PassThrough):
     """Local response (contrast) normalisation across channels, torch's semantics
     (``local_response_norm``). Inverse: the identity, as Zeiler & Fergus (module docstring)."""
     kind = "lrn"
@@ -387,12 +379,6 @@ class LocalResponseNorm(Layer):
         if x.ndim < 3:
             raise ArgumentError(f"layer {self.name!r}: lrn input must be (N, C, ...), got shape {x.shape}")
         return ops.local_response_norm(x, self.size, self.alpha, self.beta, self.k).astype(x.dtype), {}
-
-    def inverse(self, r, cache, rule="deconvnet"):
-        return r
-
-    def inverse_window(self, r, cache, rule, win):
-        return r
 
     def _describe(self):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
