@@ -188,6 +188,49 @@ def renumber_heading(nb, ch: Chapter, fmt: str):
                 return
 
 
+SECTION = re.compile(r"^## +(?:\d+(?:\.\d+)*\.? +)?(.*)$")
+
+
+def number_sections(nb, ch: Chapter) -> None:
+    """Number the ``## `` sections of a numbered chapter "N.1", "N.2" ... in reading order, in markdown
+    cells and in ``text/markdown`` outputs alike (a number written by hand is replaced)."""
+    if ch.number is None:
+        return
+    k = 0
+
+    def renumber(text: str) -> str:
+        nonlocal k
+        lines, fenced = text.splitlines(), False
+        for i, line in enumerate(lines):
+            if line.lstrip().startswith(("```", "~~~")):
+                fenced = not fenced
+            m = None if fenced else SECTION.match(line)
+            if m:
+                k += 1
+                lines[i] = f"## {ch.number}.{k} {m.group(1)}"
+        return "\n".join(lines)
+
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = renumber(cell.source)
+        elif cell.cell_type == "code":
+            for out in cell.get("outputs", []):
+                data = out.get("data", {})
+                if "text/markdown" in data:
+                    data["text/markdown"] = renumber(_text(data["text/markdown"]))
+
+
+def figure_problems(cell, where: str) -> None:
+    """Raise ReportError for the lines that ``zfcore.viz.page.check`` printed about a cell's figures."""
+    from zfcore.viz.page import MARK
+
+    found = [line for out in cell.get("outputs", []) if out.get("output_type") == "stream"
+             for line in _text(out.get("text", "")).splitlines() if line.startswith(MARK)]
+    if found:
+        raise ReportError(f"{where}: a figure breaks the page rules (zfcore.viz.page):\n  "
+                          + "\n  ".join(found))
+
+
 def prepare(ch: Chapter, ctx: Context, fmt: str):
     """The chapter's notebook as the report shows it (``fmt`` "html" or "md"): tags applied, prose
     substituted, widgets made static, stderr dropped, captions recorded in ``metadata.zfcore``
@@ -196,8 +239,10 @@ def prepare(ch: Chapter, ctx: Context, fmt: str):
     nb.cells.extend(copy.deepcopy(ch.extra.get(fmt, [])))
     nb.metadata.pop("widgets", None)
     renumber_heading(nb, ch, fmt)
+    number_sections(nb, ch)
     for k, cell in enumerate(nb.cells):
         where = f"{ch.stem}, cell {k}"
+        figure_problems(cell, where)
         if cell.cell_type == "markdown":
             cell.source = substitute(cell.source, ctx, where)
             continue

@@ -16,8 +16,8 @@ import struct
 from pathlib import Path
 
 PREAMBLE = Path(__file__).resolve().parent / "preamble.typ"
-PX_PER_INCH = 90          # the notebooks' figure.dpi
-TEXT_WIDTH_IN = 6.5       # A4 with the preamble's margins
+PX_PER_INCH = 90          # for a PNG without a resolution (pHYs chunk)
+TEXT_WIDTH_IN = 6.5       # A4 with the preamble's margins (zfcore.viz.page.TEXT_WIDTH)
 READER = "markdown-citations-yaml_metadata_block"   # raw HTML in markdown is dropped by the typst writer
 
 
@@ -32,6 +32,14 @@ def _text(v) -> str:
 def png_width(data: bytes) -> int:
     """Pixel width from a PNG's IHDR chunk."""
     return struct.unpack(">I", data[16:20])[0]
+
+
+def png_dpi(data: bytes, default: float = PX_PER_INCH) -> float:
+    """Horizontal resolution from a PNG's pHYs chunk (pixels per metre), ``default`` without one."""
+    i = data.find(b"pHYs")
+    if i < 0 or data[i + 12] != 1:                      # unit 1: the metre
+        return default
+    return struct.unpack(">I", data[i + 4:i + 8])[0] * 0.0254
 
 
 def typst_escape(s: str) -> str:
@@ -57,7 +65,7 @@ def image(png_b64: str, name: str, imgdir: Path, caption: str = "", label: str =
     """Write one PNG to ``imgdir/name`` and return its Markdown (a captioned figure if ``caption``)."""
     data = base64.b64decode(png_b64)
     (imgdir / name).write_bytes(data)
-    pct = min(100, round(100 * png_width(data) / PX_PER_INCH / TEXT_WIDTH_IN))
+    pct = min(100, round(100 * png_width(data) / png_dpi(data) / TEXT_WIDTH_IN, 1))
     attrs = (f"#{label} " if label else "") + f"width={pct}%"
     if caption:
         return f"![{caption}]({imgdir.name}/{name}){{{attrs}}}"

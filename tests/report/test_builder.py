@@ -34,13 +34,15 @@ ENTRIES = bib.parse("""
 """)
 
 
-def png(width=180, height=90) -> str:
-    """A valid grey PNG of the given size, base64 (hand-built: signature, IHDR, IDAT, IEND)."""
+def png(width=180, height=90, dpi=None) -> str:
+    """A valid grey PNG of the given size, base64 (hand-built: signature, IHDR, pHYs when ``dpi`` is
+    given, IDAT, IEND)."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    phys = chunk(b"pHYs", struct.pack(">IIB", round(dpi / 0.0254), round(dpi / 0.0254), 1)) if dpi else b""
     data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+            + phys + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     return base64.b64encode(data).decode()
 
 
@@ -103,6 +105,36 @@ def test_chapter_number_from_file_name_title_without_hand_number():
     assert chapter("90-conclusion", new_markdown_cell("# Conclusion")).display == "Conclusion"
     with pytest.raises(cv.ReportError):
         chapter("intro", new_markdown_cell("# x"))
+
+
+def test_sections_numbered_in_reading_order_hand_numbers_replaced():
+    shown = new_code_cell("x", outputs=[new_output("display_data", data={"text/markdown": "## Summary\nok"})])
+    ch = chapter("04-x", new_markdown_cell("# Four\n\n## 4.1 First\n\n```\n## not a heading\n```"),
+                 new_markdown_cell("## Second\n### sub"), shown)
+    nb = cv.prepare(ch, ctx([ch]), "md")
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "## 4.1 First" in text and "## 4.2 Second" in text and "### sub" in text
+    assert "## not a heading" in text and "4.1 4.1" not in text
+    assert nb.cells[2].outputs[0]["data"]["text/markdown"].startswith("## 4.3 Summary")
+    front = chapter("00-front", new_markdown_cell("# Front\n\n## Introduction"))
+    assert "## Introduction" in cv.prepare(front, ctx([front]), "md").cells[0].source
+
+
+def test_a_figure_that_breaks_the_page_rules_stops_the_build():
+    from zfcore.viz.page import MARK
+    bad = new_code_cell("plot()", outputs=[new_output("stream", name="stdout",
+                                                      text=f"{MARK} figure 1: 9.10 in wide\n")])
+    ch = chapter("02-x", new_markdown_cell("# X"), bad)
+    with pytest.raises(cv.ReportError, match=r"(?s)02-x, cell 1: a figure breaks the page rules.*9.10 in wide"):
+        cv.prepare(ch, ctx([ch]), "md")
+
+
+def test_printed_width_from_the_png_resolution(tmp_path):
+    assert render_pdf.png_dpi(base64.b64decode(png(dpi=150))) == pytest.approx(150, abs=0.05)
+    assert render_pdf.png_dpi(base64.b64decode(png())) == render_pdf.PX_PER_INCH
+    md = render_pdf.image(png(width=975, dpi=150), "a.png", tmp_path)      # 6.5 in: the text width
+    assert "width=100%" in md
+    assert "width=50.0%" in render_pdf.image(png(width=975, dpi=300), "b.png", tmp_path)
 
 
 def test_tags_remove_cell_and_hide_input():
@@ -252,7 +284,7 @@ def test_pdf_markdown_writes_images_and_captions(tmp_path):
     ch = chapter("01-a", new_markdown_cell("# A"), fig, shown, hidden)
     nb = cv.prepare(ch, ctx([ch]), "md")
     text = render_pdf.to_markdown([(ch, nb)], "T", tmp_path / "img")
-    assert "![**Figure 1.** Cap.](img/01-a-1-0.png){#fig-a width=31%}" in text   # 180 px at 90 px/in
+    assert "![**Figure 1.** Cap.](img/01-a-1-0.png){#fig-a width=30.8%}" in text   # 180 px at 90 px/in
     assert (tmp_path / "img" / "01-a-1-0.png").exists()
     assert "```python\nx = 1\n```\n\n```\n1\n```" in text
     assert "secret" not in text and "```\n42\n```" in text
