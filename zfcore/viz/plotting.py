@@ -8,8 +8,16 @@ from __future__ import annotations
 import numpy as np
 
 from zfcore.errors import ArgumentError, check_choice, check_count
+from zfcore.viz.page import TEXT_WIDTH
 
 MODES = ("minmax", "symmetric", "clip")
+FIG_WIDTH = TEXT_WIDTH - 0.3        # inches a figure may use: the text width less the PNG's padding
+
+
+def panel_size(size: float, ncols: int, label_width: float = 0.0) -> float:
+    """``size`` (inches per panel), reduced so that ``ncols`` panels and a column of row labels
+    ``label_width`` inches wide fit the printed page's width."""
+    return min(size, (FIG_WIDTH - label_width) / max(ncols, 1))
 
 
 def to_display(img: np.ndarray, mode: str = "minmax") -> np.ndarray:
@@ -40,7 +48,7 @@ def show(ax, img, title=None, mode="minmax", cmap="gray"):
     ax.set_xticks([])
     ax.set_yticks([])
     if title is not None:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     return ax
 
 
@@ -53,6 +61,7 @@ def grid(images, titles=None, ncols=8, mode="minmax", size=1.6, suptitle=None):
         raise ArgumentError("grid needs at least one image")
     ncols = max(1, min(check_count(ncols, "ncols", 1), n))
     nrows = -(-n // ncols)
+    size = panel_size(size, ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -88,19 +97,20 @@ def occlusion_map(ax, values, occ, title=None, cmap="RdYlBu", vmin=0.0, vmax=1.0
     ax.set_xticks([])
     ax.set_yticks([])
     if title is not None:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     return im
 
 
 def projection_rows(image, rows, titles=None, boxes=None, row_labels=None, mode="symmetric", size=1.5,
-                    box_color="red", zoom=False):
+                    box_color="red", zoom=False, wrap=None):
     """A figure: the input image with a box per column on top, then one row per entry of ``rows``.
 
     image (C, H, W); rows: a list of R lists of n (C, H, W) projections (one column per layer or unit);
     titles: n column titles; boxes: n input-space boxes ``(top, left, bottom, right)`` (inclusive) drawn
     on the image and on every projection of that column, or None; row_labels: R labels written on the
     left. Projections are shown with ``mode`` (default "symmetric": zero is mid-grey). ``zoom=True``
-    (needs boxes) adds two rows: the image and the first row's projection cut to each box.
+    (needs boxes) adds two rows: the image and the first row's projection cut to each box. ``wrap``:
+    at most this many columns side by side; more are drawn as further blocks of rows below.
     """
     import matplotlib.pyplot as plt
 
@@ -111,17 +121,26 @@ def projection_rows(image, rows, titles=None, boxes=None, row_labels=None, mode=
         cut = [(lambda a, b: a[:, b[0]:b[2] + 1, b[1]:b[3] + 1]) for _ in range(n)]
         panels += [[cut[j](image, boxes[j]) for j in range(n)], [cut[j](rows[0][j], boxes[j]) for j in range(n)]]
         labels += ["input, box", f"{labels[1]}, box".strip(", ")]
-    fig, axes = plt.subplots(len(panels), n, figsize=(size * n, size * len(panels) + 0.3), squeeze=False)
-    for i, row in enumerate(panels):
-        for j in range(n):
-            show(axes[i, j], row[j], titles[j] if (i == 0 and titles is not None) else None,
-                 mode="minmax" if i in (0, len(rows) + 1) else mode)
-            if boxes is not None and boxes[j] is not None and i <= len(rows):
-                draw_box(axes[i, j], boxes[j], color=box_color, lw=1.0)
-    if row_labels is not None or zoom:
-        for i, label in enumerate(labels):
-            axes[i, 0].set_ylabel(label, fontsize=9)
-    fig.tight_layout()
+    width = min(n, wrap or n)
+    blocks = [list(range(k, min(k + width, n))) for k in range(0, n, width)]
+    size = panel_size(size, width, 0.4 if (row_labels is not None or zoom) else 0.0)
+    fig, axes = plt.subplots(len(panels) * len(blocks), width,
+                             figsize=(size * width, (size + 0.1) * len(panels) * len(blocks) + 0.2), squeeze=False)
+    for b, cols in enumerate(blocks):
+        for i, row in enumerate(panels):
+            ax_row = axes[b * len(panels) + i]
+            for k, ax in enumerate(ax_row):
+                if k >= len(cols):
+                    ax.axis("off")
+                    continue
+                j = cols[k]
+                show(ax, row[j], titles[j] if (i == 0 and titles is not None) else None,
+                     mode="minmax" if i in (0, len(rows) + 1) else mode)
+                if boxes is not None and boxes[j] is not None and i <= len(rows):
+                    draw_box(ax, boxes[j], color=box_color, lw=1.0)
+            if row_labels is not None or zoom:
+                ax_row[0].set_ylabel(labels[i])
+    fig.tight_layout(h_pad=0.3, w_pad=0.3)
     return fig
 
 
@@ -151,6 +170,7 @@ def plot_rows(rows, titles=None, size: float = 2.0, suptitle=None):
     import matplotlib.pyplot as plt
 
     ncols = max(len(imgs) for _, imgs in rows)
+    size = panel_size(size, ncols, 0.4)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols, size * len(rows) + 0.3), squeeze=False)
     for r, (label, imgs) in enumerate(rows):
         for c, ax in enumerate(axes[r]):
@@ -163,8 +183,8 @@ def plot_rows(rows, titles=None, size: float = 2.0, suptitle=None):
             lims = {} if img.dtype == np.uint8 else {"vmin": 0.0, "vmax": 1.0}
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest", **lims)
             if titles is not None:
-                ax.set_title(titles[r][c], fontsize=8)
-        axes[r][0].set_ylabel(label, fontsize=9)
+                ax.set_title(titles[r][c])
+        axes[r][0].set_ylabel(label)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
