@@ -29,8 +29,9 @@ throughput on Dask, the scan's memory, and VGG16 conv5_3 with an extrapolation t
     winners forwarded again and projected, chunk by chunk, the results dropped: all 4,608 full-size
     projections and patches would take about 5 GB), then extrapolates to 50,000 and 1.3 M images on W
     one-thread workers as time = images / (images/s per worker x W), plus pass 2 at its worst (4,608
-    distinct winners), next to the 40 hours issue 12 quotes for Yosinski's deep-visualization-toolbox
-    (top-9 over ImageNet's 1.3 M training images).
+    distinct winners), next to an estimate of about 40 hours for Yosinski's deep-visualization-toolbox
+    (top-9 over ImageNet's 1.3 M training images; a reported figure whose source is not recorded here,
+    not measured by this benchmark).
 
 Prints the BLAS kernel in use (threadpoolctl) first. The benchmark unsets nothing itself: run it with
 the command line above where the environment sets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE. Timings on a
@@ -57,7 +58,7 @@ from zfcore.analysis import parallel, topk  # noqa: E402  (numpy only)
 from zfcore.data import sources  # noqa: E402  (numpy only)
 
 FIG2_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
-YOSINSKI_HOURS = 40.0
+YOSINSKI_HOURS = 40.0     # reported estimate for the toolbox's top-9 over 1.3 M images; source not recorded
 MB = 2.0 ** 20
 
 
@@ -428,7 +429,7 @@ def part_vgg16(args):
     P = F * k
     print(f"    extrapolation to M images on W one-thread workers: scan M / ({rate1:.2f} images/s x W), pass 2 at "
           f"most {P} forwards + {P} projections / W; Yosinski's toolbox: ~{YOSINSKI_HOURS:.0f} h for 1.3 M "
-          "images (as quoted in issue 12)")
+          "images")
     for m in (50_000, 1_300_000):
         cells = []
         for w in args.extrapolate_workers:

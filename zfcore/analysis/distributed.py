@@ -82,8 +82,8 @@ def connect(workers: int | None = None, scheduler: str | None = None, client=Non
     n = (os.cpu_count() or 1) if workers is None else check_count(workers, "workers", 1, 256)
     # distributed's nanny spawns workers with MALLOC_TRIM_THRESHOLD_=65536, so glibc hands every freed
     # batch of activations back to the kernel and the next batch faults its pages in again (4.4x the
-    # page faults and 6-9% slower scans in RESULTS.md); unset it (None) for the workers we start, unless
-    # the calling environment sets it
+    # page faults and 6-9% slower scans in an ad-hoc measurement, docs/design.md "Measurements behind the
+    # thresholds"); unset it (None) for the workers we start, unless the calling environment sets it
     import dask
 
     with _blas_env_one(), dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):

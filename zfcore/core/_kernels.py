@@ -1,6 +1,7 @@
 """The fast paths behind ``zfcore.core.ops`` (private): banded im2col + GEMM, col2im, Winograd F(2x2, 3x3),
 max-pooling by window offsets. ops.py checks the arguments and calls these; the tests hold every
-path to the naive loop twins and to PyTorch. Measurements behind the thresholds: benchmarks/RESULTS.md.
+path to the naive loop twins and to PyTorch. The measurements behind the thresholds, and which
+thresholds were not measured: docs/design.md ("Measurements behind the thresholds").
 
 Axis letters: N, C, H, W input; F filters; KH, KW kernel; Ho, Wo output; (sy, sx) stride, (ph, pw)
 padding along rows and columns.
@@ -103,8 +104,11 @@ def col2im_band(xp, cols_k, n0, r0, kernel, stride, Wp, Wo, flat):
 # ----------------------------------------------------------------------------------------------
 # convolution: im2col + one GEMM per band
 # ----------------------------------------------------------------------------------------------
-# The flat layout computes KW - 1 throw-away columns per output row: on narrow maps (the embedded
-# model's 28, 14 and 7 columns) the strided copy costs less than that waste (RESULTS.md).
+# The flat layout computes KW - 1 throw-away columns per output row, (KW - 1) / (Wo + KW - 1) of the
+# GEMM's columns, a share that grows as maps narrow; the strided layout copies runs of Wo values
+# instead. The width of 32 is not measured (no A/B of the two layouts on narrow maps is recorded): it
+# puts VGG16's 224- to 56-column maps on the flat layout and the embedded model's 28, 14 and 7 columns
+# on the strided one, as would any value from 29 to 56.
 FLAT_MIN_WIDTH = 32
 
 
@@ -153,8 +157,11 @@ def conv2d(x, w, b, stride, padding, out_hw):
 def nhwc_pays(C, F, kernel, stride, N, Ho, Wo):
     """Network.infer's rule for a conv: channels last when the NCHW path would take the strided im2col
     (maps narrower than ``FLAT_MIN_WIDTH``, or any stride) and not Winograd, and the input has at least
-    ``nhwc_min_channels`` channels (runs of KW*C values long enough). On VGG16's 224..56-column maps
-    the flat NCHW layout is faster, on its 28 and 14 Winograd (RESULTS.md)."""
+    ``nhwc_min_channels`` channels (runs of KW*C values long enough). On VGG16 the 224..56-column
+    maps take the flat NCHW layout and, at batches of 1 or 2, the 28- and 14-column ones Winograd:
+    channels last on every VGG16 conv was slower (docs/design.md, "Measurements behind the
+    thresholds"). Larger batches exceed Winograd's position limit (28 columns from 3 images, 14 from 9),
+    and those convs run channels last here, a case not measured on its own."""
     if TUNING.nhwc is not None:
         return TUNING.nhwc
     if C < TUNING.nhwc_min_channels:

@@ -1,7 +1,8 @@
 """Sizes and paths of the fast kernels (``zfcore.core._kernels``, ``_winograd``), in one place: the chunk
 sizes that keep a kernel's working set in cache, the layout and algorithm switches, and ``tuning``, the
-context manager the tests use to force each path. The defaults are measured by the benchmarks
-(benchmarks/RESULTS.md)."""
+context manager the tests use to force each path. What the defaults rest on (ad-hoc measurements
+that no script under benchmarks/ reproduces), and which of them were not measured: docs/design.md
+("Measurements behind the thresholds")."""
 import contextlib
 from dataclasses import dataclass
 

@@ -32,7 +32,9 @@ def winograd_filters(w):
 
 
 def winograd_pays(C, F, positions):
-    """Winograd when C and F are both >= 256 and the maps hold 16 to 40*40 positions (RESULTS.md)."""
+    """Winograd when C and F are both >= 256 and the batch's maps hold 16 to 40*40 positions in all
+    (A/B against im2col in docs/design.md, "Measurements behind the thresholds"; the lower bound of 16
+    positions is not measured)."""
     if TUNING.winograd is not None:
         return TUNING.winograd
     return min(C, F) >= WINO_MIN_CHANNELS and 16 <= positions <= WINO_MAX_POSITIONS
