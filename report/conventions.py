@@ -220,6 +220,19 @@ def number_sections(nb, ch: Chapter) -> None:
                     data["text/markdown"] = renumber(_text(data["text/markdown"]))
 
 
+CODE_WIDTH = 105    # characters of a shown code line that fit the PDF's code block (7 pt mono)
+
+
+def long_code_lines(cell, where: str) -> None:
+    """Raise ReportError when a code cell the reader sees has lines wider than :data:`CODE_WIDTH`."""
+    if cell.cell_type != "code" or cell.metadata.get("transient", {}).get("remove_source"):
+        return
+    wide = [n + 1 for n, line in enumerate(cell.source.splitlines()) if len(line) > CODE_WIDTH]
+    if wide:
+        raise ReportError(f"{where}: shown code has lines over {CODE_WIDTH} characters (lines "
+                          f"{', '.join(map(str, wide[:5]))}); shorten them or hide the cell (hide-input)")
+
+
 def figure_problems(cell, where: str) -> None:
     """Raise ReportError for the lines that ``zfcore.viz.page.check`` printed about a cell's figures."""
     from zfcore.viz.page import MARK
@@ -243,6 +256,7 @@ def prepare(ch: Chapter, ctx: Context, fmt: str):
     for k, cell in enumerate(nb.cells):
         where = f"{ch.stem}, cell {k}"
         figure_problems(cell, where)
+        long_code_lines(cell, where)
         if cell.cell_type == "markdown":
             cell.source = substitute(cell.source, ctx, where)
             continue

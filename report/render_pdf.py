@@ -51,7 +51,7 @@ def fence(text: str, lang: str = "") -> str:
     return f"{ticks}{lang}\n{text.rstrip()}\n{ticks}"
 
 
-def break_long_runs(md: str, width: int = 90) -> str:
+def break_long_runs(md: str, width: int = 105) -> str:
     """In every fenced block of ``md``, break runs of more than ``width`` non-blank characters (which
     typst cannot wrap) into lines, so that no line of code or output runs off the page."""
     def block(m):

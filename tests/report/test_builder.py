@@ -129,6 +129,17 @@ def test_a_figure_that_breaks_the_page_rules_stops_the_build():
         cv.prepare(ch, ctx([ch]), "md")
 
 
+def test_shown_code_wider_than_the_pdf_stops_the_build_hidden_code_does_not():
+    wide = new_code_cell("x = 1  # " + "a" * 100)
+    hidden = new_code_cell("y = 2  # " + "b" * 100)
+    hidden.metadata["tags"] = ["hide-input"]
+    ok = chapter("02-x", new_markdown_cell("# X"), hidden)
+    cv.prepare(ok, ctx([ok]), "md")
+    bad = chapter("02-x", new_markdown_cell("# X"), wide)
+    with pytest.raises(cv.ReportError, match=r"02-x, cell 1: shown code has lines over 105 characters \(lines 1\)"):
+        cv.prepare(bad, ctx([bad]), "md")
+
+
 def test_printed_width_from_the_png_resolution(tmp_path):
     assert render_pdf.png_dpi(base64.b64decode(png(dpi=150))) == pytest.approx(150, abs=0.05)
     assert render_pdf.png_dpi(base64.b64decode(png())) == render_pdf.PX_PER_INCH

@@ -152,3 +152,65 @@ def test_pdf_pages_figures_and_captions(out, captions, tmp_path):
         lo, hi = img.getextrema()
         assert hi - lo > 100, f"page {i + 1} looks blank"
 
+
+
+# ---- the PDF as a reader sees it: length, figures whole and with their captions, no builder residue ----
+TEXT_W_PT, MAX_H_PT = 16.6 / 2.54 * 72, 8.0 * 72   # the A4 text block (report/preamble.typ); viz.page height
+DEV_LOG = re.compile(r"\bissue (?:#|no\.? ?)?\d+|\bsession\b|\bdeadline|\bengineers?\b|\bthrowaway\b|"
+                     r"\bwork period|\bsprint\b", re.I)
+RAW = re.compile(r"\[@|@fig-|@tbl-|```|\{=typst\}|\{#(?:fig|tbl)-|#figure\(|NBVAL|zfcore-figure-check")
+
+
+@pytest.fixture(scope="module")
+def pdf_pages(out):
+    """[(page index, text, [(left, bottom, right, top) of each image], [(caption word, font size, box)])]."""
+    pdfium = pytest.importorskip("pypdfium2")
+    import pypdfium2.raw as raw
+
+    pdf = pdfium.PdfDocument(str(out / "report.pdf"))
+    pages = []
+    for i, page in enumerate(pdf):
+        tp = page.get_textpage()
+        text = tp.get_text_range()
+        boxes = [obj.get_bounds() for obj in page.get_objects(filter=[raw.FPDF_PAGEOBJ_IMAGE], max_depth=3)]
+        caps = []
+        for m in re.finditer(r"(?:Figure|Table) \d+\.", text):
+            size = raw.FPDFText_GetFontSize(tp.raw, m.start())
+            caps.append((m.group(0), size, tp.get_charbox(m.start())))
+        pages.append((i, text, boxes, caps, page.get_size()))
+    return pages
+
+
+def _first(pages, pattern):
+    return next(i for i, text, *_ in pages if re.search(pattern, text, re.M))
+
+
+def test_pdf_length_main_text_and_whole_document(pdf_pages):
+    n = len(pdf_pages)
+    start = _first(pdf_pages, r"^1\. Forward components")
+    start = next(i for i, text, *_ in pdf_pages[start + 1:] if re.search(r"^1\. Forward", text, re.M))  # not the contents
+    refs = max(i for i, text, *_ in pdf_pages if re.search(r"^References\s*$", text, re.M))
+    assert n <= 60, f"the PDF has {n} pages (at most 60)"
+    assert refs - start <= 45, f"the main text runs {refs - start} pages, pages {start + 1}-{refs} (at most 45)"
+
+
+def test_pdf_has_no_development_log_and_no_raw_markup(pdf_pages):
+    for i, text, *_ in pdf_pages:
+        flat = re.sub(r"\s+", " ", text)
+        dev = DEV_LOG.findall(flat)
+        assert not dev, f"page {i + 1}: development-log wording {dev[:3]}"
+        raw = RAW.findall(flat)
+        assert not raw, f"page {i + 1}: markup left raw {raw[:3]}"
+
+
+def test_every_figure_fits_the_page_and_sits_above_its_caption(pdf_pages):
+    for i, text, boxes, caps, (pw, ph) in pdf_pages:
+        for left, bottom, right, top in boxes:
+            assert right - left <= TEXT_W_PT + 2, f"page {i + 1}: an image {right - left:.0f} pt wide"
+            assert top - bottom <= MAX_H_PT + 2, f"page {i + 1}: an image {top - bottom:.0f} pt tall"
+            assert left >= 0 and right <= pw and bottom >= 0 and top <= ph, f"page {i + 1}: an image off the page"
+        for word, size, (_, cb, _, ct) in caps:
+            if not word.startswith("Figure") or abs(size - 9) > 0.6:     # captions are 9 pt; references 10 pt
+                continue
+            above = [b for b in boxes if 0 <= b[1] - ct <= 40]
+            assert above, f"page {i + 1}: caption {word!r} has no figure directly above it on its page"

@@ -181,14 +181,16 @@ def conv_transpose2d(y, w, stride=1, padding=0, output_size=None):
 
 def conv_transpose2d_naive(y, w, stride=1, padding=0, output_size=None):
     """Loop twin of :func:`conv_transpose2d` (same signature, shapes and output size)."""
-    y, w, dt, (sy, sx), (ph, pw), (H, W) = chk.check_conv_transpose(y, w, stride, padding, output_size)
+    y, w, dt, (sy, sx), (ph, pw), (H, W) = chk.check_conv_transpose(y, w, stride, padding,
+                                                                      output_size)
     N, F, Ho, Wo = y.shape
     _, C, KH, KW = w.shape
     xpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dt)
     for i in range(Ho):
         for j in range(Wo):
             # each output value sends its filter, scaled, back onto the window it came from
-            xpad[:, :, i * sy:i * sy + KH, j * sx:j * sx + KW] += np.tensordot(y[:, :, i, j], w, axes=(1, 0))
+            back = np.tensordot(y[:, :, i, j], w, axes=(1, 0))             # (N, C, KH, KW)
+            xpad[:, :, i * sy:i * sy + KH, j * sx:j * sx + KW] += back
     return xpad[:, :, ph:ph + H, pw:pw + W].copy()
 
 
@@ -289,8 +291,7 @@ def max_unpool2d(y, switches, input_shape, *, window=None):
     the adjoint of max-pooling with fixed switches (its gradient). ``torch.nn.functional
     .max_unpool2d`` assigns instead (last write wins), which agrees only for non-overlapping pools.
 
-    Any switches: one ``np.bincount`` over the global flat indices (a scatter-add several times faster
-    than ``np.add.at``; it sums in float64, then rounds once to the input's dtype, so a value that lands
+    Any switches: one ``np.bincount`` over the global flat indices (a scatter-add; it sums in float64, then rounds once to the input's dtype, so a value that lands
     alone comes back exactly).
 
     ``window=(kernel, stride)`` of the pooling that recorded the switches (ints or pairs): a faster
