@@ -306,6 +306,6 @@ def test_pdf_long_runs_in_code_broken_and_links_to_absent_chapters_unlinked():
     out = render_pdf.break_long_runs(md)
     assert "y" * 200 in out                                   # prose is left to the typesetter
     block = out.split("```\n")[1]
-    assert block.splitlines() == ["-" * 90, "-" * 90, "-" * 20, "ok"]
+    assert block.splitlines() == ["-" * 105, "-" * 95, "ok"]
     typ = "= Title\n<chapter-01>\nsee #link(<chapter-01>)[here] and #link(<chapter-07>)[there]\n"
     assert render_pdf.unlink_missing(typ).endswith("#link(<chapter-01>)[here] and #[there]\n")
