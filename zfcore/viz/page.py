@@ -32,6 +32,7 @@ def width(fraction: float = 1.0) -> float:
 def printed(fig) -> tuple[float, float, float]:
     """(width, height, scale) of ``fig`` as printed: the tight bounding box (what the notebook's PNG
     holds), scaled down to the text width when wider."""
+    fig.canvas.draw()                                    # lay out first (constrained layout moves things)
     bbox = fig.get_tightbbox(fig.canvas.get_renderer())
     w, h = bbox.width + 0.2, bbox.height + 0.2          # the inline backend's pad_inches=0.1 on each side
     scale = min(1.0, TEXT_WIDTH / w)
