@@ -356,3 +356,41 @@ def test_importing_compare_does_not_import_torch():
     code = (f"import sys; sys.path.insert(0, {str(HARNESS.parent)!r}); import harness; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_crop_and_tied_selections(torch):
+    img = np.arange(100).reshape(10, 10)
+    assert compare.crop(img, (2, 3, 4, 5)).shape == (3, 3)                # inclusive box
+    assert compare.crop(img, (0, 0, 1, 1), pad=2).shape == (4, 4)         # clipped at the border
+    assert compare.crop(img, (2, 3, 4, 5), pad=1)[0, 0] == img[1, 2]
+    # a uniform image ties every position of an unpadded conv's output; a single bright pixel does not
+    spec = [("conv1", "conv", dict(in_channels=1, out_channels=2, kernel=3, stride=1, padding=0)),
+            ("relu1", "relu", {}), ("pool1", "maxpool", dict(kernel=2, stride=2, padding=0))]
+    params = models.kaiming_params(spec, seed=0)
+    rec = huybery.Recreation(spec, params, deconv_bias="zero")
+    flat = np.ones((1, 1, 8, 8), np.float32)
+    bump = np.zeros((1, 1, 8, 8), np.float32)
+    bump[0, 0, 3, 4] = 1.0
+    counts = compare.tied_selections(rec, [flat, bump], ["conv1"])
+    assert counts == [36, 1]
+
+
+def test_panel_grid_fits_the_page():
+    """Rows of panels with labels beside them, notes under them and a grey bar: drawn at the printed
+    width, with no text below the report's minimum size (zfcore.viz.page)."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from zfcore.viz import page
+
+    page.use()
+    rng = np.random.default_rng(0)
+    rows = [(f"row {k}\nsecond line", [None] + [(rng.random((28, 28)) * 255).astype(np.uint8)] * 7)
+            for k in range(5)]
+    fig = compare.panel_grid(rows, [f"conv{k}\nmap {k}" for k in range(8)],
+                             [[f"map {k}" for k in range(8)]] * 5, colorbar="grey level")
+    try:
+        assert page.problems(fig) == []
+        assert len(fig.axes) == 5 * 8 + 1                                # the panels and the bar
+        assert fig.axes[1].get_xlabel() == "map 1" and fig.axes[0].get_ylabel() == "row 0\nsecond line"
+        assert fig.get_size_inches()[0] <= page.TEXT_WIDTH
+    finally:
+        plt.close(fig)

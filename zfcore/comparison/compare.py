@@ -6,12 +6,14 @@ the measures and runs of notebook 06 and ``benchmarks/bench_compare.py``.
   :func:`switch_flips` (where the two forward passes chose different switches), :func:`bias_effect`
   (the original's random deconv biases), :func:`channel_order` (BGR vs RGB input), :func:`zfcore_figure`
   (zfcore's version of the original's figure), :func:`original_agreement` (the ORIGINAL code, run from a
-  user's clone through ``zfcore.comparison.original``);
-- :func:`format_table`: rows (dicts) as Markdown text, for a notebook or a terminal.
+  user's clone through ``zfcore.comparison.original``), :func:`tied_selections` (how many positions
+  the original's selection keeps);
+- :func:`crop` (an image cut to a receptive-field box), :func:`panel_grid` (rows of images drawn at
+  their printed size) and :func:`format_table` (rows (dicts) as Markdown text).
 
 zfcore's side of each run is a forward ``Record`` (``rec = net.forward(x)``) and its projections.
-torch is imported inside functions only; importing this module needs numpy alone. The timing harness
-of the benchmarks lives beside them (``benchmarks/harness.py``).
+torch and matplotlib are imported inside functions only; importing this module needs numpy alone.
+The timing harness of the benchmarks lives beside them (``benchmarks/harness.py``).
 """
 from __future__ import annotations
 
@@ -263,8 +265,67 @@ def original_agreement(orig, net, x, layers) -> tuple[list[dict], dict]:
     return rows, runs
 
 
+def tied_selections(recreation, inputs, layers) -> list[int]:
+    """How many positions the original's selection keeps (1 unless the maximum is tied) for each input
+    (1, C, H, W) of ``inputs`` and each of ``layers``, in that order, on ``recreation``'s forward pass."""
+    counts = []
+    for x in inputs:
+        recreation.forward(x)
+        counts += [len(recreation.select(name)[1].positions) for name in layers]
+    return counts
+
+
+def crop(img, box, pad: int = 0):
+    """The part of an (H, W) or (H, W, C) image inside ``box`` = (top, left, bottom, right), inclusive
+    (as ``input_box`` gives it), widened by ``pad`` pixels on each side and clipped to the image."""
+    a = np.asarray(img)
+    t, l, b, r = box
+    return a[max(t - pad, 0):b + pad + 1, max(l - pad, 0):r + pad + 1]
+
+
 # ------------------------------------------------------------------------------------------------
-# tables
+# figures and tables
+
+def panel_grid(rows, col_titles=(), notes=None, width: float = 6.2, label_width: float = 0.8,
+               colorbar: str | None = None):
+    """Rows of images drawn at their printed size (``zfcore.viz.page``): ``rows`` is a list of (row
+    label, [image or None, ...]), each image (H, W) or (H, W, 3), uint8 (0-255) or float in [0, 1],
+    shown as given; labels beside the rows, ``col_titles`` above the first row, ``notes`` (lists of
+    short texts matching ``rows``, or None) under the panels. ``colorbar``: the label of a grey bar
+    from 0 to 255 at the right. The figure is ``width`` inches wide. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    ncols = max(len(imgs) for _, imgs in rows)
+    side = (width - label_width - (0.55 if colorbar else 0.0)) / ncols
+    lines = max([str(t).count("\n") + 1 for t in col_titles] or [0])
+    height = len(rows) * (side + (0.16 if notes else 0.04)) + 0.16 * lines + 0.1
+    fig, axes = plt.subplots(len(rows), ncols, squeeze=False, figsize=(width, height),
+                             layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
+    for r, (label, imgs) in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            img = imgs[c] if c < len(imgs) else None
+            if img is None:
+                ax.spines[:].set_visible(False)
+            else:
+                img = np.asarray(img)
+                top = 255 if img.dtype == np.uint8 else 1.0
+                ax.imshow(img, cmap="gray", vmin=0, vmax=top, interpolation="nearest")
+            if notes is not None and c < len(notes[r]) and notes[r][c]:
+                ax.set_xlabel(notes[r][c], fontsize=7, labelpad=1)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", labelpad=3)
+    for c, title in enumerate(col_titles):
+        axes[0][c].set_title(title)
+    if colorbar:
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 255), cmap="gray"), ax=axes, shrink=0.8,
+                           ticks=[0, 255], aspect=30)
+        bar.set_label(colorbar)
+    return fig
+
 
 def _fmt(v, spec=None):
     if isinstance(v, str):
