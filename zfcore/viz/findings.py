@@ -61,8 +61,9 @@ def _read(p: Path) -> dict:
         raise FindingsError(f"{p}: cannot read the recorded findings ({e}); delete it and rerun the chapters")
 
 
-def record(chapter: str, **values) -> dict:
-    """Store ``values`` as chapter ``chapter``'s findings (replacing its earlier ones); returns them."""
+def record(chapter: str, **values) -> None:
+    """Store ``values`` as chapter ``chapter``'s findings (replacing its earlier ones). Returns None, so
+    that a notebook cell ending in this call shows nothing."""
     p = path()
     data = _read(p)
     entry = {"fingerprint": fingerprint(), "values": _plain(values)}
@@ -71,7 +72,6 @@ def record(chapter: str, **values) -> dict:
     tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, p)
-    return entry["values"]
 
 
 def load(chapter: str) -> dict:
