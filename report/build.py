@@ -21,6 +21,8 @@ succeeded: a failing chapter leaves the previous report untouched and exits non-
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -147,6 +149,40 @@ def sources(paths):
     return [(p, nbformat.read(p, as_version=4)) for p in paths]
 
 
+OWN = re.compile(r"^(index\.html|report\.html|report\.pdf|\d\d-[\w-]+\.html|notebooks|mathjax|pdf-src)$")
+
+
+class OutError(ValueError):
+    """--out cannot take the report (a file, not writable, or holding files the builder did not write)."""
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Before any work: ``out`` must be a folder (or not exist yet) that can be written, and hold nothing
+    but an earlier report's files unless ``force`` (which then keeps those other files)."""
+    if out.exists() and not out.is_dir():
+        raise OutError(f"--out {out} is a file, not a folder: give a folder for the report")
+    parent = out if out.is_dir() else next((a for a in out.parents if a.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutError(f"--out {out}: {parent} cannot be written")
+    others = sorted(e.name for e in out.iterdir() if not OWN.match(e.name)) if out.is_dir() else []
+    if others and not force:
+        shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise OutError(f"--out {out} holds files the report builder did not write ({shown}); choose an "
+                       f"empty or new folder, or pass --force to write the report beside them")
+
+
+def place(tmp: Path, out: Path) -> None:
+    """Move the new report from ``tmp`` into ``out``: the builder's files of an earlier report are replaced
+    (those this build did not write, e.g. other chapters, removed), anything else is left as it is."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():
+        if OWN.match(old.name):
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    for new in tmp.iterdir():
+        shutil.move(str(new), str(out / new.name))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "report" / "build"))
@@ -155,6 +191,9 @@ def main(argv=None):
     ap.add_argument("--no-pdf", action="store_true", help="HTML only")
     ap.add_argument("--from-executed", metavar="DIR",
                     help="reuse the executed notebooks of an earlier build (<out>/notebooks)")
+    ap.add_argument("--force", action="store_true",
+                    help="write into an --out that holds other files (they are kept; only the report's "
+                         "own files are replaced)")
     args = ap.parse_args(argv)
 
     paths, every = find_chapters(args.only), find_chapters()
@@ -162,6 +201,11 @@ def main(argv=None):
         print(f"error: no numbered notebooks (NN-title.ipynb) in {NOTEBOOKS}", file=sys.stderr)
         return 2
     out, t0 = Path(args.out), time.time()
+    try:
+        check_out(out, args.force)
+    except OutError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     tmp = Path(tempfile.mkdtemp(prefix="zfcore-report-"))
     try:
         entries = bib.load(BIB)
@@ -178,11 +222,10 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"error: {e}\nThe previous report in {out} is untouched.", file=sys.stderr)
         return 1
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(tmp), str(out))
-    out.chmod(0o755)  # mkdtemp made it private
+    new = not out.exists()
+    place(tmp, out)
+    if new:
+        out.chmod(0o755)
     print(f"report written to {out}/index.html, report.html" + ("" if args.no_pdf else ", report.pdf")
           + f" ({len(chapters)} chapters, {len(labels)} figures and tables) in {time.time() - t0:.0f} s")
     return 0

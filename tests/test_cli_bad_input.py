@@ -45,6 +45,9 @@ def files(tmp_path_factory):
 # (id, argv with {in} = input folder and {out} = the output folder, expected message)
 ROWS = [
     ("unknown-layer", "project --test-index 0 --layer conv55", r"unknown layer 'conv55'; did you mean 'conv5'"),
+    ("report-out-holds-other-files", "report --only 00",
+     r"--out .*out holds files the report builder did not write \(keep.txt\); .* or pass --force"),
+    ("report-out-is-a-file", "report --only 00 --out {in}/afile", r"--out .*afile is a file, not a folder"),
     ("feature-out-of-range", "project --test-index 0 --layer conv5 --feature 999",
      r"feature of layer 'conv5' 999 out of range 0..127"),
     ("feature-negative", "project --test-index 0 --layer conv5 --feature -1",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import os
 import struct
 import sys
 import zlib
@@ -309,3 +310,51 @@ def test_pdf_long_runs_in_code_broken_and_links_to_absent_chapters_unlinked():
     assert block.splitlines() == ["-" * 105, "-" * 95, "ok"]
     typ = "= Title\n<chapter-01>\nsee #link(<chapter-01>)[here] and #link(<chapter-07>)[there]\n"
     assert render_pdf.unlink_missing(typ).endswith("#link(<chapter-01>)[here] and #[there]\n")
+
+
+# ---- where the report goes: nothing of the user's deleted, the report's own files replaced ----------
+def test_out_that_is_a_file_or_holds_other_files_is_refused_before_any_work(tmp_path):
+    f = tmp_path / "somefile.txt"
+    f.write_text("x")
+    with pytest.raises(build.OutError, match="is a file, not a folder"):
+        build.check_out(f, force=False)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(build.OutError, match=r"did not write \(notes.txt\).*--force"):
+        build.check_out(keep, force=False)
+    build.check_out(keep, force=True)                       # allowed, and ...
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "index.html").write_text("new")
+    (new / "notebooks").mkdir()
+    build.place(new, keep)                                   # ... the user's file stays
+    assert (keep / "notes.txt").read_text() == "mine" and (keep / "index.html").read_text() == "new"
+    assert build.main(["--out", str(f), "--only", "00"]) == 2 and f.read_text() == "x"
+    assert build.main(["--out", str(keep / "notes.txt"), "--only", "00"]) == 2
+
+
+def test_an_earlier_report_is_replaced_whole(tmp_path):
+    out = tmp_path / "rep"
+    (out / "notebooks").mkdir(parents=True)
+    for name in ("index.html", "05-old-chapter.html", "report.pdf"):
+        (out / name).write_text("old")
+    build.check_out(out, force=False)                        # only the builder's files: no --force needed
+    new = tmp_path / "tmp"
+    new.mkdir()
+    (new / "index.html").write_text("new")
+    build.place(new, out)
+    assert sorted(p.name for p in out.iterdir()) == ["index.html"] and not new.exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(build.OutError, match="cannot be written"):
+            build.check_out(ro / "rep", force=False)
+    finally:
+        ro.chmod(0o755)

@@ -291,10 +291,14 @@ def cmd_report(args):
                           "installation (zfcore installed from a wheel?); run it from a source checkout "
                           "of zfcore")
     cmd = [sys.executable, str(build)] + (["--out", str(args.out)] if args.out else []) + \
-        (["--only", *args.only] if args.only else [])
-    rc = subprocess.call(cmd)
-    if rc:
-        raise ZfcoreError(f"report: report/build.py failed (exit status {rc})")
+        (["--only", *args.only] if args.only else []) + (["--force"] if args.force else [])
+    run = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)   # progress on stdout, as it comes
+    said = [line[len("error: "):] for line in run.stderr.splitlines() if line.startswith("error: ")]
+    if run.returncode == 2 and said:                           # refused before any work: one line
+        raise ZfcoreError(said[-1])
+    if run.returncode:
+        sys.stderr.write(run.stderr)
+        raise ZfcoreError(f"report: report/build.py failed (exit status {run.returncode})")
 
 
 def _finish(args, out, lines):
