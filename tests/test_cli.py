@@ -202,6 +202,28 @@ def test_occlusion(tmp_path, png, capsys):
     assert (tmp_path / "b" / "occlusion.png").is_file()
 
 
+def test_a_classifier_of_another_width_gets_class_numbers(tmp_path, capsys):
+    """Weights whose classifier has 20 outputs (another task on the embedded architecture): every class is
+    "class i" (Fashion-MNIST's names only fit its ten), in the summary and on stdout, for classify and
+    occlusion."""
+    params, _ = models.load_weights(models.default_weights_path("fmnist_zf"))
+    params = dict(params)
+    rng = np.random.default_rng(0)
+    params["fc7.weight"] = rng.standard_normal((20, params["fc7.weight"].shape[1])).astype(np.float32)
+    params["fc7.bias"] = np.zeros(20, np.float32)
+    params["fc7.bias"][17] = 50.0                              # class 17 wins: past the ten names
+    models.save_weights(params, tmp_path / "w20.npz", "fmnist_zf")
+    rc, out, _ = run(["classify", "--test-index", 0, "--weights", tmp_path / "w20.npz", "--out",
+                      tmp_path / "a"], capsys)
+    r = json.loads((tmp_path / "a" / "classify.json").read_text())["results"][0]
+    assert rc == 0 and r["predicted"] == 17 and r["top"][0]["name"] == "class 17" and "class 17" in out
+    assert all(t["name"] == f"class {t['class']}" for t in r["top"])
+    rc, _, _ = run(["occlusion", "--test-index", 0, "--size", 14, "--stride", 14, "--weights",
+                    tmp_path / "w20.npz", "--out", tmp_path / "b", "--quiet"], capsys)
+    r = json.loads((tmp_path / "b" / "occlusion.json").read_text())["results"][0]
+    assert rc == 0 and r["target"] == 17 and r["target_name"] == "class 17"
+
+
 # --- same seed, same outputs ----------------------------------------------------------------------------
 @pytest.mark.parametrize("argv,files", [
     (["project", "--test-index", 3, "--layer", "conv4"], ["project.json", "00-test-3.png"]),

@@ -42,14 +42,14 @@ def cmd_classify(args):
     for i, p in enumerate(probs):
         order = np.argsort(-p, kind="stable")[:top]
         results.append({"input": info[i]["source"], "predicted": int(order[0]),
-                        "top": [{"class": int(c), "name": C.class_name(args.model, int(c)),
+                        "top": [{"class": int(c), "name": C.class_name(args.model, int(c), probs.shape[1]),
                                  "prob": float(p[c])} for c in order]})
     out.add("classify.json", C.summary("classify", args, model, info, results))
     C.use_agg()
     from zfcore.viz.plotting import grid
 
     fig = grid([C.display_image(a, args.model) for a in x],
-               titles=[f"{C.class_name(args.model, r['predicted'])} {r['top'][0]['prob']:.2f}" for r in results],
+               titles=[f"{r['top'][0]['name']} {r['top'][0]['prob']:.2f}" for r in results],
                ncols=min(len(x), 8), size=2.0)
     out.add("classify.png", C.png_bytes(fig))
     _finish(args, out, [f"{r['input']}: {r['top'][0]['name']} ({100 * r['top'][0]['prob']:.1f}%)"
@@ -232,19 +232,19 @@ def cmd_occlusion(args):
     occ = analysis.occlusion(net, x[0], target, size=args.size, stride=args.stride, fill=args.fill,
                              layer=args.layer, feature=feature if args.layer else None)
     r, c = np.unravel_index(np.argmin(occ.prob), occ.prob.shape)
-    res = {"input": info[0]["source"], "target": target, "target_name": C.class_name(args.model, target),
+    res = {"input": info[0]["source"], "target": target, "target_name": C.class_name(args.model, target, len(p)),
            "prob_unoccluded": float(p[target]), "prob_min": float(occ.prob[r, c]),
            "prob_min_at": [int(occ.rows[r]), int(occ.cols[c])], "prob_mean": float(occ.prob.mean()),
            "predicted_changes": int((occ.predicted != np.argmax(p)).sum()), "grid": list(occ.prob.shape)}
     out.add("occlusion.json", C.summary("occlusion", args, model, info, [res], size=args.size,
                                         stride=args.stride, layer=args.layer,
                                         feature=feature if args.layer else None))
-    out.add("occlusion.png", _occlusion_figure(args, x[0], occ, target))
+    out.add("occlusion.png", _occlusion_figure(args, x[0], occ, res["target_name"]))
     _finish(args, out, [f"{res['input']}: p({res['target_name']}) {res['prob_unoccluded']:.3f} "
                         f"unoccluded, {res['prob_min']:.3f} at worst (square at {res['prob_min_at']})"])
 
 
-def _occlusion_figure(args, image, occ, target) -> bytes:
+def _occlusion_figure(args, image, occ, name) -> bytes:
     C.use_agg()
     import matplotlib.pyplot as plt
 
@@ -253,7 +253,7 @@ def _occlusion_figure(args, image, occ, target) -> bytes:
     n = 3 if occ.feature_activity is None else 4
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8))
     show(axes[0], C.display_image(image, args.model), "input")
-    occlusion_map(axes[1], occ.prob, occ, title=f"p({C.class_name(args.model, target)})")
+    occlusion_map(axes[1], occ.prob, occ, title=f"p({name})")
     axes[2].imshow(occ.predicted, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
     axes[2].set_title("most probable class", fontsize=9)
     axes[2].set_xticks([])

@@ -65,10 +65,12 @@ def load_inputs(args):
     return np.concatenate(xs).astype(np.float32), info, labels
 
 
-def class_name(arch: str, c: int) -> str:
+def class_name(arch: str, c: int, n_classes: int) -> str:
+    """Fashion-MNIST's name of class ``c`` for the embedded architecture with its ten outputs; "class c"
+    for other architectures and for a classifier of another width (weights of another task)."""
     from zfcore.data.loading import CLASSES
 
-    return CLASSES[c] if arch == "fmnist_zf" else f"class {c}"
+    return CLASSES[c] if arch == "fmnist_zf" and n_classes == len(CLASSES) else f"class {c}"
 
 
 def display_image(x: np.ndarray, arch: str) -> np.ndarray:
