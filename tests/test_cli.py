@@ -289,3 +289,17 @@ def test_failed_write_removes_the_new_files(tmp_path, capsys, monkeypatch):
     rc, _, err = run(["classify", "--test-index", 0, "--out", tmp_path, "--quiet"], capsys)
     assert rc == 2 and "No space left on device" in err and list(tmp_path.iterdir()) == []
     monkeypatch.setattr(cli_common, "write_bytes", real)
+
+
+def test_json_is_strict_nan_results_refused_before_anything_is_written(tmp_path):
+    from zfcore._io import write_json
+    from zfcore.cli.common import Outputs
+    from zfcore.errors import ZfcoreError
+
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "a.json", {"x": float("nan")})
+    assert not (tmp_path / "a.json").exists()
+    out = Outputs(tmp_path / "o", False, ["r.json"])
+    with pytest.raises(ZfcoreError, match="r.json: the results hold NaN or infinite values"):
+        out.add("r.json", {"prob": float("inf")})
+    assert not (tmp_path / "o" / "r.json").exists()

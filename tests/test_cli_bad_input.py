@@ -33,6 +33,10 @@ def files(tmp_path_factory):
     (d / "noimages" / "readme.txt").write_text("no images here")
     models.save_weights(models.load_weights(models.default_weights_path("fmnist_zf"))[0], d / "fm.npz",
                         "fmnist_zf")
+    nan = dict(models.load_weights(models.default_weights_path("fmnist_zf"))[0])
+    nan["conv3.weight"] = nan["conv3.weight"].copy()
+    nan["conv3.weight"][0, 0, 0, 0] = np.nan
+    models.save_weights(nan, d / "nan.npz", "fmnist_zf")       # saved as given; refused when loaded
     tiny = d / "tiny"       # a tiny 'training split' (64 shipped test images)
     tiny.mkdir()
     imgs = (x[:, 0] * 255).round().astype(np.uint8)
@@ -45,6 +49,8 @@ def files(tmp_path_factory):
 # (id, argv with {in} = input folder and {out} = the output folder, expected message)
 ROWS = [
     ("unknown-layer", "project --test-index 0 --layer conv55", r"unknown layer 'conv55'; did you mean 'conv5'"),
+    ("weights-with-nan", "classify --test-index 0 --weights {in}/nan.npz", r"nan.npz: NaN or infinite values in conv3.weight"),
+    ("occlusion-fill-nan", "occlusion --test-index 0 --fill nan", r"the occluder's fill must be a finite number, got nan"),
     ("report-out-holds-other-files", "report --only 00",
      r"--out .*out holds files the report builder did not write \(keep.txt\); .* or pass --force"),
     ("report-out-is-a-file", "report --only 00 --out {in}/afile", r"--out .*afile is a file, not a folder"),

@@ -66,5 +66,6 @@ def write_text(path, text: str, overwrite: bool = False) -> Path:
 
 
 def write_json(path, obj, overwrite: bool = False) -> Path:
-    """Deterministic JSON (sorted keys, indent 1, trailing newline), written atomically."""
-    return write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n", overwrite)
+    """Deterministic, strict JSON (sorted keys, indent 1, trailing newline; NaN and infinity refused with
+    ValueError, as strict parsers would), written atomically."""
+    return write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n", overwrite)

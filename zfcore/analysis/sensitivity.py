@@ -38,6 +38,8 @@ def occlude(image, size: int, stride: int, fill: float = 0.0):
     if image.ndim != 3:
         raise ArgumentError(f"image must be (C, H, W), got shape {image.shape}")
     C, H, W = image.shape
+    if not np.isfinite(fill):
+        raise ArgumentError(f"the occluder's fill must be a finite number, got {fill}")
     size = check_count(size, "occluder size", 1, min(H, W))
     stride = check_count(stride, "occluder stride", 1)
     rows = np.unique(np.r_[np.arange(0, H - size + 1, stride), H - size])

@@ -11,7 +11,7 @@ import numpy as np
 
 from zfcore import __version__
 from zfcore._io import atomic_write, write_bytes, write_json
-from zfcore.errors import ArgumentError, suggest
+from zfcore.errors import ArgumentError, ZfcoreError, suggest
 from zfcore.models.specs import INPUTS  # each model's input (channels, side) and normalisation
 
 
@@ -103,6 +103,14 @@ class Outputs:
     def add(self, name: str, payload) -> None:
         if name not in self.names:
             raise AssertionError(f"output {name} was not planned")
+        if name.endswith(".json"):
+            import json
+
+            try:
+                json.dumps(payload, allow_nan=False)
+            except ValueError:
+                raise ZfcoreError(f"{name}: the results hold NaN or infinite values (are the inputs and the "
+                                  "weights finite?); nothing was written") from None
         self.pending[name] = payload
 
     def write(self) -> list[Path]:

@@ -260,6 +260,10 @@ def load_weights(path, arch: str | None = None) -> tuple[dict[str, np.ndarray], 
         check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
     except ValueError as e:
         raise WeightsError(f"{e}\n  (checked against architecture {arch!r})") from None
+    bad = [k for k, v in params.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"{path}: NaN or infinite values in {', '.join(bad[:3])}"
+                           + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
     return params, arch
 
 
