@@ -29,6 +29,9 @@ def test_short_run_lowers_loss_and_exports(tiny_root, tmp_path):
     assert hist["epochs"][-1]["test_loss"] < 0.8 * hist["initial"]["test_loss"]
     params, arch, meta = load_npz(tmp_path / "fmnist_zf.npz")
     assert arch == "fmnist_zf" and meta["epoch"] == 3
+    made = tmp_path.parent / "made-by-mkdir"
+    made.mkdir()
+    assert tmp_path.stat().st_mode & 0o777 == made.stat().st_mode & 0o777   # not the private mkdtemp mode
     assert {k: v.shape for k, v in params.items()} == param_shapes(FMNIST_ZF)
     # checkpoints at the requested epochs and the last one, stored as float16
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.npz"))

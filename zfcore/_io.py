@@ -21,10 +21,10 @@ def _finish(tmp: str, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it") from None
+        raise FileExistsError(f"{path} exists; replace it with --force (overwrite=True in Python)") from None
     except OSError:  # a filesystem without hard links: fall back to a checked rename
         if path.exists():
-            raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it") from None
+            raise FileExistsError(f"{path} exists; replace it with --force (overwrite=True in Python)") from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
@@ -36,7 +36,7 @@ def atomic_write(path, write, overwrite: bool = False, mode: int = 0o644) -> Pat
     ``overwrite`` (checked before the work too, so nothing is computed for a refused write)."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--force) to replace it")
+        raise FileExistsError(f"{path} exists; replace it with --force (overwrite=True in Python)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)

@@ -302,6 +302,9 @@ def _swap_in(stage: Path, out: Path) -> None:
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
         os.rmdir(old)
         os.rename(out, old)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)                       # as a folder made by mkdir (mkdtemp's is private)
     os.rename(stage, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
