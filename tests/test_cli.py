@@ -93,6 +93,15 @@ def test_project(tmp_path, png, capsys, fmnist_net):
     s = json.loads((tmp_path / "b" / "project.json").read_text())
     assert rc == 0 and s["results"][0]["feature"] == 7 and s["rule"] == "guided"
     assert (tmp_path / "b" / "00-pullover.png").is_file()
+    # two files of one name in two folders stay two inputs in the summary
+    import shutil
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        shutil.copy(png, tmp_path / d / "x.png")
+    rc, _, _ = run(["project", tmp_path / "d1" / "x.png", tmp_path / "d2" / "x.png", "--layer", "conv5",
+                    "--out", tmp_path / "c", "--quiet"], capsys)
+    s = json.loads((tmp_path / "c" / "project.json").read_text())
+    assert rc == 0 and [r["input"] for r in s["results"]] == [str(tmp_path / d / "x.png") for d in ("d1", "d2")]
 
 
 def test_topk(tmp_path, png, capsys, fmnist_net):

@@ -60,7 +60,7 @@ def load_inputs(args):
     for f in files:
         a = data.load_image(f, size=(side, side), mode="L" if channels == 1 else "RGB")
         xs.append(data.imagenet_normalize(a) if imagenet else a)
-        info.append({"source": Path(f).name})
+        info.append({"source": str(f)})                  # as given: two x.png in two folders differ
         labels.append(None)
     return np.concatenate(xs).astype(np.float32), info, labels
 
