@@ -42,3 +42,14 @@ def test_check_prints_one_marked_line_per_problem(capsys):
     page.check()
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(line.startswith(page.MARK + " figure 2:") for line in lines)
+
+
+def test_plotting_fits_the_page_only_in_a_report_notebook(monkeypatch):
+    import numpy as np
+    from zfcore.viz import plotting
+
+    imgs = [np.zeros((1, 8, 8))] * 8
+    monkeypatch.setattr(page, "_in_use", False)              # the command line: sizes as asked
+    assert plotting.grid(imgs, ncols=8, size=2.0).get_size_inches()[0] == pytest.approx(16.0)
+    monkeypatch.setattr(page, "_in_use", True)               # after page.use(): within the text width
+    assert plotting.grid(imgs, ncols=8, size=2.0).get_size_inches()[0] <= page.TEXT_WIDTH

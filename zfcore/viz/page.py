@@ -16,12 +16,19 @@ MAX_HEIGHT = 8.0      # inches: the text block's height less room for a caption 
 MIN_FONT = 7.0        # points, as printed
 DPI = 150             # the PNGs' resolution (the PDF reads it from each PNG)
 MARK = "zfcore-figure-check:"
+_in_use = False       # set by use(): the page's width then bounds the figures zfcore.viz.plotting draws
 
 STYLE = {
     "figure.dpi": DPI, "savefig.dpi": DPI, "image.cmap": "gray", "image.interpolation": "nearest",
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
     "legend.fontsize": 7, "figure.titlesize": 9, "axes.titlepad": 3,
 }
+
+
+def in_use() -> bool:
+    """Whether :func:`use` was called in this process (a report notebook), so that plotting helpers fit
+    their figures to the page; elsewhere (the command line) they keep the sizes they are asked for."""
+    return _in_use
 
 
 def width(fraction: float = 1.0) -> float:
@@ -72,6 +79,8 @@ def use() -> None:
     """The report's style in the running notebook: :data:`STYLE`, and :func:`check` after every cell."""
     import matplotlib.pyplot as plt
 
+    global _in_use
+    _in_use = True
     plt.rcParams.update(STYLE)
     try:
         from IPython import get_ipython

@@ -8,15 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 from zfcore.errors import ArgumentError, check_choice, check_count
-from zfcore.viz.page import TEXT_WIDTH
+from zfcore.viz import page
 
 MODES = ("minmax", "symmetric", "clip")
-FIG_WIDTH = TEXT_WIDTH - 0.3        # inches a figure may use: the text width less the PNG's padding
+FIG_WIDTH = page.TEXT_WIDTH - 0.3   # inches a figure may use: the text width less the PNG's padding
 
 
 def panel_size(size: float, ncols: int, label_width: float = 0.0) -> float:
-    """``size`` (inches per panel), reduced so that ``ncols`` panels and a column of row labels
-    ``label_width`` inches wide fit the printed page's width."""
+    """``size`` (inches per panel); in a report notebook (``page.use()``) reduced so that ``ncols``
+    panels and a column of row labels ``label_width`` inches wide fit the printed page's width."""
+    if not page.in_use():
+        return size
     return min(size, (FIG_WIDTH - label_width) / max(ncols, 1))
 
 
