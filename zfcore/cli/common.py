@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,25 @@ def progress(iterable, args, total=None, desc=None):
     except ImportError:
         return iterable
     return tqdm(iterable, total=total, desc=desc, leave=False, mininterval=1.0, delay=1.0)
+
+
+def stem(info: dict, i: int) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(info["source"]).stem if "[" not in info["source"]
+               else f"test-{info['source'][5:-1]}")
+    return f"{i:02d}-{s}"
+
+
+def softmax(logits):
+    from zfcore.core import ops
+
+    return ops.softmax(logits)
+
+
+
+
+def finish(args, out, lines):
+    paths = out.write()
+    if not args.quiet:
+        for line in lines:
+            print(line)
+        print(f"wrote {', '.join(p.name for p in paths)} in {out.out}")

@@ -65,6 +65,8 @@ def _add(sub, name, func, help, common):
 
 def build_parser():
     from zfcore.cli import commands as K
+    from zfcore.cli.cmd_occlusion import cmd_occlusion
+    from zfcore.cli.cmd_topk import cmd_topk
 
     p = _Parser(prog="zfcore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"zfcore {__version__}")
@@ -80,7 +82,7 @@ def build_parser():
     c.add_argument("--layer", required=True, help="layer name, e.g. conv5")
     c.add_argument("--feature", type=int, default=None, help="feature map; default: the strongest")
     c.add_argument("--rule", default="deconvnet", metavar="RULE", help=_RULE_HELP)
-    c = _add(sub, "topk", K.cmd_topk, "the paper's Fig. 2 for layers over a collection of images", common)
+    c = _add(sub, "topk", cmd_topk, "the paper's Fig. 2 for layers over a collection of images", common)
     _model_args(c)
     c.add_argument("--layer", required=True, nargs="+", metavar="LAYER",
                    help="layer name(s), e.g. --layer conv5 or --layer conv1 conv3 conv5 (one scan serves all)")
@@ -102,7 +104,7 @@ def build_parser():
                    help="run on a local Dask cluster of N worker processes (needs zfcore[dask])")
     c.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster, e.g. tcp://host:8786 (needs zfcore[dask])")
-    c = _add(sub, "occlusion", K.cmd_occlusion, "occlusion sensitivity of one image", common)
+    c = _add(sub, "occlusion", cmd_occlusion, "occlusion sensitivity of one image", common)
     _model_args(c)
     _input_args(c)
     c.add_argument("--target", type=int, default=None, help="class to track; default: the predicted one")
