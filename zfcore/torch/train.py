@@ -48,7 +48,8 @@ DEFAULT_OUT = Path("zfcore-train")   # relative: a run of NAME goes to ./zfcore-
 
 CHECKPOINT_EPOCHS = (1, 2, 5, 10, 20, 30)  # and the last epoch
 RMS_RADIUS = 0.1
-EXPORTS = {"full": np.float32, "features16": np.float16}   # what <name>.npz keeps, and as which dtype
+EXPORTS = {"full": np.float32, "features16": np.float16,     # what <name>.npz keeps, and as which dtype
+           "full16": np.float16}
 
 
 def default_out(name: str) -> Path:
@@ -324,8 +325,8 @@ def train(epochs=40, out=None, spec="fmnist_zf", seed=0, batch_size=128, lr=1e-2
     and backward passes under bfloat16 autocast (weights, optimiser state and every evaluation stay
     float32); about 2x faster on CPUs with AVX512-BF16. On the CPU, activations are channels-last.
     ``renorm``: the paper's filter renormalisation after every step (``renormalise_filters``).
-    ``export``: ``"full"`` (every parameter, float32) or ``"features16"`` (the feature extractor,
-    float16); the final accuracy is that of the weights as stored (classifier included, rounded the
+    ``export``: ``"full"`` (every parameter, float32), ``"full16"`` (every parameter, float16) or
+    ``"features16"`` (the feature extractor, float16); the final accuracy is that of the weights as stored (classifier included, rounded the
     same way). ``eval_images``: evaluate each epoch on the first N test images only (the final weights
     see all). ``subset``: train on the first N training images, and test on the first N test images.
     ``checkpoints``: the epochs whose feature extractor is kept as float16 (with the last epoch's;
@@ -370,6 +371,16 @@ def _call(spec_name, seed, cfg) -> str:
             + ", ".join(f"{k}={cfg[k]!r}" for k in keys) + ")")
 
 
+def _machine(torch, device) -> dict:
+    """Where a run trained: the device's name, torch's version and the CPU count."""
+    import os
+    import platform
+
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else \
+        (platform.processor() or platform.machine())
+    return dict(device=name, torch=torch.__version__, cpus=os.cpu_count())
+
+
 def _setup(torch, spec, cfg, steps, device, fmt, gen):
     """The model (Kaiming-initialised from ``gen``), its SGD optimiser and the cosine schedule over
     ``cfg["epochs"] * steps`` steps."""
@@ -393,6 +404,7 @@ def _run(torch, out, spec, history, root, threads, checkpoints, quiet):
     if cfg["device"] == "auto":
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     device = cfg["device"]
+    history["machine"] = _machine(torch, device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -449,6 +461,8 @@ def _export(model, spec, out, history, xte, yte, device, fmt) -> dict:
     if cfg["export"] == "features16":
         params = features_spec(spec, params)[1]
         meta.update(storage="float16", part="features")
+    elif cfg["export"] == "full16":
+        meta.update(storage="float16", part="all")
     save_npz(out / f"{name}.npz", params, name, meta=meta, dtype=dtype, overwrite=True)
     return dict(test_loss=test_loss, test_acc=test_acc, batchnorm_folded=cfg["batchnorm"],
                 storage=np.dtype(dtype).name)
