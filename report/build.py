@@ -1,7 +1,7 @@
 """Build the technical report: execute the numbered notebooks, render them to HTML and PDF.
 
     python report/build.py [--out report/build] [--only 01 03] [--timeout 1200] [--no-pdf]
-                           [--from-executed DIR]
+                           [--no-atlas] [--from-executed DIR]
 
 Each ``notebooks/NN-title.ipynb`` is executed top to bottom in a fresh kernel (working directory
 ``notebooks/``) on the embedded model and the shipped Fashion-MNIST test split, so the build needs no
@@ -12,7 +12,9 @@ Outputs, all self-contained (no request leaves the machine when they are opened)
 - ``<out>/index.html``: the contents; ``<out>/NN-title.html``: one page per chapter;
 - ``<out>/report.html``: the whole report on one page; ``<out>/report.pdf``: the same as a PDF
   (pandoc to typst, both installed by pip); ``<out>/mathjax/``: the local MathJax;
-- ``<out>/notebooks/NN-title.ipynb``: the executed notebooks.
+- ``<out>/notebooks/NN-title.ipynb``: the executed notebooks;
+- ``<out>/atlas/``: the embedded model's feature atlas (``zfcore.viz.atlas``), linked from the
+  contents, when every chapter is built (not with ``--only`` or ``--no-atlas``).
 
 The sources are checked first (an unknown label or citation key fails at once, naming the chapter),
 then executed, then rendered into a temporary folder that is moved into place only when everything
@@ -123,7 +125,26 @@ def context(stems, labels, entries, single_page):
     return cv.Context(labels, entries, stems, REFS, single_page)
 
 
-def render(chapters, labels, stems, entries, out: Path, pdf: bool):
+def build_atlas(out: Path) -> str:
+    """The embedded model's feature atlas over the shipped test set (every conv feature, top 9) in
+    ``out``; returns what it shows, for the contents page."""
+    import zfcore as zf
+    from zfcore.data import CLASSES, sources
+    from zfcore.viz import atlas
+
+    t0 = time.time()
+    print("building the feature atlas ...", flush=True)
+    net = zf.models.load_model()
+    src = sources.TestSetSource()
+    meta = atlas.build_atlas(net, src, out, k=9, arch="fmnist_zf", weights="fmnist_zf.npz",
+                             description="the shipped Fashion-MNIST test set", classes=list(CLASSES),
+                             accuracy=True, names=lambda i: f"test[{i}]")
+    n = sum(v["features"] for v in meta["layers"].values())
+    print(f"  atlas: {n} features over {len(src):,} images in {time.time() - t0:.0f} s", flush=True)
+    return f"all {n} conv features of the embedded model over the {len(src):,} test images"
+
+
+def render(chapters, labels, stems, entries, out: Path, pdf: bool, atlas: str | None = None):
     """Write the HTML pages (and the PDF) of the assembled chapters into ``out``."""
     import render_html
 
@@ -137,7 +158,7 @@ def render(chapters, labels, stems, entries, out: Path, pdf: bool):
         (out / name).write_text(body, encoding="utf-8")
     whole = [(ch, cv.prepare(ch, single, "html")) for ch in chapters]
     (out / "report.html").write_text(render_html.whole_report(whole, title, exp), encoding="utf-8")
-    (out / "index.html").write_text(render_html.index_page(whole, title, pdf), encoding="utf-8")
+    (out / "index.html").write_text(render_html.index_page(whole, title, pdf, atlas), encoding="utf-8")
     if pdf:
         import render_pdf
 
@@ -149,7 +170,7 @@ def sources(paths):
     return [(p, nbformat.read(p, as_version=4)) for p in paths]
 
 
-OWN = re.compile(r"^(index\.html|report\.html|report\.pdf|\d\d-[\w-]+\.html|notebooks|mathjax|pdf-src)$")
+OWN = re.compile(r"^(index\.html|report\.html|report\.pdf|\d\d-[\w-]+\.html|notebooks|mathjax|pdf-src|atlas)$")
 
 
 class OutError(ValueError):
@@ -191,6 +212,8 @@ def main(argv=None):
     ap.add_argument("--no-pdf", action="store_true", help="HTML only")
     ap.add_argument("--from-executed", metavar="DIR",
                     help="reuse the executed notebooks of an earlier build (<out>/notebooks)")
+    ap.add_argument("--no-atlas", action="store_true",
+                    help="no feature atlas (it is built, into <out>/atlas, when every chapter is)")
     ap.add_argument("--force", action="store_true",
                     help="write into an --out that holds other files (they are kept; only the report's "
                          "own files are replaced)")
@@ -216,8 +239,9 @@ def main(argv=None):
         (tmp / "notebooks").mkdir()
         for p, nb in executed:
             nbformat.write(nb, tmp / "notebooks" / p.name)
+        shows = None if args.only or args.no_atlas else build_atlas(tmp / "atlas")
         print("rendering HTML" + ("" if args.no_pdf else " and PDF") + " ...", flush=True)
-        render(chapters, labels, stems, entries, tmp, pdf=not args.no_pdf)
+        render(chapters, labels, stems, entries, tmp, pdf=not args.no_pdf, atlas=shows)
     except (ValueError, RuntimeError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"error: {e}\nThe previous report in {out} is untouched.", file=sys.stderr)

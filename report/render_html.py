@@ -94,12 +94,16 @@ def _numbered(ch) -> str:
     return num + html.escape(ch.title)
 
 
-def index_page(prepared, title: str, pdf: bool) -> str:
-    """The contents page: chapter numbers from the file names, titles from the first headings."""
+def index_page(prepared, title: str, pdf: bool, atlas: str | None = None) -> str:
+    """The contents page: chapter numbers from the file names, titles from the first headings; with
+    ``atlas`` (what it shows), a link to the feature atlas in ``atlas/``."""
     items = "\n".join(f'<li><a href="{ch.stem}.html">{_numbered(ch)}</a></li>' for ch, _ in prepared)
     also = "<a href='report.html'>the whole report on one page</a>"
     if pdf:
         also += " and <a href='report.pdf'>as a PDF</a>"
+    if atlas:
+        also += (f". Browse <a href='atlas/index.html'>the feature atlas</a>: {html.escape(atlas)}, each "
+                 "with its top images, their projections and patches")
     return ("<!doctype html><html lang='en'><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title>"
             "<body style='font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.5'>"

@@ -224,3 +224,15 @@ def test_every_figure_fits_the_page_and_sits_above_its_caption(pdf_pages):
                 continue
             above = [b for b in boxes if 0 <= b[1] - ct <= 40]
             assert above, f"page {i + 1}: caption {word!r} has no figure directly above it on its page"
+
+
+def test_contents_link_the_feature_atlas_of_every_conv_feature(out, soups):
+    import json
+
+    assert soups["index.html"].find("a", href="atlas/index.html") is not None
+    meta = json.loads((out / "atlas" / "atlas.json").read_text())
+    assert meta["source"]["count"] == 10_000 and meta["k"] == 9
+    assert {name: v["features"] for name, v in meta["layers"].items()} == \
+        {"conv1": 32, "conv2": 64, "conv3": 128, "conv4": 128, "conv5": 128}
+    for name, v in meta["layers"].items():
+        assert (out / "atlas" / name / f"{v['features'] - 1}.html").is_file()
