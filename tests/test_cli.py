@@ -288,16 +288,17 @@ def test_report_without_notebooks(tmp_path, capsys, monkeypatch):
 
 def test_failed_write_removes_the_new_files(tmp_path, capsys, monkeypatch):
     """A write failing half way through a command's outputs (disk full) leaves no new file behind."""
-    from zfcore.cli import common as cli_common
-    real = cli_common.write_bytes
+    from zfcore import _io
+    real = _io._put
 
-    def full(path, data, overwrite=False):
-        raise OSError(28, "No space left on device")
+    def full(tmp, data):
+        if "classify.png" in tmp:
+            raise OSError(28, "No space left on device")
+        real(tmp, data)
 
-    monkeypatch.setattr(cli_common, "write_bytes", full)       # the PNG comes after the JSON
+    monkeypatch.setattr(_io, "_put", full)                     # the PNG comes after the JSON
     rc, _, err = run(["classify", "--test-index", 0, "--out", tmp_path, "--quiet"], capsys)
     assert rc == 2 and "No space left on device" in err and list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(cli_common, "write_bytes", real)
 
 
 def test_json_is_strict_nan_results_refused_before_anything_is_written(tmp_path):

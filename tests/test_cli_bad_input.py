@@ -3,6 +3,7 @@ the one line it prints on stderr, and that the output folder is left exactly as 
 one parametrised case here; docs/bad-input.md names them ``test_bad_input_row[<id>]``, and
 tests/test_docs.py checks that it lists every case)."""
 import math
+import pickle
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def files(tmp_path_factory):
     x, y = data.load_dataset("test", limit=64)
     Image.fromarray((x[0, 0] * 255).astype(np.uint8)).save(d / "boot.png")
     (d / "text.png").write_text("this is not an image")
+    Image.new("L", (5, 5), 128).save(d / "zz-5x5.png")     # sorted after text.png: topk --strict stops there first
     (d / "random.npz").write_bytes(np.random.default_rng(0).bytes(4000))
     (d / "afile").write_text("a file, not a folder")
     (d / "empty").mkdir()
@@ -37,6 +39,17 @@ def files(tmp_path_factory):
     nan["conv3.weight"] = nan["conv3.weight"].copy()
     nan["conv3.weight"][0, 0, 0, 0] = np.nan
     models.save_weights(nan, d / "nan.npz", "fmnist_zf")       # saved as given; refused when loaded
+
+    class Code:                                                   # a pickle that runs print() when loaded
+        def __reduce__(self):
+            return (print, ("unpickled: the file's code ran",))
+    (d / "code.pth").write_bytes(pickle.dumps({"conv1.weight": Code()}, protocol=2))
+    try:                                                          # 4 bytes stored, 1.6 GB as float32
+        import torch
+        fm = {k: torch.from_numpy(v) for k, v in models.load_weights(d / "fm.npz")[0].items()}
+        torch.save(dict(fm, **{"conv1.weight": torch.zeros(1).expand(20000, 20000)}), d / "expanded.pth")
+    except ImportError:
+        pass
     tiny = d / "tiny"       # a tiny 'training split' (64 shipped test images)
     tiny.mkdir()
     imgs = (x[:, 0] * 255).round().astype(np.uint8)
@@ -61,6 +74,8 @@ ROWS = [
     ("unknown-rule", "project --test-index 0 --layer conv5 --rule deconv", r"unknown rule 'deconv'; did you mean 'deconvnet'"),
     ("missing-image", "classify {in}/nothere.png", r"nothere.png: no such file"),
     ("not-an-image", "classify {in}/text.png", r"text.png: not a readable image"),
+    ("image-is-a-folder", "classify {in}/empty", r"empty: is a folder, not an image file"),
+    ("image-far-too-small", "classify {in}/zz-5x5.png", r"zz-5x5.png: image of 5x5 pixels is too small for 28x28"),
     ("test-index-out-of-range", "classify --test-index 10000", r"--test-index 10000: out of range 0..9999"),
     ("no-input", "classify", r"no input: give image files or --test-index N"),
     ("unknown-model", "classify --test-index 0 --model vgg61", r"--model 'vgg61': unknown; did you mean 'vgg16'"),
@@ -68,15 +83,22 @@ ROWS = [
     ("corrupt-weights", "classify --test-index 0 --weights {in}/random.npz", r"random.npz: corrupt weights file"),
     ("weights-for-another-model", "classify --test-index 0 --model alexnet --weights {in}/fm.npz",
      r"fm.npz: a weights file for architecture 'fmnist_zf', not 'alexnet'"),
+    ("model-without-known-weights", "classify --model zfnet {in}/boot.png",
+     r"no pretrained weights are known for 'zfnet'; give a weights file with --weights FILE .*--weights random"),
     ("output-exists", "classify --test-index 0", r"classify.json exists; pass --force to replace it"),
     ("out-is-a-file", "classify --test-index 0 --out {in}/afile", r"--out .*afile: is a file, not a folder"),
     ("missing-out", "classify --test-index 0 --out=", r"--out FOLDER is required"),
+    ("out-parent-is-a-file", "topk --layer conv1 conv3 --k 1 --limit 5 --out {in}/afile/sub",
+     r"--out .*afile/sub: cannot write there \(a parent of it is a file\)"),
+    ("topk-out-within-images", "topk --layer conv1 --k 1 --images {in} --out {in}/top",
+     r"--out .*top: within the --images folder .*, which is searched recursively, so this run's topk.png "
+     r"would be read as an input by the next; give an --out outside it"),
     ("topk-k-zero", "topk --layer conv5 --k 0", r"--k must be >= 1, got 0"),
     ("topk-k-over-set", "topk --layer conv5 --k 6 --limit 5", r"--k must be in 1..5, got 6"),
     ("topk-no-images", "topk --layer conv5 --images {in}/noimages", r"noimages: holds no image files"),
     ("topk-not-spatial", "topk --layer fc6 --k 1 --limit 5", r"layer 'fc6' is not spatial"),
     ("topk-missing-folder", "topk --layer conv5 --images {in}/nothere", r"--images .*nothere: not a folder"),
-    ("topk-unreadable-file", "topk --layer conv1 conv5 --k 1 --images {in}", r"text.png: not a readable image"),
+    ("topk-unreadable-file", "topk --layer conv1 conv5 --k 1 --images {in} --strict", r"text.png: not a readable image"),
     ("topk-unknown-second-layer", "topk --layer conv1 conv55", r"unknown layer 'conv55'; did you mean 'conv5'"),
     ("topk-batch-size-zero", "topk --layer conv5 --batch-size 0", r"--batch-size must be >= 1, got 0"),
     ("topk-workers-zero", "topk --layer conv5 --workers 0", r"--workers must be in 1..256, got 0"),
@@ -88,6 +110,8 @@ ROWS = [
     ("occlusion-target-out-of-range", "occlusion --test-index 0 --target 10", r"target class 10 out of range 0..9"),
     ("occlusion-target-negative", "occlusion --test-index 0 --target -1", r"target class -1 out of range 0..9"),
     ("occlusion-size-zero", "occlusion --test-index 0 --size 0", r"--size must be in 1..28, got 0"),
+    ("occlusion-stride-past-the-image", "occlusion --test-index 0 --stride 29", r"--stride must be in 1..28, got 29"),
+    ("occlusion-batch-size-zero", "occlusion --test-index 0 --batch-size 0", r"--batch-size must be >= 1, got 0"),
     ("occlusion-two-images", "occlusion --test-index 0 1", r"occlusion takes one image, got 2"),
     ("not-an-integer", "topk --layer conv5 --k abc", r"argument --k: invalid int value: 'abc'"),
     ("train-lr-nan", "train --lr nan --data {in}/tiny", r"learning rate must be a finite number > 0, got nan"),
@@ -101,6 +125,11 @@ ROWS = [
     ("train-threads", "train --threads -1 --data {in}/tiny", r"threads must be a positive integer, got -1"),
 ]
 TORCH_ROWS = [
+    ("pth-with-code", "classify --test-index 0 --weights {in}/code.pth",
+     r"code.pth: refused: not a plain state dict \(the file's pickle names other objects than tensors"),
+    ("pth-expanded-tensor", "classify --test-index 0 --weights {in}/expanded.pth",
+     r"expanded.pth: weights do not fit the architecture: shape mismatch for conv1.weight: "
+     r"expected \(32, 1, 5, 5\), found \(20000, 20000\)"),
     ("train-out-is-a-file", "train --epochs 1 --data {in}/tiny --out {in}/afile", r"--out .*afile: is a file"),
     ("train-out-unwritable", "train --epochs 1 --data {in}/tiny --out {in}/afile/sub", r"--out .*sub: cannot write there"),
     ("train-out-foreign-files", "train --epochs 1 --data {in}/tiny",

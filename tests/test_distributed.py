@@ -85,8 +85,8 @@ def test_local_cluster_shut_down_after_an_error(net, tmp_path):
     (tmp_path / "i2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     before = set(multiprocessing.active_children())
     with pytest.raises(DataError, match=r"i2.png: not a readable image"):
-        distributed.top_k(net, sources.FolderSource(tmp_path, size=28), "conv1", k=1, batch_size=2, workers=1,
-                          progress=None)
+        distributed.top_k(net, sources.FolderSource(tmp_path, size=28, strict=True), "conv1", k=1, batch_size=2,
+                          workers=1, progress=None)
     assert set(multiprocessing.active_children()) <= before
 
 
@@ -121,7 +121,7 @@ def test_open_client_blas_threads_tree_progress_and_errors(net, tmp_path, monkey
             Image.fromarray(a).save(tmp_path / f"i{i}.png")
         (tmp_path / "i4.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
         with pytest.raises(DataError, match=r"i4.png: not a readable image"):
-            distributed.top_k(net, sources.FolderSource(tmp_path, size=28), "conv1", k=2, batch_size=2,
+            distributed.top_k(net, sources.FolderSource(tmp_path, size=28, strict=True), "conv1", k=2, batch_size=2,
                               client=client, progress=None)
         assert client.status == "running"                    # an open client stays open
 

@@ -64,5 +64,7 @@ def test_last_checkpoint_is_the_shipped_model():
 
 
 def test_shipped_assets_fit_the_budget():
+    # the test split ~4 MiB, the embedded model and its checkpoints ~11 MiB, the Fig. 6 variants ~2 MiB,
+    # the Table 3 ablations ~11 MiB (whole networks, float16), the original's recorded run ~1 MiB
     total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
-    assert total <= 20 * 2**20, f"shipped assets take {total / 2**20:.1f} MiB (budget 20 MiB)"
+    assert total <= 32 * 2**20, f"shipped assets take {total / 2**20:.1f} MiB (budget 32 MiB)"

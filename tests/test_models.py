@@ -233,7 +233,7 @@ def test_load_model_says_where_it_looked(monkeypatch, tmp_path):
     msg = str(e.value)
     assert "$ZFCORE_VGG16 (not set)" in msg
     assert str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in msg
-    assert "build_model('vgg16') gives random weights" in msg
+    assert "--weights random on the command line, build_model('vgg16') in Python" in msg
     monkeypatch.setenv("ZFCORE_VGG16", str(tmp_path / "gone.pth"))
     with pytest.raises(FileNotFoundError, match="gone.pth"):
         models.load_model("vgg16")

@@ -288,7 +288,7 @@ def test_folder_for_an_imagenet_model(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("b.png", "a/c.jpg"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / name)
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(tmp_path / name)
     src = sources.open_folder(tmp_path, **sources.for_model("vgg16"))
     assert src.files == ["a/c.jpg", "b.png"] and src.shape == (3, 224, 224)
     want = np.concatenate([data.imagenet_normalize(data.load_image(tmp_path / f, size=(224, 224), mode="RGB"))
@@ -330,7 +330,7 @@ def test_corrupt_png_is_one_clear_error(net, tmp_path, uint8_images):
     _write_pngs(tmp_path, uint8_images[:6], [f"i{i}.png" for i in range(6)])
     (tmp_path / "i3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(DataError, match=r"i3.png: not a readable image"):
-        analysis.top_k(net, sources.FolderSource(tmp_path, size=28), "conv1", k=2, batch_size=4)
+        analysis.top_k(net, sources.FolderSource(tmp_path, size=28, strict=True), "conv1", k=2, batch_size=4)
 
 
 def test_bad_arguments(net, images):

@@ -122,6 +122,11 @@ def _project_task(shipped, source, states, features, ids, rule):
     return topk.project_winners(_net(shipped), source, states, features, ids, rule)
 
 
+def _skipped_here(dask_worker, key) -> dict:
+    """The entries the worker's copy of the shipped source skipped (a folder's unreadable files)."""
+    return dict(getattr(dask_worker.data.get(key), "skipped", None) or {})
+
+
 def blas_threads() -> list:
     """The BLAS libraries this process has loaded and their thread counts (threadpoolctl; [] without it)."""
     try:
@@ -204,6 +209,10 @@ def top_k(net, source, layers, k: int = 9, features=None, batch_size: int | None
     with connect(workers, scheduler, client) as c:
         shipped, src = ship(c, net, source)
         states = scan(c, shipped, src, len(source), names, feats, k, batch_size, shard_size, progress)
+        if isinstance(getattr(source, "skipped", None), dict):        # skipped on the workers: counted here
+            for found in c.run(_skipped_here, key=src.key).values():
+                for path, why in found.items():
+                    source.skipped.setdefault(path, why)
         st = c.scatter([states], broadcast=True)[0]
         futs = [c.submit(_project_task, shipped, src, st, feats, ids, rule, pure=False)
                 for ids in topk.id_chunks(topk.winners(states), batch_size)]

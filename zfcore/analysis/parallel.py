@@ -48,7 +48,8 @@ def resolve(threads) -> int:
         raise ArgumentError(f"threads must be a positive integer or None, got {threads!r}")
     if threads > 1 and _limiter() is None:
         raise ArgumentError(f"threads={threads} needs the package threadpoolctl (to hold each thread's "
-                            "BLAS to one thread): pip install threadpoolctl, or pass threads=1")
+                            "BLAS to one thread): pip install threadpoolctl, or use one thread "
+                            "(--threads 1 on the command line, threads=1 in Python)")
     return int(threads)
 
 

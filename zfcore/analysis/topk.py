@@ -239,17 +239,21 @@ def scan(net, source, layers, features, k: int, batch_size: int, start: int = 0,
     """Pass 1 over the images with ids ``start``..``stop``-1: dict layer -> ``TopState`` of the features
     ``features[layer]``. Batches start at ``start`` and hold ``batch_size`` images (the last fewer),
     each split over ``threads`` threads (``zfcore.analysis.parallel``); ``progress(n)`` is called after
-    each batch with its number of images."""
+    each batch with its number of images. A source with ``load_readable`` (a folder) gives the images it
+    could read and their ids: the others take no part."""
     stop = len(source) if stop is None else stop
     threads = parallel.resolve(threads)
     states = {name: TopState.empty(len(features[name]), k, net.dtype) for name in layers}
+    readable = getattr(source, "load_readable", None)     # a folder's unreadable files: skipped
     for lo in range(start, stop, batch_size):
         ids = np.arange(lo, min(lo + batch_size, stop))
-        maxima = scan_maxima(net, source.load(ids), list(layers), batch_size=len(ids), threads=threads)
-        for name in layers:
-            vals, poss = maxima[name]
-            f = features[name]
-            states[name] = states[name].update(vals[:, f], poss[:, f], ids)
+        x, ok = readable(ids) if readable is not None else (source.load(ids), ids)
+        if len(ok):
+            maxima = scan_maxima(net, x, list(layers), batch_size=len(ok), threads=threads)
+            for name in layers:
+                vals, poss = maxima[name]
+                f = features[name]
+                states[name] = states[name].update(vals[:, f], poss[:, f], ok)
         if progress is not None:
             progress(len(ids))
     return states

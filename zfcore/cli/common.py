@@ -6,39 +6,71 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from zfcore import __version__
-from zfcore._io import atomic_write, write_bytes, write_json
+from zfcore._io import bytes_writer, json_bytes, probe_folder, write_set
 from zfcore.errors import ArgumentError, ZfcoreError, suggest
 from zfcore.models.specs import INPUTS  # each model's input (channels, side) and normalisation
 
 
+_RANDOM = {"seed": None}     # --weights random: the seed, marking this run's figures and stdout lines
+
+
 def load_net(args):
-    """(network, model description for the summary) from ``--model`` and ``--weights``."""
-    from zfcore.models.weights import build_model, load_model
+    """(network, model description for the summary) from ``--model`` and ``--weights``: a weights file
+    (recorded with its SHA-256), the model's shipped or cached weights, or ``--weights random``: seeded
+    random weights (``--seed``), said on stderr at the start and marked on every figure and stdout line."""
+    from zfcore.models.weights import build_model, default_weights_path
 
     if args.model not in INPUTS:
         raise ArgumentError(f"--model {args.model!r}: unknown{suggest(args.model, INPUTS)} "
                             f"(known: {', '.join(INPUTS)})")
-    if args.weights is not None:
-        net = build_model(args.model, weights=args.weights)
-        path = Path(args.weights)
-    else:
-        net = load_model(args.model)
-        from zfcore.models.weights import default_weights_path
-        path = default_weights_path(args.model)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return net, {"arch": args.model, "weights": path.name, "weights_sha256": digest}
+    _RANDOM["seed"] = None
+    if args.weights == "random":
+        net = build_model(args.model, seed=args.seed)
+        _RANDOM["seed"] = args.seed
+        sys.stderr.write(f"zfcore {args.command}: warning: --weights random: {args.model} with random "
+                         f"weights (seed {args.seed}), not a trained model\n")
+        return net, {"arch": args.model, "weights": f"random weights, seed {args.seed}",
+                     "weights_seed": args.seed}
+    path = Path(args.weights) if args.weights is not None else default_weights_path(args.model)
+    net = build_model(args.model, weights=path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return net, {"arch": args.model, "weights": path.name, "weights_sha256": digest.hexdigest()}
+
+
+def mark_line(line: str) -> str:
+    """A stdout line, prefixed ``[random weights, seed N]`` under ``--weights random``."""
+    seed = _RANDOM["seed"]
+    return line if seed is None else f"[random weights, seed {seed}] {line}"
+
+
+def mark_figure(fig) -> dict:
+    """Under ``--weights random``, a red line above ``fig`` and the savefig arguments that take it into
+    the image; ``{}`` otherwise."""
+    seed = _RANDOM["seed"]
+    if seed is None:
+        return {}
+    fig.text(0.5, 1.0, f"random weights (seed {seed}): not a trained model", ha="center", va="bottom",
+             color="red", fontweight="bold")
+    return {"bbox_inches": "tight", "pad_inches": 0.1}
 
 
 def load_inputs(args):
     """(images (N, C, H, W) float32 ready for the network, descriptions (N dicts), labels or None).
 
-    Image files are resized to the model's input (grey for fmnist_zf, RGB + ImageNet normalisation for
-    the others); ``--test-index`` picks images of the shipped Fashion-MNIST test set."""
+    Image files are loaded upright (EXIF orientation), their centred square resized to the model's input
+    (grey for fmnist_zf, RGB + ImageNet normalisation for the others; large JPEGs decoded at a reduced
+    scale; images smaller than a quarter of the input's side refused), and each description records
+    what was done (``zfcore.data.loading.read_image``: pixels, orientation, fit, box, scale);
+    ``--test-index`` picks images of the shipped Fashion-MNIST test set."""
     from zfcore import data
 
     channels, side, imagenet = INPUTS[args.model]
@@ -59,9 +91,9 @@ def load_inputs(args):
             info.append({"source": f"test[{i}]", "label": int(y[i]), "label_name": data.CLASSES[y[i]]})
             labels.append(int(y[i]))
     for f in files:
-        a = data.load_image(f, size=(side, side), mode="L" if channels == 1 else "RGB")
+        a, done = data.loading.read_image(f, size=(side, side), mode="L" if channels == 1 else "RGB")
         xs.append(data.imagenet_normalize(a) if imagenet else a)
-        info.append({"source": str(f)})                  # as given: two x.png in two folders differ
+        info.append({"source": str(f), **done})          # as given: two x.png in two folders differ
         labels.append(None)
     return np.concatenate(xs).astype(np.float32), info, labels
 
@@ -84,8 +116,11 @@ def display_image(x: np.ndarray, arch: str) -> np.ndarray:
 
 
 class Outputs:
-    """The files a command will write into ``--out``: named up front, refused before any work if one
-    exists (unless ``--force``) or if ``--out`` is a file; written at the end, each atomically."""
+    """The files a command writes into ``--out``, as one set. Checked when made, before any work:
+    ``--out`` is a folder (created if missing) where a file can be created (a temporary file, removed
+    again; a folder made for the check is removed too), none of the names is a folder, and none exists
+    unless ``force`` (which replaces these files, no others). ``write`` puts them in place together
+    (``zfcore._io.write_set``): all or nothing, never mixed with a concurrent run's set."""
 
     def __init__(self, out, force: bool, names):
         if out is None or str(out).strip() == "":
@@ -95,47 +130,65 @@ class Outputs:
         if self.out.exists() and not self.out.is_dir():
             raise ArgumentError(f"--out {self.out}: is a file, not a folder")
         self.names = list(names)
+        for n in self.names:
+            if (self.out / n).is_dir():
+                raise ArgumentError(f"--out {self.out}: {n} is a folder, where this command writes a file; "
+                                    "move it or choose another --out")
         if not force:
             taken = [n for n in self.names if (self.out / n).exists()]
             if taken:
                 raise FileExistsError(f"{self.out / taken[0]} exists; pass --force to replace it")
+        try:
+            probe_folder(self.out)
+        except OSError as e:
+            raise ArgumentError(f"--out {self.out}: cannot write there ({_reason(e)})") from None
         self.pending = {}
 
     def add(self, name: str, payload) -> None:
         if name not in self.names:
             raise AssertionError(f"output {name} was not planned")
         if name.endswith(".json"):
-            import json
-
             try:
-                json.dumps(payload, allow_nan=False)
+                payload = json_bytes(payload)
             except ValueError:
                 raise ZfcoreError(f"{name}: the results hold NaN or infinite values (are the inputs and the "
                                   "weights finite?); nothing was written") from None
         self.pending[name] = payload
 
     def write(self) -> list[Path]:
-        """Write every planned file, each atomically; if one fails, the new files written before it
-        are removed again (files replaced with --force cannot be brought back)."""
-        paths, created = [], []
+        """Write the planned files as one set. From the moment they are renamed into place, SIGINT is
+        ignored (the set is whole; ``cli.main`` restores the handler when called with ``argv``). A
+        failure while writing leaves nothing of this run and names the file asked for."""
+        writers = {}
+        for name in self.names:
+            v = self.pending[name]
+            if isinstance(v, dict) and name.endswith(".npz"):
+                writers[name] = lambda tmp, v=v: np.savez_compressed(tmp, **v)
+            else:
+                writers[name] = bytes_writer(v)
         try:
-            for name in self.names:
-                p, v = self.out / name, self.pending[name]
-                existed = p.exists()
-                if isinstance(v, bytes):
-                    write_bytes(p, v, overwrite=self.force)
-                elif isinstance(v, dict) and name.endswith(".npz"):
-                    atomic_write(p, lambda tmp, v=v: np.savez_compressed(tmp, **v), overwrite=self.force)
-                else:
-                    write_json(p, v, overwrite=self.force)
-                paths.append(p)
-                if not existed:
-                    created.append(p)
-        except BaseException:
-            for p in created:
-                p.unlink(missing_ok=True)
-            raise
-        return paths
+            return write_set(self.out, writers, overwrite=self.force, keep_interrupts_off=True)
+        except FileExistsError:          # a concurrent run wrote one of the names meanwhile
+            taken = [n for n in self.names if (self.out / n).exists()] or self.names
+            raise FileExistsError(f"{self.out / taken[0]} exists; pass --force to replace it") from None
+        except OSError as e:
+            what = Path(e.filename).name if e.filename else "its files"
+            raise ZfcoreError(f"--out {self.out}: cannot write {what} there ({_reason(e)}); nothing of "
+                              "this run was written") from None
+
+
+def _reason(e: OSError) -> str:
+    """Why a write failed, in words (the OS's, or what a missing folder means)."""
+    if isinstance(e, NotADirectoryError):
+        return "a parent of it is a file"
+    return e.strerror or type(e).__name__
+
+
+def arguments(args) -> dict:
+    """Every argument of the command as parsed, except those that change no result (``--out``,
+    ``--force``, ``--quiet``, ``--debug``): recorded in the summary, so that a run can be repeated."""
+    return {k: v for k, v in sorted(vars(args).items())
+            if k not in ("out", "force", "quiet", "debug", "func", "command")}
 
 
 def summary(command: str, args, model: dict, inputs, results, **extra) -> dict:
@@ -150,7 +203,7 @@ def png_bytes(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, **mark_figure(fig))
     plt.close(fig)
     return buf.getvalue()
 
@@ -162,15 +215,15 @@ def use_agg():
     mpl.use("Agg")
 
 
-def progress(iterable, args, total=None, desc=None):
-    """tqdm on stderr unless ``--quiet`` (or tqdm is missing)."""
+def progress(iterable, args, total=None, desc=None, unit="it"):
+    """tqdm on stderr unless ``--quiet`` (or tqdm is missing); shown once a second has passed."""
     if args.quiet:
         return iterable
     try:
         from tqdm import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False, mininterval=1.0, delay=1.0)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, mininterval=1.0, delay=1.0)
 
 
 def stem(info: dict, i: int) -> str:
@@ -188,8 +241,10 @@ def softmax(logits):
 
 
 def finish(args, out, lines):
+    """Write the set of files, then report. Once the set is in place, Ctrl-C no longer interrupts the
+    command: the outputs are whole, it exits with status 0 (docs/cli.md)."""
     paths = out.write()
     if not args.quiet:
         for line in lines:
-            print(line)
-        print(f"wrote {', '.join(p.name for p in paths)} in {out.out}")
+            print(mark_line(line))
+        print(mark_line(f"wrote {', '.join(p.name for p in paths)} in {out.out}"))

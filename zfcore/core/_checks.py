@@ -58,6 +58,24 @@ def floats(*arrays, names):
     return [a.astype(dt, copy=False) for a in arrays], dt
 
 
+def check_image_array(x, what: str = "input") -> np.ndarray:
+    """``x`` as an ndarray of floats (or bools) with finite values; ``ArgumentError`` otherwise. An
+    integer array is refused with the conversion to use (images are floats in [0, 1]: a uint8 array
+    taken as it is would be read on a 0-255 scale), and so is any NaN or infinite value (they would
+    give NaN outputs, silently). Reductions only (min, max): no temporary array of x's size."""
+    x = np.asarray(x)
+    if x.dtype.kind in "iu":
+        raise ArgumentError(f"{what} is an integer array ({x.dtype}): images are floats in [0, 1]; convert "
+                            "8-bit images with x.astype(np.float32) / 255 (16-bit ones: / 65535)")
+    if x.dtype.kind not in "bf":
+        raise ArgumentError(f"{what} must be a real numeric array, got dtype {x.dtype}")
+    if x.size and x.dtype.kind == "f" and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+        bad = np.argwhere(~np.isfinite(x))
+        raise ArgumentError(f"{what} holds {len(bad)} NaN or infinite values (the first at index "
+                            f"{tuple(int(v) for v in bad[0])}); images must be finite")
+    return x
+
+
 def ndim(a, n, name, letters):
     if a.ndim != n:
         raise ArgumentError(f"{name} must be {n}-D {letters}, got shape {a.shape}")

@@ -23,6 +23,7 @@ from zfcore.core import _kernels as _kern
 from zfcore.core import layers as L
 from zfcore.core import projection
 from zfcore.core import receptive
+from zfcore.core._checks import check_image_array
 from zfcore.core.receptive import ReceptiveField
 from zfcore.errors import ArgumentError, check_index, suggest
 
@@ -329,9 +330,7 @@ class Network:
     def _checked_input(self, x, spatial: bool = True) -> np.ndarray:
         """x as a contiguous (N, C, H, W) array of the network's dtype (``spatial``; else any (N, ...));
         ``ArgumentError`` otherwise."""
-        x = np.asarray(x)
-        if x.dtype.kind not in "biuf":
-            raise ArgumentError(f"input must be a real numeric array, got dtype {x.dtype}")
+        x = check_image_array(x, "input")          # floats, finite: no uint8 on a 0-255 scale, no NaN
         if spatial and x.ndim != 4:
             raise ArgumentError(f"input must be 4-D (N, C, H, W), got shape {x.shape}")
         if x.ndim == 0 or x.shape[0] == 0:

@@ -15,19 +15,30 @@ pickle, except for an in-memory array), so that Dask can ship it to its workers.
 - ``open_folder(root, ...)`` picks one of the last two (``layout="auto"``: an ImageFolder when ``root``
   holds sub-folders and no image files of its own).
 
-File sources resize every image to ``size`` (bilinear), convert it to grey (``mode="L"``) or RGB and
-apply the ImageNet normalisation when ``imagenet`` is set, exactly as the command line loads images;
-``for_model(name)`` gives those settings for the command line's models. numpy only (Pillow is
-imported by ``zfcore.data.load_image`` when a file is read).
+File sources load every image as ``zfcore.data.load_image`` does (upright by its EXIF orientation, the
+centred region of the target's aspect ratio resized to ``size``, bilinear; images that would be
+enlarged more than ``max_upscale`` times refused), convert it to grey (``mode="L"``) or RGB and apply
+the ImageNet normalisation when ``imagenet`` is set, exactly as the command line loads images;
+``for_model(name)`` gives those settings for the command line's models.
+
+Entries that cannot be read are skipped, each reported once (``on_skip(path, reason)``; default a
+``SkippedImageWarning``) and recorded in ``source.skipped`` (path -> reason): those that are not
+regular non-empty readable files (a FIFO, a dangling link, an empty file ...) while the folder is
+listed, before any image is read (a FIFO is never opened); those that fail to decode when the scan
+reaches them (``load_readable``, which ``zfcore.analysis.top_k`` uses, returns the images it could
+read and their ids). ``strict=True`` raises ``DataError`` at the first such entry instead. numpy only
+(Pillow is imported by ``zfcore.data.load_image`` when a file is read).
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from zfcore.data.loading import check_limit
+from zfcore.core._checks import check_image_array
+from zfcore.data.loading import FITS, MAX_UPSCALE, check_limit, check_max_upscale, file_problem
 from zfcore.errors import ArgumentError, DataError, check_choice, is_int
 
 # the file name endings read as images (lower-cased): torchvision's IMG_EXTENSIONS and .gif
@@ -49,15 +60,21 @@ def _ids(ids, n: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
+class SkippedImageWarning(UserWarning):
+    """An entry of an image folder was skipped: it is not a readable image file."""
+
+
 class ArraySource:
-    """Images held in memory: ``images`` (N, C, H, W), real numbers (integers are converted to
-    float32; float arrays keep their dtype). ``labels`` (N,) optional."""
+    """Images held in memory: ``images`` (N, C, H, W), floats with finite values (float arrays keep
+    their dtype, bools become float32; integer arrays are refused with the conversion to use, since
+    images are floats in [0, 1]). ``labels`` (N,) optional."""
 
     def __init__(self, images, labels=None):
         images = np.asarray(images)
         if images.ndim != 4 or len(images) == 0 or images.dtype.kind not in "biuf":
             raise ArgumentError(f"images must be a non-empty real (N, C, H, W) array, got "
                                 f"{images.dtype} {images.shape}")
+        check_image_array(images, "images")
         self.images = images if images.dtype.kind == "f" else images.astype(np.float32)
         self.labels = None if labels is None else np.asarray(labels)
 
@@ -155,19 +172,24 @@ def _check_root(root) -> Path:
 
 class FolderSource:
     """Every image file under ``root`` (searched recursively; names ending in ``IMAGE_EXTENSIONS``,
-    any case), id order = their relative POSIX paths sorted as strings; the first ``limit`` kept.
-    Images are resized to ``size`` (an int or (H, W)), converted to ``mode`` ("L" grey or "RGB") and
-    ImageNet-normalised if ``imagenet``. ``files``: the relative paths in id order."""
+    any case), id order = their relative POSIX paths sorted as strings; the first ``limit`` readable
+    ones kept. Images are loaded upright, centre-cropped to the aspect ratio of ``size`` (an int or
+    (H, W); ``fit="stretch"``: the whole image) and resized to it, converted to ``mode`` ("L" grey or
+    "RGB") and ImageNet-normalised if ``imagenet``; images that would be enlarged more than
+    ``max_upscale`` times count as unreadable. ``files``: the relative paths in id order. Unreadable
+    entries: skipped and reported (``on_skip``, ``skipped``; see the module docstring), or
+    ``DataError`` when ``strict``."""
 
-    def __init__(self, root, size, mode: str = "L", imagenet: bool = False, limit: int | None = None):
+    def __init__(self, root, size, mode: str = "L", imagenet: bool = False, limit: int | None = None,
+                 strict: bool = False, fit: str = "crop", max_upscale=MAX_UPSCALE, on_skip=None):
         self.root = _check_root(root)
-        self._settings(size, mode, imagenet)
+        self._settings(size, mode, imagenet, strict, fit, max_upscale, on_skip)
         files = sorted(f"{d}/{f}" if d else f for d, names in _walk(self.root) for f in names)
         if not files:
             raise ArgumentError(f"{self.root}: holds no image files ({', '.join(IMAGE_EXTENSIONS[:4])} ...)")
-        self.files = files[:_limit(limit, len(files))]
+        self.files = [files[i] for i in self._screen(files, limit)]
 
-    def _settings(self, size, mode, imagenet):
+    def _settings(self, size, mode, imagenet, strict=False, fit="crop", max_upscale=MAX_UPSCALE, on_skip=None):
         size = (size, size) if is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else (size,)
         if len(size) != 2 or not all(is_int(v) and 1 <= v <= 4096 for v in size):
             raise ArgumentError(f"size must be an integer or an (H, W) pair in 1..4096, got {size!r}")
@@ -175,7 +197,43 @@ class FolderSource:
             raise ArgumentError(f"mode must be 'L' or 'RGB', got {mode!r}")
         if imagenet and mode != "RGB":
             raise ArgumentError("the ImageNet normalisation needs mode='RGB'")
+        check_choice(fit, FITS, "fit")
+        check_max_upscale(max_upscale)
+        if on_skip is not None and not callable(on_skip):
+            raise ArgumentError(f"on_skip must be a callable(path, reason) or None, got {on_skip!r}")
         self.size, self.mode, self.imagenet = (int(size[0]), int(size[1])), mode, bool(imagenet)
+        self.strict, self.fit, self.max_upscale, self.on_skip = bool(strict), fit, max_upscale, on_skip
+        self.skipped = {}
+
+    def _screen(self, files, limit) -> list:
+        """Indices of ``files`` that pass the cheap checks (``loading.file_problem``: regular, not empty,
+        readable; nothing is opened), in order, up to ``limit`` of them; the others skipped."""
+        n = _limit(limit, len(files))
+        keep = []
+        for i, f in enumerate(files):
+            if len(keep) == n:
+                break
+            problem = file_problem(self.root / f)
+            if problem is None:
+                keep.append(i)
+            else:
+                self._skip(self.root / f, problem)
+        if not keep:
+            raise ArgumentError(f"{self.root}: holds no readable image files ({len(self.skipped)} skipped: "
+                                f"{next(iter(self.skipped))}: {next(iter(self.skipped.values()))})")
+        return keep
+
+    def _skip(self, path, reason: str) -> None:
+        """Report an unreadable entry (once), or raise ``DataError`` when ``strict``."""
+        if self.strict:
+            raise DataError(f"{path}: {reason}")
+        if str(path) in self.skipped:
+            return
+        self.skipped[str(path)] = reason
+        if self.on_skip is not None:
+            self.on_skip(str(path), reason)
+        else:
+            warnings.warn(f"{path}: {reason}; skipped", SkippedImageWarning, stacklevel=4)
 
     def __len__(self):
         return len(self.files)
@@ -187,29 +245,59 @@ class FolderSource:
     def path(self, i: int) -> Path:
         return self.root / self.files[i]
 
-    def load(self, ids) -> np.ndarray:
-        """(n, C, H, W) float32 of the files with ids ``ids``; ``DataError`` naming an unreadable file."""
-        from zfcore.data.loading import imagenet_normalize, load_image
+    def _load_one(self, i) -> np.ndarray:
+        from zfcore.data.loading import load_image
 
-        ids = _ids(ids, len(self))
-        if ids.size == 0:
+        return load_image(self.path(i), size=self.size, mode=self.mode, fit=self.fit,
+                          max_upscale=self.max_upscale)
+
+    def _finish(self, xs) -> np.ndarray:
+        from zfcore.data.loading import imagenet_normalize
+
+        if not xs:
             return np.zeros((0,) + self.shape, np.float32)
-        x = np.concatenate([load_image(self.path(i), size=self.size, mode=self.mode) for i in ids])
+        x = np.concatenate(xs)
         return imagenet_normalize(x) if self.imagenet else x
 
+    def load(self, ids) -> np.ndarray:
+        """(n, C, H, W) float32 of the files with ids ``ids``; ``DataError`` naming an unreadable file."""
+        return self._finish([self._load_one(i) for i in _ids(ids, len(self))])
+
+    def load_readable(self, ids):
+        """(images (m, C, H, W), their ids (m,)): the files with ids ``ids`` that could be read, the
+        others skipped and reported (``DataError`` at the first when ``strict``)."""
+        xs, ok = [], []
+        for i in _ids(ids, len(self)):
+            try:
+                xs.append(self._load_one(i))
+            except DataError as e:
+                prefix = f"{self.path(i)}: "
+                msg = str(e)
+                self._skip(self.path(i), msg[len(prefix):] if msg.startswith(prefix) else msg)
+                continue
+            ok.append(i)
+        return self._finish(xs), np.array(ok, np.int64)
+
+    def skipped_files(self) -> dict:
+        """The skipped entries so far: relative path (POSIX) -> reason."""
+        return {Path(p).relative_to(self.root).as_posix(): why for p, why in self.skipped.items()}
+
     def describe(self) -> dict:
-        return {"source": str(self.root), "layout": "folder", "count": len(self)}
+        return {"source": str(self.root), "layout": "folder", "count": len(self), "fit": self.fit,
+                "strict": self.strict, "skipped": len(self.skipped)}
 
 
 class ImageFolderSource(FolderSource):
     """torchvision's ``ImageFolder`` layout: ``root/<class>/**/<image file>``. ``classes``: the
     sub-folder names, sorted; ``labels`` (N,) int64: each file's class index. Files directly in
     ``root`` are not part of it. Ids in torchvision's order: by class, then by folder path, then by
-    file name (the first ``limit`` kept). A class folder without image files is a ``DataError``."""
+    file name (the first ``limit`` readable ones kept). A class folder without image files is a
+    ``DataError``. Other arguments as ``FolderSource``."""
 
-    def __init__(self, root, size, mode: str = "L", imagenet: bool = False, limit: int | None = None):
+    def __init__(self, root, size, mode: str = "L", imagenet: bool = False, limit: int | None = None,
+                 strict: bool = False, fit: str = "crop", max_upscale=MAX_UPSCALE, on_skip=None):
         self.root = _check_root(root)
-        self._settings(size, mode, imagenet)
+        self._settings(size, mode, imagenet, strict, fit, max_upscale, on_skip)
         self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
         if not self.classes:
             raise ArgumentError(f"{self.root}: no class sub-folders (ImageFolder layout: root/<class>/<image>)")
@@ -222,23 +310,23 @@ class ImageFolderSource(FolderSource):
                                 f"({', '.join(IMAGE_EXTENSIONS[:4])} ...)")
             files += found
             labels += [c] * len(found)
-        n = _limit(limit, len(files))
-        self.files, self.labels = files[:n], np.array(labels[:n], np.int64)
+        keep = self._screen(files, limit)
+        self.files, self.labels = [files[i] for i in keep], np.array([labels[i] for i in keep], np.int64)
 
     @property
     def class_to_idx(self) -> dict:
         return {c: i for i, c in enumerate(self.classes)}
 
     def describe(self) -> dict:
-        return {"source": str(self.root), "layout": "imagefolder", "count": len(self),
-                "classes": list(self.classes)}
+        return {**super().describe(), "layout": "imagefolder", "classes": list(self.classes)}
 
 
 def open_folder(root, size, mode: str = "L", imagenet: bool = False, limit: int | None = None,
-                layout: str = "auto"):
+                layout: str = "auto", **options):
     """A ``FolderSource`` or an ``ImageFolderSource`` for ``root``. ``layout``: "folder",
     "imagefolder", or "auto": an ImageFolder when ``root`` holds sub-folders and no image file of its
-    own, a recursive folder otherwise."""
+    own, a recursive folder otherwise. ``options``: ``strict``, ``fit``, ``max_upscale``, ``on_skip``
+    (see ``FolderSource``)."""
     check_choice(layout, ("auto", "folder", "imagefolder"), "layout")
     root = _check_root(root)
     if layout == "auto":
@@ -246,4 +334,4 @@ def open_folder(root, size, mode: str = "L", imagenet: bool = False, limit: int 
         own_images = any(e.is_file() and _is_image(e.name) for e in entries)
         layout = "imagefolder" if any(e.is_dir() for e in entries) and not own_images else "folder"
     cls = ImageFolderSource if layout == "imagefolder" else FolderSource
-    return cls(root, size, mode, imagenet, limit)
+    return cls(root, size, mode, imagenet, limit, **options)

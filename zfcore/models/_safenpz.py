@@ -3,11 +3,13 @@ and on each member's .npy header before any array data is read, so a small hosti
 that unpacks to gigabytes, an object array, a forged size) is refused at the cost of a few bytes read.
 
 Checks, in order: the file size (``MAX_FILE_BYTES``); member names (``<key>.npy``, no folders, no
-duplicates); the ``__zfcore__`` header (small, a JSON object naming a known architecture); then per
+duplicates); the ``__zfcore__`` header (small, a JSON object naming a known architecture); for a
+model's weights, every parameter of the architecture present (from the zip directory); then per
 member: the key belongs to the architecture's spec, the .npy header's dtype is float16/32/64 and its
 shape equals the spec's (the classifier's row count may differ, up to ``MAX_CLASSES``), and the
 member's declared size is exactly the header plus that many bytes. zipfile never returns more than the
-declared size, so memory is bounded by the spec's parameter sizes.
+declared size, and a member is converted to float32 a slice (``CHUNK_BYTES``) at a time, so memory is
+bounded by the spec's float32 parameter sizes.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ MAX_FILE_BYTES = 4 * 2**30          # the largest .npz accepted (VGG16 float64 i
 MAX_HEADER_BYTES = 2**20            # the __zfcore__ member
 MAX_CLASSES = 100_000               # rows of the last linear layer
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+CHUNK_BYTES = 16 * 2**20            # a member is read and converted to float32 this much at a time
 
 
 def _read_header(path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
@@ -80,20 +83,24 @@ def _read_member(path, zf, info, key, shapes, last):
     with zf.open(info) as f:
         shape, fortran, dtype, hlen = _npy_header(path, key, f)
         shape = _check_member(path, key, shape, dtype, want, f"{last}.weight", f"{last}.bias")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if info.file_size != hlen + nbytes:
+        n = int(np.prod(shape, dtype=np.int64))
+        if info.file_size != hlen + n * dtype.itemsize:
             raise WeightsError(f"{path}: member {key!r} declares {info.file_size} bytes, its header "
-                               f"says {hlen + nbytes}")
-        buf = f.read(nbytes)
-    if len(buf) != nbytes:
-        raise WeightsError(f"{path}: member {key!r} is truncated")
-    a = np.frombuffer(buf, dtype=dtype)
-    a = a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
-    return a.astype(np.float32)
+                               f"says {hlen + n * dtype.itemsize}")
+        out = np.empty(n, np.float32)          # filled a slice at a time: no second copy of the member
+        step = max(1, CHUNK_BYTES // dtype.itemsize)
+        for i in range(0, n, step):
+            buf = f.read(min(step, n - i) * dtype.itemsize)
+            if len(buf) != min(step, n - i) * dtype.itemsize:
+                raise WeightsError(f"{path}: member {key!r} is truncated")
+            out[i:i + min(step, n - i)] = np.frombuffer(buf, dtype=dtype)
+    return out.reshape(shape[::-1]).T if fortran else out.reshape(shape)
 
 
-def read_npz(path) -> tuple[dict[str, np.ndarray], str, dict]:
-    """(params as float32, arch, meta) of a zfcore .npz; ``WeightsError`` naming ``path`` otherwise."""
+def read_npz(path, complete: bool = False) -> tuple[dict[str, np.ndarray], str, dict]:
+    """(params as float32, arch, meta) of a zfcore .npz; ``WeightsError`` naming ``path`` otherwise.
+    ``complete``: every parameter of the architecture must be there (a model's weights, not a
+    checkpoint's feature extractor), checked before any member is read."""
     from zfcore.models.specs import SPECS
 
     path = Path(path)
@@ -122,6 +129,11 @@ def read_npz(path) -> tuple[dict[str, np.ndarray], str, dict]:
             if arch not in SPECS:
                 raise WeightsError(f"{path}: weights for an unknown architecture {arch!r}")
             shapes, last = _expected_shapes(arch)
+            missing = [k for k in shapes if k not in by_key] if complete else []
+            if missing:                          # from the zip directory, before any member is read
+                raise WeightsError(f"{path}: weights do not fit the architecture: missing keys: "
+                                   + ", ".join(f"{k} {shapes[k]}" for k in missing)
+                                   + f" (checked against architecture {arch!r})")
             params = {k: _read_member(path, zf, i, k, shapes, last) for k, i in by_key.items()}
     except WeightsError:
         raise

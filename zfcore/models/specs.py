@@ -286,7 +286,7 @@ def check_params(spec, params: dict, source: str = "params") -> None:
             elif tuple(found) != tuple(shape):
                 problems.append(f"shape mismatch for {k}: expected {tuple(shape)}, found {tuple(found)}")
     if problems:
-        raise WeightsError(f"{source}: weights do not fit the architecture:\n  " + "\n  ".join(problems))
+        raise WeightsError(f"{source}: weights do not fit the architecture: " + "; ".join(problems))
 
 
 def _features_end(spec) -> int:

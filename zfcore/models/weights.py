@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from zfcore._io import atomic_write
-from zfcore.models._safenpz import MAX_FILE_BYTES, read_npz
+from zfcore.models._safenpz import MAX_CLASSES, MAX_FILE_BYTES, read_npz
 from zfcore.errors import ArgumentError, MissingDependencyError, WeightsError
 from zfcore.models.specs import SPECS, input_shape, last_linear, _check_arch, _features_end, _spec_of, build, check_params, features_spec, \
     get_spec, param_shapes
@@ -68,6 +70,20 @@ def _to_numpy(v) -> np.ndarray:
     return np.asarray(v)
 
 
+def _renamed(path, arch, state) -> dict:
+    """``state`` under zfcore's names (torchvision's ``features.0.weight`` -> ``conv1_1.weight``), values
+    untouched; keys of no layer of the spec keep their names (``check_params`` reports them)."""
+    to_zf = {tv: zf for zf, tv in torchvision_names(arch).items()}
+    out = {}
+    for key, v in state.items():
+        module, _, leaf = key.rpartition(".")
+        new = f"{to_zf[module]}.{leaf}" if module in to_zf else key
+        if new in out:
+            raise WeightsError(f"{path}: two keys name the parameter {new} (one of them is {key})")
+        out[new] = v
+    return out
+
+
 def torchvision_to_zfcore(arch, state_dict) -> dict[str, np.ndarray]:
     """Rename a torchvision-layout state dict (``features.0.weight`` ...) to zfcore names (``conv1_1.weight``).
 
@@ -75,14 +91,13 @@ def torchvision_to_zfcore(arch, state_dict) -> dict[str, np.ndarray]:
     the tensors given. Keys that do not belong to the spec's layers are kept under their own names, so
     that ``check_params`` reports them as unexpected.
     """
-    to_zf = {tv: zf for zf, tv in torchvision_names(arch).items()}
-    out = {}
-    for key, v in state_dict.items():
-        module, _, leaf = key.rpartition(".")
-        new = f"{to_zf[module]}.{leaf}" if module in to_zf else key
-        a = _to_numpy(v)
-        out[new] = np.array(a, dtype=np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype)
-    return out
+    return {k: _float32(v) for k, v in _renamed("state_dict", arch, state_dict).items()}
+
+
+def _float32(v) -> np.ndarray:
+    """A copy of ``v`` as a numpy array, float32 if floating."""
+    a = _to_numpy(v)
+    return np.array(a, dtype=np.float32 if np.issubdtype(a.dtype, np.floating) else a.dtype)
 
 
 def zfcore_to_torchvision(arch, params: dict, as_torch: bool = False) -> dict:
@@ -174,6 +189,22 @@ def _is_zip(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
+def _load_error(path, e: Exception) -> WeightsError:
+    """torch.load's failure in zfcore's words: a pickle naming a global (a class or a function) is refused
+    as not a plain state dict; anything else is a corrupt file, with torch's reason but never its advice
+    to load with weights_only=False (which would run the file's code)."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        if re.search(r"GLOBAL|global|Unsupported class", text):
+            return WeightsError(f"{path}: refused: not a plain state dict (the file's pickle names other "
+                                "objects than tensors, and zfcore never unpickles arbitrary objects)")
+        detail = text.partition("WeightsUnpickler error:")[2].strip().splitlines()
+        reason = f"not a pickle that torch.load(weights_only=True) reads: {detail[0] if detail else '?'}"
+    else:
+        reason = f"{type(e).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
+    return WeightsError(f"{path}: corrupt or unreadable PyTorch weights file ({reason})")
+
+
 def _load_pth(path: Path) -> dict:
     try:
         import torch
@@ -184,20 +215,23 @@ def _load_pth(path: Path) -> dict:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise WeightsError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit for weights files")
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=_is_zip(path))
+    try:  # zip files are memory-mapped: a tensor's data is read only when it is converted, after the checks
+        with warnings.catch_warnings():       # torch's remarks on the file's pickle: the error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, weights_only=True, map_location="cpu", mmap=_is_zip(path))
     except Exception as e:
-        raise WeightsError(f"{path}: corrupt or unreadable PyTorch weights file "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise _load_error(path, e) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a training checkpoint
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: not a state dict (found {type(obj).__name__}); "
                          "save the model with torch.save(model.state_dict(), path)")
     return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
 def _guess_arch(path, state: dict, torchvision_layout: bool) -> str:
+    """The one architecture whose keys (and, where names are shared, shapes) ``state`` has; from the
+    keys and ``.shape`` only, nothing converted."""
     keys = set(state)
     candidates = []
     for arch in SPECS:
@@ -207,7 +241,7 @@ def _guess_arch(path, state: dict, torchvision_layout: bool) -> str:
         if keys == expected:
             candidates.append(arch)
     if len(candidates) > 1:  # same names (alexnet / zfnet): decide by shapes
-        params = torchvision_to_zfcore(candidates[0], state) if torchvision_layout else state
+        params = _renamed(path, candidates[0], state) if torchvision_layout else state
         fits = []
         for arch in candidates:
             try:
@@ -219,8 +253,59 @@ def _guess_arch(path, state: dict, torchvision_layout: bool) -> str:
     if len(candidates) != 1:
         raise WeightsError(f"{path}: cannot tell which architecture these weights are for "
                          f"({'several' if candidates else 'none'} of {', '.join(SPECS)} fit); "
-                         "pass arch=")
+                         "name it: --model on the command line, arch= in Python")
     return candidates[0]
+
+
+def _check_value(source, key, v, floating: bool) -> None:
+    """A real dtype (floating-point only, for a file) and, for a torch tensor, a dense tensor whose
+    storage holds its data: an expanded view of a few bytes would materialise gigabytes."""
+    if hasattr(v, "untyped_storage"):  # a torch tensor: dtype, layout and storage size, nothing read
+        if str(v.layout) != "torch.strided":
+            raise WeightsError(f"{source}: {key} is a {v.layout} tensor; only dense tensors are read")
+        real = not v.is_complex() and str(v.dtype) != "torch.bool"
+        if not (v.is_floating_point() or (real and not floating)):
+            raise WeightsError(f"{source}: {key} has dtype {v.dtype}; only floating-point weights are read")
+        stored, need = v.untyped_storage().nbytes(), v.numel() * v.element_size()
+        if stored < need:
+            raise WeightsError(f"{source}: {key} {tuple(v.shape)} is an expanded view of {stored} stored "
+                               f"bytes, not the {need} its shape needs; save tensors that hold their data "
+                               "(tensor.contiguous())")
+        return
+    dt = getattr(v, "dtype", None)
+    try:
+        dt = np.dtype(dt) if dt is not None else None
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in ("f" if floating else "biuf"):
+        what = "; only floating-point weights are read" if floating else ", not a real number type"
+        raise WeightsError(f"{source}: {key} has dtype {dt if dt is not None else type(v).__name__}{what}")
+
+
+def _check_values(source, arch: str, params: dict, floating: bool, num_classes=None) -> None:
+    """The checks made before any value is converted or copied, from ``.shape``, ``.dtype`` and a
+    tensor's storage size (nothing read, nothing allocated): the classifier's width (read from the
+    weights unless ``num_classes`` is given; 1..``MAX_CLASSES``), every key and shape against ``arch``,
+    and each value (``_check_value``)."""
+    if not hasattr(params, "items"):
+        raise WeightsError(f"{source}: weights must be a dict of arrays, got {type(params).__name__}")
+    rows = num_classes if num_classes is not None else _infer_num_classes(arch, params)
+    if rows is not None and not 1 <= rows <= MAX_CLASSES:
+        raise WeightsError(f"{source}: {last_linear(get_spec(arch))}.weight has {rows} rows (classes); at "
+                           f"least 1 and at most {MAX_CLASSES} are read")
+    try:
+        check_params(get_spec(arch, rows), params, source=str(source))
+    except WeightsError as e:
+        raise WeightsError(f"{e} (checked against architecture {arch!r})") from None
+    for k, v in params.items():
+        _check_value(source, k, v, floating)
+
+
+def _check_finite(source, params: dict) -> None:
+    bad = [k for k, v in params.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"{source}: NaN or infinite values in {', '.join(bad[:3])}"
+                           + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
 
 
 def load_weights(path, arch: str | None = None) -> tuple[dict[str, np.ndarray], str]:
@@ -229,9 +314,11 @@ def load_weights(path, arch: str | None = None) -> tuple[dict[str, np.ndarray], 
     ``.npz``: zfcore's format (``save_weights``); the architecture stored in the file must equal ``arch``
     when given. ``.pth`` / ``.pt``: a PyTorch state dict (``torch.load(weights_only=True)``, torch imported
     here) in torchvision's key layout (``features.0.weight``) or zfcore's (``conv1.weight``); ``arch`` is
-    guessed from the keys when not given. The params are checked against the architecture (the classifier
-    width may differ: it is read from the file), so a file for another architecture, a missing file or
-    a corrupt one each give one error naming the file.
+    guessed from the keys when not given. Keys, shapes, dtypes and sizes are checked against the
+    architecture before any value is converted (the classifier width may differ: it is read from the
+    file, up to ``MAX_CLASSES``; a .npz from its members' headers, a .pth from the tensors' metadata), so
+    a file for another architecture, a missing, corrupt or hostile one each give one error naming the
+    file, at the cost of a few bytes read.
     """
     path = Path(path)
     if arch is not None:
@@ -240,30 +327,24 @@ def load_weights(path, arch: str | None = None) -> tuple[dict[str, np.ndarray], 
         raise FileNotFoundError(f"{path}: no such weights file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        params, stored, _ = load_npz(path)
+        params, stored, _ = read_npz(path, complete=True)  # checked from the zip directory and headers
         if stored not in SPECS:
             raise WeightsError(f"{path}: weights for an unknown architecture {stored!r}")
         if arch is not None and stored != arch:
             raise WeightsError(f"{path}: a weights file for architecture {stored!r}, not {arch!r}")
         arch = stored
+        _check_values(path, arch, params, floating=True)
     elif suffix in (".pth", ".pt"):
         state = _load_pth(path)
         tv = _is_torchvision_layout(state)
         if arch is None:
             arch = _guess_arch(path, state, tv)
-        params = torchvision_to_zfcore(arch, state) if tv else {k: _to_numpy(v) for k, v in state.items()}
-        params = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
-                  for k, v in params.items()}
+        params = _renamed(path, arch, state) if tv else state
+        _check_values(path, arch, params, floating=True)
+        params = {k: _float32(v) for k, v in params.items()}
     else:
         raise WeightsError(f"{path}: unknown weights format {suffix!r} (expected .npz, .pth or .pt)")
-    try:
-        check_params(get_spec(arch, _infer_num_classes(arch, params)), params, source=str(path))
-    except ValueError as e:
-        raise WeightsError(f"{e}\n  (checked against architecture {arch!r})") from None
-    bad = [k for k, v in params.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
-    if bad:
-        raise WeightsError(f"{path}: NaN or infinite values in {', '.join(bad[:3])}"
-                           + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+    _check_finite(path, params)
     return params, arch
 
 
@@ -287,9 +368,10 @@ def build_model(arch: str = "fmnist_zf", weights=None, seed: int = 0, num_classe
                 dtype=np.float32):
     """A ``zfcore.core.network.Network`` for ``arch``.
 
-    ``weights``: None (random, seeded by ``seed``), a path (``load_weights``) or a params dict (checked
-    with ``check_params``). ``num_classes`` resizes the last linear layer; with weights given and
-    ``num_classes=None`` it is read from the weights.
+    ``weights``: None (random, seeded by ``seed``), a path (``load_weights``) or a params dict (numpy
+    arrays or torch tensors, checked like a file's before any is converted: keys, shapes, real dtypes,
+    no NaN). ``num_classes`` resizes the last linear layer; with weights given and ``num_classes=None``
+    it is read from the weights.
     """
     _check_arch(arch)
     params, source = None, "params"
@@ -297,7 +379,9 @@ def build_model(arch: str = "fmnist_zf", weights=None, seed: int = 0, num_classe
         params, arch = load_weights(weights, arch)
         source = str(weights)
     elif hasattr(weights, "items"):
+        _check_values(source, arch, weights, floating=False, num_classes=num_classes)
         params = {k: _to_numpy(v) for k, v in weights.items()}
+        _check_finite(source, params)
     elif weights is not None:
         raise ArgumentError(f"weights must be None, a path to a weights file or a dict of arrays, got "
                             f"{type(weights).__name__}")
@@ -323,6 +407,9 @@ def _hub_dir() -> Path:
         return Path(cache).expanduser() / "torch" / "hub"
 
 
+_RANDOM_ADVICE = "--weights random on the command line, build_model({name!r}) in Python"
+
+
 def default_weights_path(name: str) -> Path:
     """Where ``load_model(name)`` finds weights without a path; raises FileNotFoundError listing where it
     looked. fmnist_zf: the shipped ``zfcore/assets/models/fmnist_zf.npz``. vgg16 / alexnet:
@@ -334,11 +421,13 @@ def default_weights_path(name: str) -> Path:
         if not p.is_file():
             raise FileNotFoundError(
                 f"{p}: the embedded model's weights are missing from this installation; train them with "
-                "`python -m zfcore train` (or build_model('fmnist_zf') for random weights)")
+                f"`zfcore train --out {p.parent}`, or try the model with random weights: "
+                f"{_RANDOM_ADVICE.format(name=name)}")
         return p
     if name not in TORCHVISION_FILES:
-        raise FileNotFoundError(f"no pretrained weights are known for {name!r}; pass path= to a weights "
-                                f"file, or use build_model({name!r}) for random weights")
+        raise FileNotFoundError(f"no pretrained weights are known for {name!r}; give a weights file with "
+                                f"--weights FILE (path= in Python), or try the model with random weights: "
+                                f"{_RANDOM_ADVICE.format(name=name)}")
     looked = []
     env = WEIGHTS_ENV[name]
     if os.environ.get(env):
@@ -354,8 +443,9 @@ def default_weights_path(name: str) -> Path:
     looked.append(f"{p} (torchvision's cache; not there)")
     raise FileNotFoundError(
         f"no {name} ImageNet weights found; looked at: " + "; ".join(looked) +
-        f". Pass path=, set ${env}, or put torchvision's {TORCHVISION_FILES[name]} in its cache "
-        f"(zfcore never downloads). build_model({name!r}) gives random weights.")
+        f". Give them with --weights FILE (path= in Python), set ${env}, or put torchvision's "
+        f"{TORCHVISION_FILES[name]} in its cache (zfcore never downloads); or try the model with random "
+        f"weights: {_RANDOM_ADVICE.format(name=name)}")
 
 
 def load_model(name: str = "fmnist_zf", path=None):

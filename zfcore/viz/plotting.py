@@ -54,8 +54,13 @@ def show(ax, img, title=None, mode="minmax", cmap="gray"):
     return ax
 
 
-def grid(images, titles=None, ncols=8, mode="minmax", size=1.6, suptitle=None):
-    """A figure with one panel per (C, H, W) image in ``images``; returns the figure."""
+def grid(images, titles=None, ncols=8, mode="minmax", size=1.6, suptitle=None, row_labels=None,
+         col_labels=None):
+    """A figure with one panel per (C, H, W) image in ``images``; returns the figure.
+
+    titles: one per panel (or None); row_labels: one per row, written left of it; col_labels: one
+    per column, above the first row's titles; suptitle: above everything. The figure's height allows
+    for the titles' lines, and matplotlib's constrained layout keeps every text clear of the panels."""
     import matplotlib.pyplot as plt
 
     n = len(images)
@@ -63,18 +68,41 @@ def grid(images, titles=None, ncols=8, mode="minmax", size=1.6, suptitle=None):
         raise ArgumentError("grid needs at least one image")
     ncols = max(1, min(check_count(ncols, "ncols", 1), n))
     nrows = -(-n // ncols)
-    size = panel_size(size, ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
-                             squeeze=False)
+    for name, labels, want in (("row_labels", row_labels, nrows), ("col_labels", col_labels, ncols)):
+        if labels is not None and len(labels) != want:
+            raise ArgumentError(f"grid: {name} needs {want} labels, got {len(labels)}")
+    label_w = 0.5 if row_labels is not None else 0.0
+    size = panel_size(size, ncols, label_w)
+    full = [titles[i] if titles is not None and i < n else None for i in range(nrows * ncols)]
+    if col_labels is not None:
+        full[:ncols] = [c if t is None else f"{c}\n{t}" for c, t in zip(col_labels, full[:ncols])]
+    head = _text_height(suptitle, "figure.titlesize") + 0.1 if suptitle else 0.0
+    height = head + sum(size + max(_text_height(t, "axes.titlesize") for t in full[r * ncols:(r + 1) * ncols])
+                        for r in range(nrows))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + label_w, height), squeeze=False,
+                             layout="constrained")
     for i, ax in enumerate(axes.flat):
-        if i < n:
-            show(ax, images[i], titles[i] if titles is not None else None, mode)
-        else:
+        if i >= n:
             ax.axis("off")
+            continue
+        show(ax, images[i], full[i], mode)
+    if row_labels is not None:
+        for r in range(nrows):
+            axes[r, 0].set_ylabel(row_labels[r])
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
+
+
+def _text_height(text, rc: str) -> float:
+    """Inches that ``text`` (its lines; None: none) takes at the size of ``rcParams[rc]``."""
+    if not text:
+        return 0.0
+    import matplotlib as mpl
+    from matplotlib.font_manager import FontProperties
+
+    points = FontProperties(size=mpl.rcParams[rc]).get_size_in_points()
+    return (text.count("\n") + 1) * 1.25 * points / 72
 
 
 def draw_box(ax, box, color="red", lw=1.5):
@@ -87,20 +115,39 @@ def draw_box(ax, box, color="red", lw=1.5):
     return ax
 
 
-def occlusion_map(ax, values, occ, title=None, cmap="RdYlBu", vmin=0.0, vmax=1.0):
+def occlusion_map(ax, values, occ, title=None, cmap="RdYlBu", vmin=0.0, vmax=1.0, colorbar=None):
     """Show ``values`` (R, Q) of an ``analysis.Occlusion`` grid (e.g. ``occ.prob``) in image coordinates:
-    each cell drawn at the centre of the occluder that produced it."""
+    each cell drawn at the centre of the occluder that produced it, reaching halfway to its neighbours
+    (where the last square, flush with the border, lies nearer than a stride, its cells are narrower;
+    a single position along an axis spans the square).
+    ``colorbar``: None, or a label: a colour bar with that label beside ``ax``. Returns the image."""
     half = (occ.size - 1) / 2
-    dr = (occ.rows[1] - occ.rows[0]) / 2 if len(occ.rows) > 1 else 0.5
-    dc = (occ.cols[1] - occ.cols[0]) / 2 if len(occ.cols) > 1 else 0.5
-    extent = (occ.cols[0] + half - dc, occ.cols[-1] + half + dc,
-              occ.rows[-1] + half + dr, occ.rows[0] + half - dr)
-    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
+    y, x = (_cell_edges(np.asarray(v) + half, occ.size) for v in (occ.rows, occ.cols))
+    if len(set(np.diff(y))) <= 1 and len(set(np.diff(x))) <= 1:      # a regular grid
+        im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, extent=(x[0], x[-1], y[-1], y[0]),
+                       interpolation="nearest")
+    else:
+        im = ax.pcolormesh(x, y, values, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(y[-1], y[0])
+        ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
     if title is not None:
         ax.set_title(title)
+    if colorbar is not None:
+        ax.figure.colorbar(im, ax=ax, label=colorbar, shrink=0.9)
     return im
+
+
+def _cell_edges(centres: np.ndarray, single: float) -> np.ndarray:
+    """Edges of cells around sorted ``centres``: halfway between neighbours; the outer cells as wide
+    on their open side as on the other (one centre: a cell ``single`` wide)."""
+    c = centres.astype(np.float64)
+    if len(c) == 1:
+        return np.array([c[0] - single / 2, c[0] + single / 2])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.r_[c[0] - (c[1] - c[0]) / 2, mid, c[-1] + (c[-1] - c[-2]) / 2]
 
 
 def projection_rows(image, rows, titles=None, boxes=None, row_labels=None, mode="symmetric", size=1.5,
