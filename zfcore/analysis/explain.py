@@ -130,10 +130,11 @@ def rank(a):
     a = np.asarray(a).ravel()
     order = np.argsort(a, kind="stable")
     sa = a[order]
-    starts = np.r_[0, np.flatnonzero(sa[1:] != sa[:-1]) + 1, len(a)]
+    new = np.r_[True, sa[1:] != sa[:-1]] if len(a) else np.zeros(0, bool)
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(a)]
     r = np.empty(len(a))
-    for s, e in zip(starts[:-1], starts[1:]):
-        r[order[s:e]] = (s + e - 1) / 2
+    r[order] = ((starts + ends - 1) / 2)[np.cumsum(new) - 1]
     return r
 
 
@@ -159,11 +160,14 @@ def randomised_params(net, layers, seed: int = 0):
 
 
 def cascading_randomisation(net, images, targets, rules=RULES,
-                            layer: str = "fc7", seed: int = 0):
+                            layer: str = "fc7", seed: int = 0, threads=None):
     """Adebayo et al.'s cascade: randomise the weighted layers from the top down, one more at a time,
     and compare each rule's projection of output unit ``targets[n]`` of ``layer`` with the trained
-    network's, by Spearman rank correlation of absolute values. Returns (randomised layer names, top
-    first (L,), dict rule -> (L + 1, N) correlations; row 0 = trained network, 1.0 by definition)."""
+    network's, by Spearman rank correlation of absolute values. One forward pass per network serves
+    every rule (``faithfulness.class_projections``, images split over ``threads``). Returns
+    (randomised layer names, top first (L,), dict rule -> (L + 1, N) correlations; row 0 = trained
+    network, 1.0 by definition)."""
+    from zfcore.analysis.faithfulness import class_projections
     from zfcore.models.specs import build
 
     weighted = [l.name for l in net.layers if l.kind in ("conv", "linear")][::-1]
@@ -171,7 +175,7 @@ def cascading_randomisation(net, images, targets, rules=RULES,
     targets = np.broadcast_to(np.asarray(targets), (len(images),))
     nets = [net] + [build(net.spec, randomised_params(net, weighted[:i + 1], seed), dtype=net.dtype)
                     for i in range(len(weighted))]
-    projs = {rule: [project_units(m, images, layer, targets, rule) for m in nets] for rule in rules}
-    out = {rule: np.array([[spearman(np.abs(p[n]), np.abs(projs[rule][0][n])) for n in range(len(images))]
-                           for p in projs[rule]]) for rule in rules}
+    projs = [class_projections(m, images, targets, rules, layer, threads) for m in nets]
+    out = {rule: np.array([[spearman(np.abs(p[rule][n]), np.abs(projs[0][rule][n]))
+                            for n in range(len(images))] for p in projs]) for rule in rules}
     return weighted, out
