@@ -172,3 +172,25 @@ def test_in_a_real_browser(built):
     f = int(Path(first).stem)
     assert Path(after_right).name == f"{f + 1}.html"
     assert "no layer" in jump_error
+
+
+def test_cli_atlas_over_a_folder_names_files_and_skips_unreadable_entries(tmp_path, capsys):
+    from PIL import Image
+
+    from zfcore.cli.main import main
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(images / f"p{i}.png")
+    (images / "notes.png").write_text("not an image")
+    out = tmp_path / "site"
+    code = main(["atlas", "--images", str(images), "--layer", "conv1", "--k", "2", "--out", str(out), "--quiet"])
+    assert code in (0, None)
+    meta = json.loads((out / "atlas.json").read_text())
+    assert meta["source"]["count"] == 6 and "1 unreadable entries skipped" in meta["source"]["description"]
+    assert "accuracy" not in meta
+    page = (out / "conv1" / "0.html").read_text()
+    assert sum(f"p{i}.png" in page for i in range(5)) == 2
+    assert "notes.png" in capsys.readouterr().err

@@ -56,8 +56,9 @@ def check_scan_args(args) -> None:
 
 def cmd_atlas(args):
     """Every feature of the chosen layers over a collection of images: an index, a page per layer and a
-    page per feature (``zfcore.viz.atlas``), written into --out as a whole."""
-    from zfcore.cli.cmd_topk import _check_out_outside_images, _topk_run, _topk_source
+    page per feature (``zfcore.viz.atlas``), written into --out as a whole. Unreadable entries of
+    --images are skipped with a warning (or stop the run with --strict), as in ``topk``."""
+    from zfcore.cli.cmd_topk import _check_out_outside_images, _skipped, _topk_run, _topk_source
     from zfcore.data import CLASSES
     from zfcore.viz import atlas
 
@@ -78,12 +79,15 @@ def cmd_atlas(args):
     src, source = _topk_source(args)
     check_count(args.k, "--k", 1, len(src))
     tops = _topk_run(args, net, src, layers, feats)
+    _skipped(args, src, source, tops)           # warn of unreadable entries; refuse fewer than --k
+    skipped = source.get("skipped", {}).get("count", 0)
     if not args.quiet:
         print(f"writing {sum(len(f) for f in feats.values()):,} feature pages", flush=True)
     classes = list(CLASSES) if test_set else getattr(src, "classes", None)
     meta = atlas.build_atlas(
         net, src, out, layers, k=args.k, rule=args.rule, arch=args.model, weights=model["weights"],
-        description=source["source"], classes=classes, accuracy=test_set, force=args.force, tops=tops,
+        description=source["source"] + (f" ({skipped} unreadable entries skipped)" if skipped else ""),
+        classes=classes, accuracy=test_set, force=args.force, tops=tops,
         names=(lambda i: f"test[{i}]") if test_set else (lambda i: src.files[i]),
         display=lambda x: C.display_image(x, args.model))
     if not args.quiet:
