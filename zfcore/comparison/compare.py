@@ -4,10 +4,11 @@ the measures and runs of notebook 06 and ``benchmarks/bench_compare.py``.
 - measures: :func:`relative_error`, :func:`support` (share of pixels touched), :func:`duplicate_switches`;
 - comparison runs on one image: :func:`agreement` (zfcore vs the re-creation vs captum, per layer),
   :func:`switch_flips` (where the two forward passes chose different switches), :func:`bias_effect`
-  (the original's random deconv biases), :func:`channel_order` (BGR vs RGB input), :func:`zfcore_figure`
-  (zfcore's version of the original's figure), :func:`original_agreement` (the ORIGINAL code, run from a
-  user's clone through ``zfcore.comparison.original``), :func:`tied_selections` (how many positions
-  the original's selection keeps);
+  and :func:`bias_effect_images` (the original's random deconv biases, next to the activations'
+  scale), :func:`channel_order` (BGR vs RGB input), :func:`zfcore_figure` (zfcore's version of the
+  original's figure), :func:`original_agreement` (the ORIGINAL code, run from a user's clone through
+  ``zfcore.comparison.original``), :func:`tied_selections` (how many positions the original's
+  selection keeps);
 - :func:`crop` (an image cut to a receptive-field box), :func:`panel_grid` (rows of images drawn at
   their printed size) and :func:`format_table` (rows (dicts) as Markdown text).
 
@@ -159,32 +160,66 @@ def agreement(net, x, layers, captum: bool = True, unpool: str = "assign") -> tu
     return rows, projs
 
 
-def bias_effect(spec, params, x, layers, bias_seed: int = 0, net=None) -> list[dict]:
+def bias_effect(spec, params, x, layers, bias_seed: int = 0, net=None,
+                scale: float | None = 10.0) -> list[dict]:
     """The original's random deconv biases against zero biases, same input and selection (the
-    original's, ties included), per layer: relative difference of the projections, mean absolute
-    difference of their min-max uint8 displays (grey levels of 255), support of each, how much of the
-    random-bias support lies outside the receptive field (needs ``net`` for ``input_box``), and how much
-    the selected activation changes the random-bias output at all (``||out - out from an all-zero
-    start|| / ||out from an all-zero start||``)."""
-    import torch
-
+    original's, ties included), per layer: relative difference of the projections (``random vs zero``,
+    ``||random - zero|| / ||zero||``), the same with the selected activation multiplied by ``scale``
+    (the zero-bias projection grows with it, the biases do not; ``scale=None`` leaves it out), mean
+    absolute difference of their min-max uint8 displays (grey levels of 255), support of each, how much
+    of the random-bias support lies outside the receptive field (needs ``net`` for ``input_box``), and
+    how much the selected activation changes the random-bias output at all (``||out - out from an
+    all-zero start|| / ||out from an all-zero start||``). Scale: ``value`` (the selected activation),
+    ``mean positive activation`` (of the layer's map, before ReLU: its positive entries) and ``deconv
+    bias rms`` (of every deconv bias the walk down from the layer adds). ``x``: one image (1, C, H, W)."""
     spec, params = models.features_spec(spec, params)
     zero = Recreation(spec, params, deconv_bias="zero")
     rand = Recreation(spec, params, deconv_bias="random", bias_seed=bias_seed)
+    return _bias_rows(zero, rand, x, [layer_names(spec, [layer])[0] for layer in layers], net, scale)
+
+
+def bias_effect_images(spec, params, inputs, layers, bias_seed: int = 0, net=None,
+                       scale: float | None = 10.0) -> list[list[dict]]:
+    """:func:`bias_effect` for each image (1, C, H, W) of ``inputs`` (the same two mirrors for all):
+    one list of rows per image."""
+    spec, params = models.features_spec(spec, params)
+    zero = Recreation(spec, params, deconv_bias="zero")
+    rand = Recreation(spec, params, deconv_bias="random", bias_seed=bias_seed)
+    names = [layer_names(spec, [layer])[0] for layer in layers]
+    return [_bias_rows(zero, rand, x, names, net, scale) for x in inputs]
+
+
+def _bias_rms(rand, name: str) -> float:
+    """RMS of every deconv bias that ``rand``'s walk down from layer ``name`` adds."""
+    from torch import nn
+
+    first = len(rand.names) - 1 - rand.index[name]
+    b = [m.bias.detach().numpy().ravel() for m in list(rand.deconv)[first:]
+         if isinstance(m, nn.ConvTranspose2d)]
+    return float(np.sqrt(np.mean(np.concatenate(b).astype(np.float64) ** 2)))
+
+
+def _bias_rows(zero, rand, x, names, net, scale) -> list[dict]:
+    import torch
+
     zero.forward(x)
-    rand.forward(x)
+    rand.forward_of(zero)                         # the same network: one forward pass serves both
     rows = []
-    for layer in layers:
-        name = layer_names(spec, [layer])[0]
+    for name in names:
         z, sel = zero.project(name)
-        r, _ = rand.project(name)
-        start, _ = rand.select(name)
-        blank = rand.deconv_from(torch.zeros_like(start), name)[0].numpy()
-        row = dict(layer=name, feature=sel.feature, ties=len(sel.positions),
-                   **{"random vs zero": relative_error(r, z),
+        start, _ = rand.select(name)              # one batch: the start, no start, the start x scale
+        starts = [start, 0 * start] + ([start * scale] if scale is not None else [])
+        r, blank, *scaled = rand.deconv_from(torch.cat(starts), name).numpy()
+        fmap = rand.feature_maps[rand.index[name]]
+        row = dict(layer=name, feature=sel.feature, ties=len(sel.positions), value=sel.value,
+                   **{"mean positive activation": float(fmap[fmap > 0].mean()),
+                      "deconv bias rms": _bias_rms(rand, name),
+                      "random vs zero": relative_error(r, z),
                       "displayed: mean grey-level difference": float(np.abs(
                           minmax_uint8(r).astype(np.float64) - minmax_uint8(z)).mean()),
                       "support random": support(r), "support zero": support(z)})
+        if scale is not None:
+            row[f"random vs zero, activation x{scale:g}"] = relative_error(scaled[0], scale * z)
         if net is not None:
             inside = np.zeros(z.shape[1:], bool)
             for pos in sel.positions:
@@ -224,10 +259,13 @@ def original_agreement(orig, net, x, layers) -> tuple[list[dict], dict]:
 
     Deconv biases zeroed: ``zfcore vs original`` (relative error, zfcore projecting the original's
     selection), the same with the original's mirror fed zfcore's switches (what is left once the two
-    forward passes' near-ties are taken out, see :func:`switch_flips`), and both supports. Biases as
-    published: the relative difference to zfcore, the support of the original's output and the share
-    of the image it covers outside the chosen unit's receptive field. A tied selection (several
-    positions) is projected whole by the original and has no single-unit counterpart: NaN.
+    forward passes' near-ties are taken out, see :func:`switch_flips`), and the supports (the
+    original's on its own switches and on zfcore's). Biases as published: the relative difference to
+    zfcore and to the original with biases zeroed (the biases' effect in the original's own code, also
+    as the mean grey-level difference of its two uint8 pictures), the support of the original's output
+    and the share of the image it covers outside the chosen unit's receptive field. ``value``: the
+    selected activation. A tied selection (several positions) is projected whole by the original and
+    has no single-unit counterpart: NaN.
     Returns (rows, {layer name: dict(zero=Run, published=Run, zfcore=(C, H, W))}).
     """
     names = [name for name, _, _ in models.features_spec(net.spec)]
@@ -252,10 +290,15 @@ def original_agreement(orig, net, x, layers) -> tuple[list[dict], dict]:
             nan = float("nan")
             rows.append({
                 "layer": name, "feature": zero.feature, "position": pos, "ties": len(zero.positions),
+                "value": float(zero.start[0, zero.feature][pos]),
                 "zfcore vs original (bias zeroed)": relative_error(z, zero.output) if single else nan,
                 "same, on zfcore's switches": relative_error(z, on_zf_switches) if single else nan,
                 "support zfcore": support(z), "support original (bias zeroed)": support(zero.output),
+                "support original on zfcore's switches": support(on_zf_switches),
                 "original (published biases) vs zfcore": relative_error(pub.output, z) if single else nan,
+                "original: published vs bias zeroed": relative_error(pub.output, zero.output),
+                "original: published vs bias zeroed, mean grey levels": float(np.abs(
+                    pub.image.astype(np.float64) - zero.image).mean()),
                 "support original (published)": support(pub.output),
                 "published: support outside the receptive field": float((support_mask(pub.output) & ~inside).mean()),
             })
@@ -328,6 +371,8 @@ def panel_grid(rows, col_titles=(), notes=None, width: float = 6.2, label_width:
 
 
 def _fmt(v, spec=None):
+    if v is None:
+        return "n/a"
     if isinstance(v, str):
         return v
     if isinstance(v, (bool, np.bool_)):

@@ -270,6 +270,20 @@ class Recreation:
                     x = x[0]
             return self.classifier(x) if len(self.classifier) else x
 
+    def forward_of(self, other: "Recreation") -> None:
+        """Take the stored maps, switches and sizes of ``other``'s last :meth:`forward` instead of running
+        the same forward pass again: ``other`` must be built from the same spec and parameters (the deconv
+        biases and the unpooling rule do not enter the forward pass)."""
+        import torch
+
+        mine, theirs = list(self.features.parameters()), list(other.features.parameters())
+        if other.names != self.names or len(mine) != len(theirs) or not all(
+                a.data_ptr() == b.data_ptr() or (a.shape == b.shape and torch.equal(a, b))
+                for a, b in zip(mine, theirs)):
+            raise ArgumentError("forward_of: the two re-creations are of different networks or parameters")
+        self.feature_maps, self.pool_locs = dict(other.feature_maps), dict(other.pool_locs)
+        self._in_sizes = dict(other._in_sizes)
+
     # -- selection and projection ----------------------------------------------------------------
     def select(self, layer, feature=None, position=None):
         """The original's selection at ``layer`` (a ``features`` index or zfcore name) -> (start map
