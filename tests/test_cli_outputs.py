@@ -206,6 +206,31 @@ def test_concurrent_sets_never_mix_threads(tmp_path):
         _check_one_run(folder)
 
 
+@pytest.mark.parametrize("step", ["probe", "write"])
+def test_folder_removed_by_another_writer_is_made_again(tmp_path, monkeypatch, step):
+    """Two runs into a missing --out both make it; one run's check removes the folder it made (still
+    empty) just before the other creates its first file there. The other run makes it again and
+    succeeds, instead of 'cannot write there'. The removal is staged at the other run's first file."""
+    folder = tmp_path / "o"
+    real, staged = tempfile.mkstemp, []
+
+    def other_writer_cleans_up(*a, dir=None, **k):
+        probing = str(k.get("prefix", "")).startswith(".zfcore-probe")
+        if not staged and dir is not None and Path(dir) == folder and probing == (step == "probe"):
+            staged.append(1)
+            folder.rmdir()
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", other_writer_cleans_up)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        _write_set(folder, 7)        # in the main thread: leaves SIGINT ignored, as a command does
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert staged == [1]
+    _check_one_run(folder)
+
+
 def _racer(folder, run_id, start, done, rounds):
     for i in range(rounds):
         start.wait()

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 LOCK_NAME = ".zfcore-lock"
+_RACE_RETRIES = 20
 
 
 def _named(e: OSError, path) -> OSError:
@@ -127,19 +128,43 @@ def bytes_writer(data: bytes):
 # --- folders and sets of files ------------------------------------------------------------------------
 def make_folder(folder) -> list[Path]:
     """Create ``folder`` and its missing parents; returns the folders created (outermost first), for
-    ``remove_empty``. An ``OSError`` names ``folder``."""
+    ``remove_empty``. A concurrent writer that removes a folder it made meanwhile (``remove_empty``) is
+    outlasted: the folder is made again. An ``OSError`` names ``folder``."""
     folder = Path(folder)
     missing = []
     p = folder
     while not p.exists() and p != p.parent:
         missing.append(p)
         p = p.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        remove_empty(missing[::-1])
-        raise _named(e, folder) from None
-    return missing[::-1]
+    for attempt in range(_RACE_RETRIES):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return missing[::-1]
+        except (FileExistsError, FileNotFoundError) as e:
+            # made by another writer, then removed by it before mkdir's own is_dir check: try again
+            if os.path.lexists(folder) or attempt == _RACE_RETRIES - 1:
+                remove_empty(missing[::-1])
+                raise _named(e, folder) from None
+        except OSError as e:
+            remove_empty(missing[::-1])
+            raise _named(e, folder) from None
+
+
+def _in_folder(folder: Path, work):
+    """``make_folder(folder)``, then ``work()``; returns ``(created, work's result)``. If the folder
+    vanishes before ``work`` has put a file in it (another writer's ``remove_empty`` of a folder both
+    made), both steps run again."""
+    for attempt in range(_RACE_RETRIES):
+        created = make_folder(folder)
+        try:
+            return created, work()
+        except FileNotFoundError:
+            if folder.is_dir() or attempt == _RACE_RETRIES - 1:
+                remove_empty(created)
+                raise
+        except BaseException:
+            remove_empty(created)
+            raise
 
 
 def remove_empty(created) -> None:
@@ -155,18 +180,20 @@ def probe_folder(folder) -> None:
     """Check that files can be created in ``folder``: create it if missing, write and remove a
     temporary file there, then remove the folders this created. ``OSError`` naming ``folder``."""
     folder = Path(folder)
-    created = make_folder(folder)
-    try:
+
+    def probe():
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".zfcore-probe-")
         try:
             os.write(fd, b"\0")
         finally:
             os.close(fd)
             os.unlink(tmp)
+
+    try:
+        created, _ = _in_folder(folder, probe)
     except OSError as e:
         raise _named(e, folder) from None
-    finally:
-        remove_empty(created)
+    remove_empty(created)
 
 
 @contextlib.contextmanager
@@ -251,11 +278,17 @@ def write_set(folder, writers: dict, overwrite: bool = False,
     for the set is removed again. Without ``overwrite`` an existing file is refused
     (``FileExistsError``) and nothing is written. Returns the paths, in ``writers``' order."""
     folder = Path(folder)
-    created = make_folder(folder)
     tmps = {}
+
+    def first():             # the first temporary keeps the folder from another writer's remove_empty
+        name, write = next(iter(writers.items()))
+        tmps[name] = _temporary(folder / name, write)
+
+    created, _ = _in_folder(folder, first) if writers else (make_folder(folder), None)
     try:
         for name, write in writers.items():
-            tmps[name] = _temporary(folder / name, write)
+            if name not in tmps:
+                tmps[name] = _temporary(folder / name, write)
         with interrupts_held(keep_interrupts_off), folder_lock(folder):
             return _put_in_place(folder, tmps, overwrite)
     except BaseException:
