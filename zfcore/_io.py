@@ -56,18 +56,26 @@ def _temporary(path: Path, write) -> str:
     except OSError as e:
         raise _named(e, path) from None
     os.close(fd)
-    try:
+    with _dropped_on_failure(tmp, path):
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
+    return tmp
+
+
+@contextlib.contextmanager
+def _dropped_on_failure(tmp: str, path: Path):
+    """If the block fails, the temporary ``tmp`` is removed and an ``OSError`` (other than
+    ``FileExistsError``, whose message is already the user's) is raised again naming ``path``."""
+    try:
+        yield
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and not isinstance(e, FileExistsError):
             raise _named(e, path) from None
         raise
-    return tmp
 
 
 def atomic_write(path, write, overwrite: bool = False, mode: int = 0o644) -> Path:
@@ -83,16 +91,10 @@ def atomic_write(path, write, overwrite: bool = False, mode: int = 0o644) -> Pat
     except OSError as e:
         raise _named(e, path.parent) from None
     tmp = _temporary(path, write)
-    try:
+    with _dropped_on_failure(tmp, path):
         if mode != 0o644:
             os.chmod(tmp, mode)
         _finish(tmp, path, overwrite)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
-            raise _named(e, path) from None
-        raise
     return path
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from zfcore.cli import common as C
 from zfcore.core.layers import check_rule
-from zfcore.errors import ArgumentError, check_count, check_layer, layer_width
+from zfcore.errors import check_count, check_layer, layer_width
 
 TEST_SET_ALL = 10**9            # no --limit on the shipped test set: all of its images
 
@@ -37,23 +37,6 @@ def add_parser(sub, add, common, model_args, rule_help):
     return c
 
 
-def check_scan_args(args) -> None:
-    """The scan's options (--k, --limit, --batch-size, --workers, --scheduler, --threads), checked
-    before any work."""
-    check_count(args.k, "--k", 1)
-    for value, name in ((args.limit, "--limit"), (args.batch_size, "--batch-size")):
-        if value is not None:
-            check_count(value, name, 1)
-    if args.workers is not None:
-        check_count(args.workers, "--workers", 1, 256)
-        if args.scheduler is not None:
-            raise ArgumentError("give --workers N (a local cluster) or --scheduler ADDRESS, not both")
-    if args.threads is not None:
-        check_count(args.threads, "--threads", 1, 1024)
-        if args.workers is not None or args.scheduler is not None:
-            raise ArgumentError("--threads is for the single-process path: each Dask worker runs one thread")
-
-
 def cmd_atlas(args):
     """Every feature of the chosen layers over a collection of images: an index, a page per layer and a
     page per feature (``zfcore.viz.atlas``), written into --out as a whole. Unreadable entries of
@@ -62,7 +45,7 @@ def cmd_atlas(args):
     from zfcore.data import CLASSES
     from zfcore.viz import atlas
 
-    check_scan_args(args)
+    C.check_scan_args(args)
     check_rule(args.rule)
     net, model = C.load_net(args)
     layers = [lay.name for lay in net.layers if lay.kind == "conv"] if args.layer is None else \

@@ -96,19 +96,7 @@ def _topk_run(args, net, src, layers, feats):
 def cmd_topk(args):
     """The paper's Fig. 2 for one or more layers: per feature, the k strongest images of a collection
     (streamed: one scan for all layers, then only the winners are loaded and projected)."""
-    check_count(args.k, "--k", 1)
-    if args.limit is not None:
-        check_count(args.limit, "--limit", 1)
-    if args.batch_size is not None:
-        check_count(args.batch_size, "--batch-size", 1)
-    if args.workers is not None:
-        check_count(args.workers, "--workers", 1, 256)
-        if args.scheduler is not None:
-            raise ArgumentError("give --workers N (a local cluster) or --scheduler ADDRESS, not both")
-    if args.threads is not None:
-        check_count(args.threads, "--threads", 1, 1024)
-        if args.workers is not None or args.scheduler is not None:
-            raise ArgumentError("--threads is for the single-process path: each Dask worker runs one thread")
+    C.check_scan_args(args)
     check_rule(args.rule)
     _check_out_outside_images(args)
     out = C.Outputs(args.out, args.force, ["topk.json", "topk.png", "topk.npz"])

@@ -13,7 +13,7 @@ import numpy as np
 
 from zfcore import __version__
 from zfcore._io import bytes_writer, json_bytes, probe_folder, write_set
-from zfcore.errors import ArgumentError, ZfcoreError, suggest
+from zfcore.errors import ArgumentError, ZfcoreError, check_count, suggest
 from zfcore.models.specs import INPUTS  # each model's input (channels, side) and normalisation
 
 
@@ -248,3 +248,20 @@ def finish(args, out, lines):
         for line in lines:
             print(mark_line(line))
         print(mark_line(f"wrote {', '.join(p.name for p in paths)} in {out.out}"))
+
+
+def check_scan_args(args) -> None:
+    """The scan's options (--k, --limit, --batch-size, --workers, --scheduler, --threads), checked
+    before any work."""
+    check_count(args.k, "--k", 1)
+    for value, name in ((args.limit, "--limit"), (args.batch_size, "--batch-size")):
+        if value is not None:
+            check_count(value, name, 1)
+    if args.workers is not None:
+        check_count(args.workers, "--workers", 1, 256)
+        if args.scheduler is not None:
+            raise ArgumentError("give --workers N (a local cluster) or --scheduler ADDRESS, not both")
+    if args.threads is not None:
+        check_count(args.threads, "--threads", 1, 1024)
+        if args.workers is not None or args.scheduler is not None:
+            raise ArgumentError("--threads is for the single-process path: each Dask worker runs one thread")
