@@ -1,5 +1,8 @@
-"""Test networks shared by the projection tests (built once per session; none of the tests runs a
-new forward pass on them): fixtures ``fmnist_net``, ``alexnet_net``, ``zfnet_net``, ``vgg16_net``."""
+"""Fixtures shared by several test files: the test networks of the projection tests (built once per
+session; none of the tests runs a new forward pass on them): ``fmnist_net``, ``alexnet_net``,
+``zfnet_net``, ``vgg16_net``; ``embedded_float64``; and ``out``, a command's output folder already holding a file of the
+user's."""
+import numpy as np
 import pytest
 from projcases import make
 
@@ -12,3 +15,23 @@ def _net_fixture(name):
 
 
 fmnist_net, alexnet_net, zfnet_net, vgg16_net = (_net_fixture(n) for n in ("fmnist", "alexnet", "zfnet", "vgg16"))
+
+
+@pytest.fixture
+def out(tmp_path):
+    """An output folder holding a file of the user's."""
+    o = tmp_path / "out"
+    o.mkdir()
+    (o / "keep.txt").write_text("the user's file")
+    return o
+
+
+@pytest.fixture(scope="session")
+def embedded_float64():
+    """The embedded network in float64, for tests that split a scan into pieces (threads, Dask workers)
+    and compare with one piece: a float32 GEMM may round an image's values differently with the number
+    of images it multiplies at once (OpenBLAS's Haswell kernel does), which can flip a pooling switch at
+    a near-tie. In float64 that is 2^29 times rarer, so the comparisons test the splitting and merging,
+    not the BLAS."""
+    from zfcore import models
+    return models.load_model().astype(np.float64)

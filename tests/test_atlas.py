@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import offline_page
 
 import zfcore as zf
 from zfcore import analysis
@@ -19,7 +20,6 @@ from zfcore.viz import atlas
 
 LAYERS = ["conv1", "conv3"]
 K = 3
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -114,18 +114,8 @@ def test_cli_atlas(tmp_path, capsys):
 
 
 def test_in_a_real_browser(built):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
     _, out, _ = built
-    blocked, errors, failed = [], [], []
-
-    def route(r):
-        if r.request.url.startswith(("file:", "data:", "about:")):
-            r.continue_()
-        else:
-            blocked.append(r.request.url)
-            r.abort()
+    errors = []
 
     images_ok = """async () => {
         const urls = new Set();
@@ -135,13 +125,9 @@ def test_in_a_real_browser(built):
         const loads = [...urls].map(u => new Promise(ok => { const i = new Image();
             i.onload = () => ok(i.naturalWidth > 0 ? null : u); i.onerror = () => ok(u); i.src = u; }));
         return {n: urls.size, bad: (await Promise.all(loads)).filter(Boolean)}; }"""
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page()
-        page.route("**/*", route)
+    with offline_page() as (page, blocked, failed):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("requestfailed", lambda r: failed.append(r.url))
         page.goto((out / "index.html").resolve().as_uri(), wait_until="load")
         page.click("a[href='conv3/index.html']")
         page.wait_for_url("**/conv3/index.html")
@@ -165,7 +151,6 @@ def test_in_a_real_browser(built):
         page.fill("form.jump input", "conv9/1")
         page.press("form.jump input", "Enter")
         jump_error = page.inner_text(".jump-error")
-        browser.close()
     assert blocked == [] and failed == [] and errors == []
     assert layer["n"] == 1 and feature["n"] == 1 and conv1["n"] == 2 and layer["bad"] == feature["bad"] == []
     assert order == sorted(order) and acts == sorted(acts, reverse=True)

@@ -154,15 +154,6 @@ def check_row(argv, want, out, capsys, files):
     return lines[0]
 
 
-@pytest.fixture
-def out(tmp_path):
-    """An output folder holding a file of the user's."""
-    o = tmp_path / "out"
-    o.mkdir()
-    (o / "keep.txt").write_text("the user's file")
-    return o
-
-
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
 def test_bad_input_row(row, out, capsys, files):
     name, argv, want = row

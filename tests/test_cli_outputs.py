@@ -38,15 +38,6 @@ def run(argv, capsys):
     return rc, out, err
 
 
-@pytest.fixture
-def out(tmp_path):
-    """An output folder holding a file of the user's."""
-    o = tmp_path / "out"
-    o.mkdir()
-    (o / "keep.txt").write_text("the user's file")
-    return o
-
-
 def _no_scan(monkeypatch):
     calls = []
 

@@ -18,12 +18,8 @@ FIELDS = ("features", "images", "positions", "values", "boxes", "patches")
 
 
 @pytest.fixture(scope="module")
-def net():
-    """The embedded network in float64: the workers scan shards of their own, and a float32 GEMM may round an image's values
-    differently with the number of images it multiplies at once (OpenBLAS's Haswell kernel does), which
-    can flip a pooling switch at a near-tie. In float64 that is 2^29 times rarer, so the comparisons
-    below test the splitting and merging, not the BLAS."""
-    return models.load_model().astype(np.float64)
+def net(embedded_float64):
+    return embedded_float64
 
 
 def single_process(net, src, layers, **kw):

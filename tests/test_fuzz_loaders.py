@@ -4,20 +4,17 @@ bit depths: each either loads correctly (checked against Pillow / numpy, indepen
 zfcore's own error (``ZfcoreError``), never anything else. Memory on hostile ~1 MB files is measured in
 a fresh subprocess (peak RSS growth under 200 MB)."""
 import io
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from memory import rss_growth
 from zfcore import data, models
 from zfcore.errors import ZfcoreError
 
 PIL = pytest.importorskip("PIL.Image")
-REPO = Path(__file__).resolve().parents[1]
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 MODES = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "I;16": 16, "I": 32, "F": 32, "CMYK": 8}
@@ -123,18 +120,6 @@ def test_weights_loader_truncated_or_damaged(tmp_path, good_npz, cut, flips):
     models.check_params("fmnist_zf", params)
 
 
-def _rss_growth(code: str) -> tuple[float, str]:
-    prog = ("import resource, sys\nsys.path.insert(0, %r)\nimport numpy, zipfile, zfcore.models.weights, "
-            "zfcore.data, zfcore.errors\nimport PIL.Image, PIL.PngImagePlugin\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n%s\n"
-            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\nprint(result)\n"
-            ) % (str(REPO), code)
-    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    growth, result = out.stdout.strip().split("\n", 1)
-    return float(growth), result
-
-
 def _try(call: str) -> str:
     return ("try:\n    %s\n    result = 'loaded'\nexcept zfcore.errors.ZfcoreError as e:\n"
             "    result = 'refused: ' + str(e)\n" % call)
@@ -163,7 +148,8 @@ def test_memory_on_hostile_1mb_files(tmp_path, case):
     assert p.stat().st_size <= 2**20 + 4096
     call = (f"zfcore.models.weights.load_weights({str(p)!r})" if p.suffix == ".npz"
             else f"zfcore.data.load_image({str(p)!r})")
-    growth, result = _rss_growth(_try(call))
+    growth, result = rss_growth(_try(call), "import numpy, zipfile, zfcore.models.weights, zfcore.data, "
+                                "zfcore.errors, PIL.Image, PIL.PngImagePlugin")
     assert growth < 200, (case, growth, result)
     if case == "largest-png":
         assert result == "loaded"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from zfcore import analysis, data, models
+from zfcore import analysis, data
 from zfcore.analysis import parallel, topk
 from zfcore.data import sources
 from zfcore.errors import ArgumentError
@@ -17,12 +17,8 @@ threadpoolctl = pytest.importorskip("threadpoolctl")
 
 
 @pytest.fixture(scope="module")
-def net():
-    """The embedded network in float64: threads split a batch into pieces, and a float32 GEMM may round an image's values
-    differently with the number of images it multiplies at once (OpenBLAS's Haswell kernel does), which
-    can flip a pooling switch at a near-tie. In float64 that is 2^29 times rarer, so the comparisons
-    below test the splitting and merging, not the BLAS."""
-    return models.load_model().astype(np.float64)
+def net(embedded_float64):
+    return embedded_float64
 
 
 @pytest.fixture(scope="module")

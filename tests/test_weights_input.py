@@ -5,21 +5,19 @@ command-line user give command-line advice; ``--weights random``; every ``--help
 import json
 import pickle
 import re
-import subprocess
 import sys
 import tracemalloc
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from memory import rss_growth
 from zfcore import cli, models
 from zfcore.cli import commands
 from zfcore.cli.main import build_parser
 from zfcore.errors import WeightsError
 
-REPO = Path(__file__).resolve().parents[1]
 BIG = 20000                       # an expanded 20000 x 20000 tensor: 4 bytes stored, 1.6 GB as float32
 
 
@@ -61,23 +59,6 @@ def test_expanded_pth_refused_before_conversion(fm_params, tmp_path):
     assert ":;" not in msg and "\n" not in msg
 
 
-def _rss_growth(code: str) -> tuple[float, str]:
-    """Peak RSS growth (MB) of ``code`` in a fresh interpreter, from the kernel's high-water mark of its
-    own memory (VmHWM): ru_maxrss would start at the forking test process's peak."""
-    if not Path("/proc/self/status").is_file():
-        pytest.skip("needs /proc/self/status (Linux)")
-    prog = ("import re, sys\nsys.path.insert(0, %r)\nimport torch, numpy, zfcore.models, zfcore.errors\n"
-            "def hwm():\n    status = open('/proc/self/status').read()\n"
-            "    return int(re.search(r'VmHWM:\\s*(\\d+)', status)[1])\n"
-            "before = hwm()\nout = []\n%s\n"
-            "print((hwm() - before) / 1024)\nprint('|'.join(o.replace('\\n', ' ') for o in out))\n"
-            ) % (str(REPO), code)
-    run = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    growth, result = run.stdout.strip().split("\n", 1)
-    return float(growth), result
-
-
 def test_expanded_tensors_cost_no_memory(fm_params, tmp_path):
     """Peak RSS (torch's own allocations included) of loading expanded float32 and bfloat16 tensors from a
     file and of building from a dict of them: each refused, with less than 200 MB of growth."""
@@ -85,13 +66,14 @@ def test_expanded_tensors_cost_no_memory(fm_params, tmp_path):
     for name, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
         torch.save(_state(fm_params, torch, **{"conv1.weight": torch.zeros(1, dtype=dtype).expand(BIG, BIG)}),
                    tmp_path / f"{name}.pth")
-    code = ("def refused(call):\n    try:\n        call()\n        out.append('loaded')\n"
+    code = ("out = []\ndef refused(call):\n    try:\n        call()\n        out.append('loaded')\n"
             "    except zfcore.errors.WeightsError as e:\n        out.append('refused: ' + str(e))\n"
             f"for name in ('f32', 'bf16'):\n"
             f"    refused(lambda: zfcore.models.load_weights({str(tmp_path)!r} + '/' + name + '.pth'))\n"
             f"state = torch.load({str(tmp_path / 'bf16.pth')!r}, weights_only=True)\n"
-            "refused(lambda: zfcore.models.build_model('fmnist_zf', weights=state))\n")
-    growth, result = _rss_growth(code)
+            "refused(lambda: zfcore.models.build_model('fmnist_zf', weights=state))\n"
+            "result = '|'.join(out)\n")
+    growth, result = rss_growth(code, "import torch, numpy, zfcore.models, zfcore.errors")
     results = result.split("|")
     assert len(results) == 3 and all(r.startswith("refused: ") for r in results), result
     assert all(f"found ({BIG}, {BIG})" in r for r in results), result

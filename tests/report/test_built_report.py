@@ -13,12 +13,10 @@ import re
 from pathlib import Path
 
 import pytest
+from browser import offline_page
 
 BUILT = os.environ.get("ZFCORE_REPORT_DIR")
 pytestmark = pytest.mark.skipif(not BUILT, reason="no built report (set ZFCORE_REPORT_DIR; make test does)")
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
 REMOTE = re.compile(r"^\s*(https?:)?//", re.I)
 RAW_MATH = re.compile(r"\$[^$\s][^$]*\$|\\\(|\\\[")
 
@@ -92,24 +90,7 @@ def test_figures_numbered_in_order_and_no_convention_left_raw(soups, captions):
 
 
 def test_report_in_a_browser_without_network(out):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package chromium; .ci/run installs it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    blocked = []
-
-    def route(r):
-        if r.request.url.startswith(("file:", "data:", "about:")):
-            r.continue_()
-        else:
-            blocked.append(r.request.url)
-            r.abort()
-
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page()
-        page.route("**/*", route)
-        failed = []
-        page.on("requestfailed", lambda r: failed.append(r.url))
+    with offline_page() as (page, blocked, failed):
         page.goto((out / "report.html").resolve().as_uri(), wait_until="load")
         page.wait_for_selector("html[data-mathjax=done]", state="attached", timeout=180_000)
         typeset = page.locator(".MathJax").count()
@@ -119,7 +100,6 @@ def test_report_in_a_browser_without_network(out):
         frame = page.evaluate("""() => { const i = document.querySelector('img.zf-frame');
             return i && {w: i.naturalWidth, h: i.naturalHeight, src: i.src.slice(0, 21)}; }""")
         controls = page.locator(".zf-controls input[type=range], .zf-controls select").count()
-        browser.close()
     assert blocked == [], f"requests that would leave the machine: {blocked[:5]}"
     assert [u for u in failed if not u.startswith(("data:", "about:"))] == []
     assert typeset > 20, "MathJax typeset (almost) nothing"
