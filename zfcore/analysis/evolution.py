@@ -6,13 +6,16 @@
   (``linear_cka``, Kornblith et al. 2019) of each checkpoint's activations with the last checkpoint's on
   fixed images; ``weight_settling``: the cosine of each layer's weights with the final weights (a
   weaker measure: it keeps the random initialisation's component, which wide layers hardly move);
-- ``class_purity``: how much of a feature's top-k images share one class;
+- ``class_purity``: how much of a feature's top-k images share one class (``unit_purity`` for units
+  without maps, from their activations); ``purity_chance``: the exact distribution of the purity of k
+  images drawn at random;
 - ``occlusion_peaks``: where a square hurts the decision most and where it hurts a feature most.
 
 numpy only. Axis letters: F features, K the k kept per feature, C H W an image, N examples.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +149,41 @@ def class_purity(t, labels):
     classes = np.asarray(labels)[t.images]                               # (F', K)
     counts = np.stack([np.bincount(row, minlength=int(classes.max()) + 1) for row in classes])
     return counts.max(1) / classes.shape[1], t.values[:, 0] > 0
+
+
+def unit_purity(acts, labels, k: int = 9):
+    """``class_purity`` for F units without maps (e.g. a fully connected layer): acts (N, F) their
+    activations on N images; each unit's top-k images are its k largest (ties: the smaller image id
+    first). Returns (purity (F,), fires (F,) bool: the unit's largest activation is > 0)."""
+    a = np.asarray(acts)
+    if a.ndim != 2 or not 1 <= k <= len(a):
+        raise ArgumentError(f"unit_purity needs acts (N, F) and 1 <= k <= N, got {a.shape} and k={k}")
+    top = np.argsort(-a, axis=0, kind="stable")[:k].T                        # (F, K)
+    classes = np.asarray(labels)[top]
+    counts = np.stack([np.bincount(row, minlength=int(classes.max()) + 1) for row in classes])
+    return counts.max(1) / k, a.max(0) > 0
+
+
+def purity_chance(labels, k: int = 9) -> np.ndarray:
+    """The exact distribution of the purity (the count in the most common class) of k distinct images
+    drawn uniformly at random from images of classes ``labels`` (N,): (k + 1,) probabilities of
+    purity 0..k. P(purity <= m) counts the k-subsets with at most m images of every class: the
+    coefficient of x^k in prod_c sum_{j <= m} C(n_c, j) x^j (n_c the images of class c), over C(N, k)."""
+    counts = np.bincount(np.asarray(labels)).tolist()
+    if not 1 <= k <= sum(counts):
+        raise ArgumentError(f"k must be in 1..{sum(counts)}, got {k}")
+
+    def at_most(m):
+        poly = [1] + [0] * k
+        for n in counts:
+            terms = [math.comb(n, j) for j in range(min(m, n) + 1)]
+            poly = [sum(poly[i - j] * terms[j] for j in range(min(i, len(terms) - 1) + 1))
+                    for i in range(k + 1)]
+        return poly[k]
+
+    cdf = [at_most(m) for m in range(k + 1)]
+    total = math.comb(sum(counts), k)
+    return np.array([(cdf[m] - (cdf[m - 1] if m else 0)) / total for m in range(k + 1)])
 
 
 # --- where occlusion hurts the decision and a feature most ---------------------------------------------

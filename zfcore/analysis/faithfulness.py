@@ -1,6 +1,6 @@
 """Whether a pixel ranking is faithful to the network: deletion and insertion curves (Petsiuk et al.
 2018), occlusion sensitivity of many images in one batch, the distance between a projection's peak and
-the occluder's most damaging square, and bootstrap and Wilson intervals.
+the occluder's most damaging square (its intervals: ``analysis.intervals``, re-exported here).
 
 A ranking orders an image's pixels, most important first. Deletion sets the pixels to a baseline in that
 order, a fixed number at a time, and records the probability of the target class after each step;
@@ -16,6 +16,7 @@ import numpy as np
 
 from zfcore.analysis import parallel
 from zfcore.analysis.classify import predict
+from zfcore.analysis.intervals import bootstrap, wilson  # noqa: F401  (the chapter's intervals, re-exported)
 from zfcore.analysis.sensitivity import check_fill, occlusion_grid
 from zfcore.core import ops
 from zfcore.core import layers as L
@@ -240,28 +241,6 @@ def area(curve):
 
 
 # --- intervals ------------------------------------------------------------------------------------------
-def bootstrap(values, stat=np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
-    """(estimate, low, high): ``stat`` (a reduction taking ``axis``) of values (N,) or (N, K) over the
-    images (axis 0), and its percentile bootstrap interval from ``n_boot`` resamples of the images."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim not in (1, 2) or len(v) == 0:
-        raise ArgumentError(f"values must be (N,) or (N, K) with N > 0, got shape {v.shape}")
-    idx = np.random.default_rng(seed).integers(0, len(v), (check_count(n_boot, "n_boot", 1), len(v)))
-    boot = stat(v[idx], axis=1)
-    a = (1 - level) / 2
-    return stat(v, axis=0), np.quantile(boot, a, axis=0), np.quantile(boot, 1 - a, axis=0)
-
-
-def wilson(k, n, z: float = 1.959964):
-    """(share, low, high): k successes of n trials and the Wilson score interval (95% for the default z)."""
-    k, n = np.asarray(k, np.float64), np.asarray(n, np.float64)
-    p = k / n
-    d = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / d
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return p, mid - half, mid + half
-
-
 # --- where the projection peaks and where occlusion hurts most ------------------------------------------
 def peak_distances(peaks, minima):
     """(N, N) distances in pixels between ``peaks[i]`` and ``minima[j]`` ((N, 2) rows and columns, e.g.

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from zfcore.analysis import intervals
 from zfcore.core import ops
 from zfcore.errors import ArgumentError, check_index
 
@@ -342,22 +343,15 @@ def shift_change(maxima):
 
 # --- intervals and tests -------------------------------------------------------------------------------------
 def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, rng=None, stat=np.mean):
-    """Percentile bootstrap interval (lo, hi) of ``stat`` of ``values`` (N,), resampling the N items."""
-    v = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(0) if rng is None else rng
-    idx = rng.integers(0, len(v), size=(n_boot, len(v)))
-    boots = stat(v[idx], axis=1)
-    return tuple(np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]))
+    """Percentile bootstrap interval (lo, hi) of ``stat`` of ``values`` (N,), resampling the N items
+    (``intervals.bootstrap``, seeded 0 unless ``rng`` is given)."""
+    return intervals.bootstrap(values, stat, n_boot, level, 0 if rng is None else rng)[1:]
 
 
-def wilson(k: int, n: int, z: float = 1.959964):
+def wilson(k: int, n: int, z: float = intervals.Z975):
     """Wilson score interval (lo, hi) of a proportion of ``k`` successes in ``n`` trials (95% by
-    default)."""
-    if n <= 0 or not 0 <= k <= n:
-        raise ArgumentError(f"need 0 <= k <= n, n > 0; got k={k}, n={n}")
-    p, z2 = k / n, z * z
-    mid, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return mid - half, mid + half
+    default; ``intervals.wilson`` without the share)."""
+    return intervals.wilson(k, n, z)[1:]
 
 
 def mcnemar(a, b):
