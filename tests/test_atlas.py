@@ -63,11 +63,15 @@ def test_pages_show_top_k_own_projections_patches_and_images(built, data):
                 x = q * (w + 1)
                 assert np.array_equal(_tile(sheet, x, 0, w, h), atlas.to_uint8(crops[q], "symmetric"))
                 assert np.array_equal(_tile(sheet, x, h + 1, w, h), atlas.to_uint8(t.patches[j, q], "clip"))
-                img = images[t.images[j, q]]
-                assert np.array_equal(_tile(sheet, q * (28 + 1), 2 * (h + 1), 28, 28), atlas.to_uint8(img, "clip"))
+                i = t.images[j, q]
+                assert np.array_equal(atlas.read_png(out / "images" / f"{i}.png"), atlas.to_uint8(images[i], "clip"))
+            assert sheet.shape[0] == 2 * h + 1                    # projections and patches only
             page = (out / layer / f"{f}.html").read_text()
             for q in range(K):
-                assert f"test[{t.images[j, q]}]" in page and CLASSES[labels[t.images[j, q]]] in page
+                i = t.images[j, q]
+                assert f"test[{i}]" in page and CLASSES[labels[i]] in page and f'src="../images/{i}.png"' in page
+    shown = {i for layer in LAYERS for i in tops[layer].images.ravel().tolist()}
+    assert {int(p.stem) for p in (out / "images").iterdir()} == shown        # each winner once, no other
     acc = (analysis.predict(net, images).argmax(1) == labels).mean()
     assert meta["accuracy"] == pytest.approx(acc)
 
@@ -124,7 +128,10 @@ def test_in_a_real_browser(built):
             if (m) urls.add(m[1]); });
         const loads = [...urls].map(u => new Promise(ok => { const i = new Image();
             i.onload = () => ok(i.naturalWidth > 0 ? null : u); i.onerror = () => ok(u); i.src = u; }));
-        return {n: urls.size, bad: (await Promise.all(loads)).filter(Boolean)}; }"""
+        const imgs = [...document.querySelectorAll('img')];
+        const bad = (await Promise.all(loads)).filter(Boolean).concat(imgs.filter(i =>
+            !i.complete || i.naturalWidth === 0).map(i => i.src));
+        return {n: urls.size, imgs: imgs.length, bad: bad}; }"""
     with offline_page() as (page, blocked, failed):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -152,7 +159,8 @@ def test_in_a_real_browser(built):
         page.press("form.jump input", "Enter")
         jump_error = page.inner_text(".jump-error")
     assert blocked == [] and failed == [] and errors == []
-    assert layer["n"] == 1 and feature["n"] == 1 and conv1["n"] == 2 and layer["bad"] == feature["bad"] == []
+    assert layer["n"] == 1 and feature["n"] == 1 and conv1["n"] == 2 and feature["imgs"] == conv1["imgs"] == K
+    assert layer["bad"] == feature["bad"] == conv1["bad"] == []
     assert order == sorted(order) and acts == sorted(acts, reverse=True)
     f = int(Path(first).stem)
     assert Path(after_right).name == f"{f + 1}.html"
@@ -179,3 +187,34 @@ def test_cli_atlas_over_a_folder_names_files_and_skips_unreadable_entries(tmp_pa
     page = (out / "conv1" / "0.html").read_text()
     assert sum(f"p{i}.png" in page for i in range(5)) == 2
     assert "notes.png" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_vgg16_atlas_over_photos_on_dask(tmp_path, capsys):
+    """VGG16 with random weights over a folder of colour photos, scanned by two Dask workers: the
+    pages name the files, the weights are said to be random, and each winning photo is stored once,
+    as the model sees it (centre-cropped and resized to 224 x 224)."""
+    pytest.importorskip("distributed")
+    from PIL import Image
+
+    from zfcore.cli.main import main
+
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(images / f"photo{i}.jpg")
+    out = tmp_path / "site"
+    code = main(["atlas", "--model", "vgg16", "--weights", "random", "--images", str(images), "--layer",
+                 "conv1_1", "--k", "2", "--workers", "2", "--out", str(out), "--quiet"])
+    assert code in (0, None)
+    meta = json.loads((out / "atlas.json").read_text())
+    assert meta["model"]["arch"] == "vgg16" and meta["model"]["weights"].startswith("random weights")
+    rows = meta["layers"]["conv1_1"]["rows"]
+    assert len(rows) == 64 and meta["source"]["count"] == 3
+    winners = {i for r in rows for i in r["images"]}
+    stored = {int(p.stem): atlas.read_png(p) for p in (out / "images").iterdir()}
+    assert set(stored) == winners and all(a.shape == (224, 224, 3) for a in stored.values())
+    page = (out / "conv1_1" / "0.html").read_text()
+    assert sum(f"photo{i}.jpg" in page for i in range(3)) == 2
+    assert "random weights" in capsys.readouterr().err

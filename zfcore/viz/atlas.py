@@ -14,8 +14,9 @@ the chosen layers, one scan for all) and writes:
 - ``atlas.json``: what was built (model, source, layers, k, rule) and, per layer and feature, the
   top-k image ids, activations, positions and boxes, the values the pages show.
 
-Images are small PNG files, one per feature (its three rows of tiles) and one sprite per layer (its
-thumbnails), shown through CSS at a fixed size with pixels kept square. Every page works from
+Images are small PNG files: one per feature (its projections and patches), one per layer (a sprite of
+its thumbnails) and one per image that wins anywhere (``images/<id>.png``, stored once and shared by
+every feature page that shows it), shown through CSS at a fixed size with pixels kept square. Every page works from
 ``file://`` and from any static server: no script or style is fetched, nothing from the internet;
 ``atlas.js`` gives keyboard navigation (left and right: previous and next; ``u``: up a level) and a box
 to jump to ``layer/feature``. Projections are shown with 0 as mid-grey and +-max|x| as white/black
@@ -87,16 +88,14 @@ def _sheet(rows: list[list[np.ndarray]], gap: int = 1):
     return sheet, places
 
 
-def feature_tiles(top, j: int, source, net, display) -> dict:
-    """The three rows of feature ``j`` of ``top`` (a ``TopK``): projections cropped to the receptive
-    field, the patches under them, and the whole images; uint8 tiles."""
-    rf = net.receptive_field(top.layer, input_size=source.shape)
+def feature_tiles(top, j: int, net, input_shape) -> dict:
+    """The two rows of feature ``j`` of ``top`` (a ``TopK``) over images of ``input_shape`` (C, H, W):
+    projections cropped to the receptive field and the image patches under them, as floats
+    (``display`` and ``to_uint8`` make them tiles)."""
+    rf = net.receptive_field(top.layer, input_size=input_shape)
     k = top.images.shape[1]
-    crops = rf.patches(top.projections[j], np.arange(k), top.positions[j])
-    images = source.load(top.images[j])
-    return {"projection": [to_uint8(c, "symmetric") for c in crops],
-            "patch": [to_uint8(display(p), "clip") for p in top.patches[j]],
-            "image": [to_uint8(display(x), "clip") for x in images]}
+    return {"projection": rf.patches(top.projections[j], np.arange(k), top.positions[j]),
+            "patch": top.patches[j]}
 
 
 def _colour_like(rows):
@@ -141,7 +140,7 @@ def _value_row(label, cells):
 
 def feature_page(layer: str, f: int, n: int, place: dict, info: dict, filter_cell: str = "") -> str:
     """The HTML of feature ``f`` (of ``n``) of ``layer``: ``place`` the tiles' cells of its PNG,
-    ``info`` its image names, classes and activations."""
+    ``info`` its image ids (their PNGs are ``../images/<id>.png``), names, classes and activations."""
     href, sw, sh = place["href"], place["width"], place["height"]
     prev_ = f"{f - 1}.html" if f > 0 else None
     next_ = f"{f + 1}.html" if f + 1 < n else None
@@ -149,8 +148,10 @@ def feature_page(layer: str, f: int, n: int, place: dict, info: dict, filter_cel
     for key, label in (("projection", "projection"), ("patch", "patch")):
         rows.append(_value_row(label, [_sprite_cell(href, *p, sw, sh, SHOW) for p in place[key]]))
     H, W = info["image_size"]
-    frames = [f'<span class="frame">{_sprite_cell(href, *p, sw, sh, SHOW)}'
-              f'{_box_overlay(b, H, W, SHOW)}</span>' for p, b in zip(place["image"], info["boxes"])]
+    s = SHOW / max(H, W)
+    frames = [f'<span class="frame"><img class="whole" src="../images/{i}.png" alt="image {i}" '
+              f'width="{W * s:.0f}" height="{H * s:.0f}">{_box_overlay(b, H, W, SHOW)}</span>'
+              for i, b in zip(info["ids"], info["boxes"])]
     rows.append(_value_row("image (field outlined)", frames))
     rows.append(_value_row("image", [html.escape(s) for s in info["names"]]))
     if info.get("classes"):
@@ -271,18 +272,20 @@ def _write_layer(stage: Path, name, t, net, source, display, names, classes, lab
     n = len(t.features)
     thumbs, rows = [], []
     for j, f in enumerate(t.features):
-        tiles = feature_tiles(t, j, source, net, display)
-        rows_ = _colour_like([tiles["projection"], tiles["patch"], tiles["image"]])
-        sheet, places = _sheet(rows_)
+        tiles = feature_tiles(t, j, net, source.shape)
+        tiles = {"projection": [to_uint8(c, "symmetric") for c in tiles["projection"]],
+                 "patch": [to_uint8(display(p), "clip") for p in tiles["patch"]]}
+        sheet, places = _sheet(_colour_like([tiles["projection"], tiles["patch"]]))
         (folder / f"{f}.png").write_bytes(png(sheet))
         thumbs.append(tiles["projection"][0])
         ids = t.images[j]
         cls = [classes[labels[i]] for i in ids] if labels is not None else None
         purity = (np.bincount(labels[ids]).max() / len(ids)) if labels is not None else None
-        info = {"names": [names(i) for i in ids], "classes": cls, "values": [float(v) for v in t.values[j]],
+        info = {"ids": [int(i) for i in ids], "names": [names(i) for i in ids], "classes": cls,
+                "values": [float(v) for v in t.values[j]],
                 "boxes": t.boxes[j].tolist(), "image_size": source.shape[1:], "purity": purity}
         place = {"href": f"{f}.png", "width": sheet.shape[1], "height": sheet.shape[0],
-                 "projection": places[0], "patch": places[1], "image": places[2]}
+                 "projection": places[0], "patch": places[1]}
         cell = ""
         if filters is not None:
             (folder / f"{f}.filter.png").write_bytes(png(filters[j]))
@@ -381,8 +384,20 @@ def build_atlas(net, source, out, layers=None, k: int = 9, rule: str = "deconvne
     return meta
 
 
+def _write_images(stage: Path, source, ids, display, batch: int = 256) -> None:
+    """``images/<id>.png`` for each image id in ``ids``, loaded from ``source`` a batch at a time."""
+    folder = stage / "images"
+    folder.mkdir()
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    for lo in range(0, len(ids), batch):
+        part = ids[lo:lo + batch]
+        for i, x in zip(part, source.load(part)):
+            (folder / f"{int(i)}.png").write_bytes(png(to_uint8(display(x), "clip")))
+
+
 def _write_site(stage, net, source, tops, layers, meta, display, names, classes, labels) -> None:
     """Every file of the atlas, into the fresh folder ``stage``."""
+    _write_images(stage, source, np.concatenate([tops[name].images.ravel() for name in layers]), display)
     sprites = {}
     for name in layers:
         t = tops[name]
