@@ -492,3 +492,32 @@ def test_atomic_write_failure_names_the_file_asked_for(tmp_path, monkeypatch):
     with pytest.raises(PermissionError) as e:
         _io.write_bytes(tmp_path / "sub" / "a.png", b"x")
     assert e.value.filename == str(tmp_path / "sub" / "a.png")
+
+
+def test_max_upscale_lets_small_images_in(tmp_path, capsys):
+    """A 5x5 image is refused for the 28-pixel model by default (enlarged 5.6 times); --max-upscale 6
+    and --max-upscale 0 (no limit) take it, in classify and in a topk folder scan, and the summaries
+    record the scale and the limit."""
+    from PIL import Image
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    Image.new("L", (5, 5), 200).save(folder / "a.png")
+    Image.new("L", (28, 28), 90).save(folder / "b.png")
+    rc, _, err = run(["classify", folder / "a.png", "--out", tmp_path / "c0", "--quiet"], capsys)
+    assert rc == 2 and "--max-upscale X" in err
+    for limit in ("6", "0"):
+        rc, _, err = run(["classify", folder / "a.png", "--max-upscale", limit, "--out", tmp_path / f"c{limit}",
+                          "--quiet"], capsys)
+        assert rc == 0, err
+        summary = json.loads((tmp_path / f"c{limit}" / "classify.json").read_text())
+        assert summary["inputs"][0]["scale"] == pytest.approx(28 / 5)
+    rc, _, err = run(["topk", "--layer", "conv1", "--k", "2", "--features", "0", "--images", folder,
+                      "--out", tmp_path / "t0", "--quiet"], capsys)
+    assert rc == 2 and "only 1 images" in err                 # a.png skipped: one image left for k=2
+    rc, _, err = run(["topk", "--layer", "conv1", "--k", "2", "--features", "0", "--images", folder,
+                      "--max-upscale", "6", "--out", tmp_path / "t6", "--quiet"], capsys)
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "t6" / "topk.json").read_text())
+    assert summary["inputs"]["count"] == 2 and summary["inputs"]["max_upscale"] == 6
+    assert summary["inputs"]["skipped"]["count"] == 0 and summary["arguments"]["max_upscale"] == 6

@@ -8,7 +8,7 @@ from zfcore.errors import check_count, check_layer, layer_width
 TEST_SET_ALL = 10**9            # no --limit on the shipped test set: all of its images
 
 
-def add_parser(sub, add, common, model_args, rule_help):
+def add_parser(sub, add, common, model_args, rule_help, upscale_arg):
     """The ``atlas`` subcommand's options (those of ``topk`` that apply, every feature shown)."""
     c = add(sub, "atlas", cmd_atlas, "a static website of what every feature of a network responds to",
             common)
@@ -22,6 +22,7 @@ def add_parser(sub, add, common, model_args, rule_help):
                    help="--images layout; auto: an ImageFolder when FOLDER holds sub-folders and no images")
     c.add_argument("--strict", action="store_true", help="stop at the first entry of --images that cannot "
                    "be read; default: skip it with a warning on stderr")
+    upscale_arg(c)
     c.add_argument("--limit", type=int, default=None,
                    help="use the first N images; default: all (10,000 of the shipped test set)")
     c.add_argument("--rule", default="deconvnet", metavar="RULE", help=rule_help)

@@ -26,8 +26,10 @@ def _topk_source(args):
         src = sources.TestSetSource(limit=TEST_SET_LIMIT if args.limit is None else args.limit)
         return src, {"source": "shipped Fashion-MNIST test set", "count": len(src)}
     strict = bool(getattr(args, "strict", False))
+    upscale = C.max_upscale(args)
     try:
         src = sources.open_folder(args.images, limit=args.limit, layout=args.layout, strict=strict,
+                                  max_upscale=upscale,
                                   on_skip=functools.partial(warn_skipped, args.command),
                                   **sources.for_model(args.model))
     except ArgumentError as e:

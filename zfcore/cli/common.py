@@ -63,12 +63,22 @@ def mark_figure(fig) -> dict:
     return {"bbox_inches": "tight", "pad_inches": 0.1}
 
 
+def max_upscale(args):
+    """--max-upscale as ``zfcore.data`` takes it: None for 0 (no limit); a number >= 1 otherwise."""
+    value = getattr(args, "max_upscale", 4.0)
+    if value == 0:
+        return None
+    if not (1 <= value < float("inf")):
+        raise ArgumentError(f"--max-upscale must be a number >= 1, or 0 for no limit, got {value:g}")
+    return value
+
+
 def load_inputs(args):
     """(images (N, C, H, W) float32 ready for the network, descriptions (N dicts), labels or None).
 
     Image files are loaded upright (EXIF orientation), their centred square resized to the model's input
     (grey for fmnist_zf, RGB + ImageNet normalisation for the others; large JPEGs decoded at a reduced
-    scale; images smaller than a quarter of the input's side refused), and each description records
+    scale; images that would be enlarged more than --max-upscale times refused), and each description records
     what was done (``zfcore.data.loading.read_image``: pixels, orientation, fit, box, scale);
     ``--test-index`` picks images of the shipped Fashion-MNIST test set."""
     from zfcore import data
@@ -78,6 +88,7 @@ def load_inputs(args):
     idx = list(getattr(args, "test_index", None) or [])
     if not files and not idx:
         raise ArgumentError("no input: give image files or --test-index N")
+    upscale = max_upscale(args)
     xs, info, labels = [], [], []
     if idx:
         if args.model != "fmnist_zf":
@@ -91,7 +102,8 @@ def load_inputs(args):
             info.append({"source": f"test[{i}]", "label": int(y[i]), "label_name": data.CLASSES[y[i]]})
             labels.append(int(y[i]))
     for f in files:
-        a, done = data.loading.read_image(f, size=(side, side), mode="L" if channels == 1 else "RGB")
+        a, done = data.loading.read_image(f, size=(side, side), mode="L" if channels == 1 else "RGB",
+                                          max_upscale=upscale)
         xs.append(data.imagenet_normalize(a) if imagenet else a)
         info.append({"source": str(f), **done})          # as given: two x.png in two folders differ
         labels.append(None)

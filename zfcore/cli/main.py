@@ -76,12 +76,19 @@ def _model_args(p):
                    "cached weights")
 
 
+def _upscale_arg(p):
+    p.add_argument("--max-upscale", type=float, default=4.0, metavar="X",
+                   help="refuse an image that would be enlarged more than X times to reach the model's input "
+                   "(e.g. a 32x32 image for a 224 model); 0: no limit")
+
+
 def _input_args(p, many=True):
     p.add_argument("images", nargs="*" if many else "?", default=None,
                    help="image files (PNG/JPEG, grey or RGB), resized to the model's input; default: "
                    "none (give --test-index)")
     p.add_argument("--test-index", type=int, nargs="+" if many else 1, default=None, metavar="N",
                    help="image N of the shipped Fashion-MNIST test set; default: none (give image files)")
+    _upscale_arg(p)
 
 
 def _add(sub, name, func, help, common):
@@ -124,6 +131,7 @@ def build_parser():
     c.add_argument("--strict", action="store_true", help="stop at the first entry of --images that cannot be "
                    "read (a FIFO, a broken link, an empty or corrupt file, an image too small); default: "
                    "skip it with a warning on stderr, counted in topk.json")
+    _upscale_arg(c)
     c.add_argument("--limit", type=int, default=None,
                    help="use the first N images; default: 2000 of the shipped test set, all of a folder")
     c.add_argument("--rule", default="deconvnet", metavar="RULE", help=_RULE_HELP)
@@ -137,7 +145,7 @@ def build_parser():
     c.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster, e.g. tcp://host:8786 (needs zfcore[dask]); "
                    "default: no Dask")
-    cmd_atlas.add_parser(sub, _add, common, _model_args, _RULE_HELP)
+    cmd_atlas.add_parser(sub, _add, common, _model_args, _RULE_HELP, _upscale_arg)
     c = _add(sub, "occlusion", cmd_occlusion, "occlusion sensitivity of one image", common)
     _model_args(c)
     _input_args(c)

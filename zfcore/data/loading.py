@@ -329,7 +329,8 @@ def _check_upscale(path, W, H, size, scale, max_upscale):
         th, tw = size
         raise DataError(f"{path}: image of {W}x{H} pixels is too small for {tw}x{th}: it would be "
                         f"enlarged {scale:.3g} times (at most {max_upscale:g}); use an image of at least "
-                        f"{math.ceil(min(th, tw) / max_upscale)} pixels on its shorter side")
+                        f"{math.ceil(min(th, tw) / max_upscale)} pixels on its shorter side, or allow more (--max-upscale X; "
+                        "max_upscale= in Python)")
 
 
 def _prepare(im, path, size, mode, fit, max_upscale):
