@@ -88,14 +88,14 @@ def _sheet(rows: list[list[np.ndarray]], gap: int = 1):
     return sheet, places
 
 
-def feature_tiles(top, j: int, net, input_shape) -> dict:
+def feature_tiles(top, j: int, net, input_shape, display) -> dict:
     """The two rows of feature ``j`` of ``top`` (a ``TopK``) over images of ``input_shape`` (C, H, W):
-    projections cropped to the receptive field and the image patches under them, as floats
-    (``display`` and ``to_uint8`` make them tiles)."""
+    projections cropped to the receptive field and the image patches under them (shown through
+    ``display``); uint8 tiles."""
     rf = net.receptive_field(top.layer, input_size=input_shape)
-    k = top.images.shape[1]
-    return {"projection": rf.patches(top.projections[j], np.arange(k), top.positions[j]),
-            "patch": top.patches[j]}
+    crops = rf.patches(top.projections[j], np.arange(top.images.shape[1]), top.positions[j])
+    return {"projection": [to_uint8(c, "symmetric") for c in crops],
+            "patch": [to_uint8(display(p), "clip") for p in top.patches[j]]}
 
 
 def _colour_like(rows):
@@ -272,9 +272,7 @@ def _write_layer(stage: Path, name, t, net, source, display, names, classes, lab
     n = len(t.features)
     thumbs, rows = [], []
     for j, f in enumerate(t.features):
-        tiles = feature_tiles(t, j, net, source.shape)
-        tiles = {"projection": [to_uint8(c, "symmetric") for c in tiles["projection"]],
-                 "patch": [to_uint8(display(p), "clip") for p in tiles["patch"]]}
+        tiles = feature_tiles(t, j, net, source.shape, display)
         sheet, places = _sheet(_colour_like([tiles["projection"], tiles["patch"]]))
         (folder / f"{f}.png").write_bytes(png(sheet))
         thumbs.append(tiles["projection"][0])
