@@ -26,12 +26,13 @@ report: $(STAMP)
 	$(PY) report/build.py
 
 # All tests: the package's tests (and the builder's unit tests), every notebook under nbval (cells must
-# run cleanly), then a report built into a scratch folder and checked (HTML offline, in Chromium
-# when installed, and the PDF).
+# run cleanly), then a report built into a scratch folder from the notebooks nbval executed (each
+# notebook runs once) and checked (HTML offline, in Chromium when installed, and the PDF).
 test: $(STAMP) test-core
 	$(PY) -m pytest tests
-	$(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
-	$(PY) report/build.py --out $(REPORT_SCRATCH)
+	$(PY) -m pytest --nbval-lax -p no:cacheprovider -p report.keep_executed \
+		--keep-executed $(REPORT_SCRATCH)-executed notebooks
+	$(PY) report/build.py --out $(REPORT_SCRATCH) --from-executed $(REPORT_SCRATCH)-executed
 	ZFCORE_REPORT_DIR=$(REPORT_SCRATCH) $(PY) -m pytest -p no:cacheprovider tests/report/test_built_report.py
 
 # The core on an install of the wheel with numpy alone (no torch, no matplotlib): the tests of the ops,
@@ -51,4 +52,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(NUMPY_VENV) report/build $(REPORT_SCRATCH)
+	rm -rf $(VENV) $(NUMPY_VENV) report/build $(REPORT_SCRATCH) $(REPORT_SCRATCH)-executed

@@ -58,6 +58,20 @@ def execute(path: Path, timeout: int):
     return nb
 
 
+def reuse(path: Path, folder: Path):
+    """The executed copy of ``path`` in ``folder``; refused when its cells are not the current ones."""
+    if not (folder / path.name).is_file():
+        raise FileNotFoundError(f"{folder / path.name}: no executed copy of {path.name}")
+    nb = nbformat.read(folder / path.name, as_version=4)
+    now = nbformat.read(path, as_version=4)
+    cells = lambda n: [(c.cell_type, c.source, {k: v for k, v in c.metadata.items() if k != "execution"})
+                       for c in n.cells]
+    if cells(nb) != cells(now):
+        raise ValueError(f"{folder / path.name} was executed from another version of {path.name}: "
+                         f"execute it again")
+    return nb
+
+
 def _child_cpu() -> float:
     """CPU seconds (user + system) of the finished child processes: the kernels, once shut down. On a
     shared machine this, not the wall time, says what a chapter costs."""
@@ -78,14 +92,18 @@ def execute_all(paths, timeout, source=None):
         bar.set_postfix_str(p.stem)
         t0, c0 = time.time(), _child_cpu()
         try:
-            nb = nbformat.read(Path(source) / p.name, as_version=4) if source else execute(p, timeout)
+            nb = reuse(p, Path(source)) if source else execute(p, timeout)
         except Exception as e:  # CellExecutionError carries the traceback text
             failures.append(p.name)
             tqdm.write(f"FAILED: {p.name}\n{e}", file=sys.stderr)
             continue
         done.append((p, nb))
-        cpu = f", kernel CPU {_child_cpu() - c0:.0f} s" if not source else ""
-        tqdm.write(f"  {p.stem}: {time.time() - t0:.0f} s{cpu}")
+        if source:
+            ran = nb.metadata.get("zfcore", {}).get("executed")
+            tqdm.write(f"  {p.stem}: executed by {ran['by']} in {ran['wall_s']:.0f} s, kernel CPU "
+                       f"{ran['kernel_cpu_s']:.0f} s" if ran else f"  {p.stem}: reused")
+        else:
+            tqdm.write(f"  {p.stem}: {time.time() - t0:.0f} s, kernel CPU {_child_cpu() - c0:.0f} s")
     if failures:
         raise RuntimeError(f"{len(failures)} notebook(s) failed: {', '.join(failures)}")
     return done
@@ -211,7 +229,9 @@ def main(argv=None):
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
     ap.add_argument("--no-pdf", action="store_true", help="HTML only")
     ap.add_argument("--from-executed", metavar="DIR",
-                    help="reuse the executed notebooks of an earlier build (<out>/notebooks)")
+                    help="render the executed notebooks in DIR instead of executing them: an earlier "
+                         "build's <out>/notebooks, or those nbval kept (report/keep_executed.py); a "
+                         "copy whose cells differ from the current notebook's is refused")
     ap.add_argument("--no-atlas", action="store_true",
                     help="no feature atlas (it is built, into <out>/atlas, when every chapter is)")
     ap.add_argument("--force", action="store_true",

@@ -1,0 +1,91 @@
+"""The notebooks nbval keeps (report/keep_executed.py) are what nbclient, the report builder's own
+executor, makes of the same notebooks; a failing notebook is not kept; the builder refuses a kept copy
+whose cells are not the current notebook's."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("nbval")
+pytest.importorskip("nbclient")
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("zfcore_report_build", ROOT / "report" / "build.py")
+build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
+
+CELLS = [
+    "x = 6 * 7\nprint('x is', x)",
+    "x",                                          # a value shown: execute_result
+    "x + 1;",                                     # a value hidden by the trailing semicolon
+    "from IPython.display import Markdown, display\ndisplay(Markdown(f'**{x}**'))\nx * 2",
+    "import sys\nprint('to stderr', file=sys.stderr)\nprint('a'); print('b')",
+]
+
+
+def notebook(*sources):
+    nb = new_notebook(cells=[new_markdown_cell("# A chapter")] + [new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def outputs(nb):
+    """What the report renders of each code cell: output types, stream names and texts, data."""
+    return [(c.execution_count, [(o.output_type, o.get("name"), o.get("text"), dict(o.get("data", {})),
+                                  o.get("execution_count")) for o in c.outputs])
+            for c in nb.cells if c.cell_type == "code"]
+
+
+def keep(tmp_path, *notebooks):
+    src, kept = tmp_path / "nbs", tmp_path / "kept"
+    src.mkdir()
+    for name, nb in notebooks:
+        nbformat.write(nb, src / name)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                        "-p", "report.keep_executed", "--keep-executed", str(kept), str(src)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return r, src, kept
+
+
+def test_kept_notebook_is_what_nbclient_executes_and_a_failing_one_is_not_kept(tmp_path):
+    from nbclient import NotebookClient
+
+    good, bad = notebook(*CELLS), notebook("y = 1", "raise ValueError('broken')", "z = 2")
+    kept_dir = tmp_path / "kept"
+    kept_dir.mkdir()
+    nbformat.write(notebook("old = 1"), kept_dir / "stale.ipynb")      # an earlier run's: removed
+    r, src, kept = keep(tmp_path, ("good.ipynb", good), ("bad.ipynb", bad))
+    assert r.returncode == 1 and "1 failed" in r.stdout, r.stdout[-2000:]
+    assert sorted(p.name for p in kept.iterdir()) == ["good.ipynb"]
+    ours = nbformat.read(kept / "good.ipynb", as_version=4)
+    nbformat.validate(ours)
+    reference = nbformat.read(src / "good.ipynb", as_version=4)
+    NotebookClient(reference, timeout=60, kernel_name="python3").execute()
+    assert outputs(ours) == outputs(reference)
+    assert [o.output_type for o in ours.cells[3].outputs] == []          # "x + 1;" shows nothing
+    ran = ours.metadata["zfcore"]["executed"]
+    assert ran["by"] == "nbval" and ran["wall_s"] > 0 and ran["kernel_cpu_s"] > 0
+
+
+def test_builder_reuses_a_current_copy_and_refuses_a_stale_or_missing_one(tmp_path):
+    chapters, kept = tmp_path / "notebooks", tmp_path / "kept"
+    chapters.mkdir(), kept.mkdir()
+    nb = notebook("a = 1", "a")
+    nb.cells[2].metadata["zfcore"] = {"label": "tbl-a", "caption": "A table."}
+    nbformat.write(nb, chapters / "01-a.ipynb")
+    done = notebook("a = 1", "a")
+    done.cells[2].metadata = dict(nb.cells[2].metadata, execution={"shell.execute_reply": "t"})
+    nbformat.write(done, kept / "01-a.ipynb")
+    assert build.reuse(chapters / "01-a.ipynb", kept).cells[2].source == "a"
+    nb.cells[2].metadata["zfcore"]["caption"] = "Another caption."          # edited since
+    nbformat.write(nb, chapters / "01-a.ipynb")
+    with pytest.raises(ValueError, match="another version of 01-a.ipynb"):
+        build.reuse(chapters / "01-a.ipynb", kept)
+    with pytest.raises(FileNotFoundError, match="no executed copy of 02-b.ipynb"):
+        build.reuse(chapters / "02-b.ipynb", kept)
