@@ -54,3 +54,24 @@ def test_fingerprint_covers_the_model_file(tmp_path, monkeypatch):
         assert findings.fingerprint() != fp                   # other weights: another print
     finally:
         findings.fingerprint.cache_clear()
+
+
+def _record_many(chapter, rounds):
+    for r in range(rounds):
+        findings.record(chapter, round=r)
+
+
+def test_chapters_recording_at_once_keep_each_others_findings():
+    """Chapters executed in parallel (report/build.py --jobs) record into the same file: none may lose
+    another's record (a read-modify-write without the lock loses some)."""
+    import multiprocessing as mp
+
+    chapters = [f"{n:02d}" for n in range(1, 7)]
+    # spawned, not forked: a fork of a multi-threaded process (a pytest-xdist worker) can deadlock
+    procs = [mp.get_context("spawn").Process(target=_record_many, args=(c, 40)) for c in chapters]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    assert {c: findings.load(c) for c in chapters} == {c: {"round": 39} for c in chapters}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -65,13 +66,27 @@ def record(chapter: str, **values) -> None:
     """Store ``values`` as chapter ``chapter``'s findings (replacing its earlier ones). Returns None, so
     that a notebook cell ending in this call shows nothing."""
     p = path()
-    data = _read(p)
     entry = {"fingerprint": fingerprint(), "values": _plain(values)}
     json.dumps(entry, allow_nan=False)                   # fail here, not in the reader, on NaN or objects
-    data[str(chapter)] = entry
-    tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, p)
+    with _locked(p):                                     # chapters run in parallel record at once
+        data = _read(p)
+        data[str(chapter)] = entry
+        tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, p)
+
+
+@contextmanager
+def _locked(p: Path):
+    """An exclusive ``flock`` on ``<file>.lock`` beside the findings (kept: removing it would race)."""
+    import fcntl
+
+    with open(p.with_name(p.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load(chapter: str) -> dict:
