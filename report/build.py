@@ -1,7 +1,7 @@
 """Build the technical report: execute the numbered notebooks, render them to HTML and PDF.
 
     python report/build.py [--out report/build] [--only 01 03] [--timeout 1200] [--no-pdf]
-                           [--no-atlas] [--from-executed DIR]
+                           [--no-atlas] [--from-executed DIR] [--jobs N]
 
 Each ``notebooks/NN-title.ipynb`` is executed top to bottom in a fresh kernel (working directory
 ``notebooks/``) on the embedded model and the shipped Fashion-MNIST test split, so the build needs no
@@ -13,8 +13,11 @@ Outputs, all self-contained (no request leaves the machine when they are opened)
 - ``<out>/report.html``: the whole report on one page; ``<out>/report.pdf``: the same as a PDF
   (pandoc to typst, both installed by pip); ``<out>/mathjax/``: the local MathJax;
 - ``<out>/notebooks/NN-title.ipynb``: the executed notebooks;
-- ``<out>/atlas/``: the embedded model's feature atlas (``zfcore.viz.atlas``), linked from the
-  contents, when every chapter is built (not with ``--only`` or ``--no-atlas``).
+- ``<out>/atlas/``: the embedded model's feature atlas (``zfcore.viz.atlas.embedded_atlas``), linked from
+  the contents, when every chapter is built (not with ``--only`` or ``--no-atlas``). Chapter 5 makes it
+  from its own scan of the test set when ``$ZFCORE_ATLAS_OUT`` names a folder, which the builder sets for
+  the kernels (``make test`` sets it for nbval, and ``--from-executed DIR`` takes ``DIR/atlas``);
+  otherwise the builder scans the test set again.
 
 The sources are checked first (an unknown label or citation key fails at once, naming the chapter),
 then executed, then rendered into a temporary folder that is moved into place only when everything
@@ -49,13 +52,23 @@ def find_chapters(only=None) -> list[Path]:
     return [p for p in found if p.name[:2] in set(only)] if only else found
 
 
-def execute(path: Path, timeout: int):
+def execute(path: Path, timeout: int, threads: int | None = None, extra_env=None):
+    """Execute ``path`` in a fresh kernel; ``threads``: the kernel's BLAS, OpenMP and torch threads
+    (default: theirs, i.e. every core); ``extra_env``: more environment variables for the kernel."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    env = {k: v for k, v in os.environ.items() if k != ATLAS_ENV} | dict(extra_env or {})
+    if threads:
+        env.update({v: str(threads) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=env)
     return nb
+
+
+def reads_findings(path: Path) -> bool:
+    """Whether the chapter quotes other chapters' findings (``findings.load``): it runs after them."""
+    return "findings.load(" in path.read_text(encoding="utf-8")
 
 
 def reuse(path: Path, folder: Path):
@@ -81,9 +94,13 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def execute_all(paths, timeout, source=None):
+def execute_all(paths, timeout, source=None, jobs=1, extra_env=None):
     """[(path, executed notebook)]; ``source``: a folder of already executed notebooks to reuse.
-    Raises RuntimeError listing the chapters that failed (after trying all of them)."""
+    ``jobs`` > 1: that many chapters at once, each kernel on its share of the cores (it then runs as
+    many threads) and chapters that quote findings after all the others. Raises RuntimeError listing the chapters that failed (after
+    trying all of them)."""
+    if jobs > 1 and not source and len(paths) > 1:
+        return _execute_parallel(paths, timeout, jobs, extra_env)
     from tqdm import tqdm
 
     done, failures = [], []
@@ -92,7 +109,7 @@ def execute_all(paths, timeout, source=None):
         bar.set_postfix_str(p.stem)
         t0, c0 = time.time(), _child_cpu()
         try:
-            nb = reuse(p, Path(source)) if source else execute(p, timeout)
+            nb = reuse(p, Path(source)) if source else execute(p, timeout, extra_env=extra_env)
         except Exception as e:  # CellExecutionError carries the traceback text
             failures.append(p.name)
             tqdm.write(f"FAILED: {p.name}\n{e}", file=sys.stderr)
@@ -107,6 +124,45 @@ def execute_all(paths, timeout, source=None):
     if failures:
         raise RuntimeError(f"{len(failures)} notebook(s) failed: {', '.join(failures)}")
     return done
+
+
+def _execute_parallel(paths, timeout, jobs, extra_env):
+    """execute_all's ``jobs`` > 1: a pool of kernels; each chapter's wall time, the kernels' CPU total."""
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    cpus = sorted(os.sched_getaffinity(0))
+    jobs = min(jobs, len(cpus))
+    slots = queue.Queue()
+    for j in range(jobs):                     # each kernel on its own cores: it runs as many threads
+        slots.put(set(cpus[j::jobs]))
+    big_first = sorted(paths, key=lambda p: -p.stat().st_size)      # the largest sources run longest
+    first = [p for p in big_first if not reads_findings(p)]
+    last = [p for p in big_first if reads_findings(p)]
+    print(f"executing {len(paths)} chapters, {jobs} at once, each kernel on {len(cpus) // jobs} core(s)",
+          flush=True)
+    t_all, c0 = time.time(), _child_cpu()
+    results, failures = {}, []
+
+    def one(p):
+        t0, mine = time.time(), slots.get()
+        try:
+            os.sched_setaffinity(0, mine)     # this thread's cores, inherited by the kernel it starts
+            results[p] = execute(p, timeout, len(mine), extra_env)
+            print(f"  {p.stem}: {time.time() - t0:.0f} s", flush=True)
+        except Exception as e:  # CellExecutionError carries the traceback text
+            failures.append(p.name)
+            print(f"FAILED: {p.name}\n{e}", file=sys.stderr, flush=True)
+        finally:
+            slots.put(mine)
+
+    for group in (first, last):
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(one, group))
+    print(f"  all chapters: {time.time() - t_all:.0f} s, kernels' CPU {_child_cpu() - c0:.0f} s", flush=True)
+    if failures:
+        raise RuntimeError(f"{len(failures)} notebook(s) failed: {', '.join(sorted(failures))}")
+    return [(p, results[p]) for p in paths]
 
 
 def references_cells(entries, cited, fmt):
@@ -143,23 +199,29 @@ def context(stems, labels, entries, single_page):
     return cv.Context(labels, entries, stems, REFS, single_page)
 
 
-def build_atlas(out: Path) -> str:
+ATLAS_ENV = "ZFCORE_ATLAS_OUT"     # where chapter 5 writes the atlas from its own scan, when set
+
+
+def build_atlas(out: Path, made: Path | None = None) -> str:
     """The embedded model's feature atlas over the shipped test set (every conv feature, top 9) in
-    ``out``; returns what it shows, for the contents page."""
-    import zfcore as zf
-    from zfcore.data import CLASSES, sources
+    ``out``: the one chapter 5 made from its scan in ``made`` (``$ZFCORE_ATLAS_OUT`` of this execution)
+    when there is one, else built here. Returns what it shows, for the contents page."""
+    import json
+
     from zfcore.viz import atlas
 
     t0 = time.time()
-    print("building the feature atlas ...", flush=True)
-    net = zf.models.load_model()
-    src = sources.TestSetSource()
-    meta = atlas.build_atlas(net, src, out, k=9, arch="fmnist_zf", weights="fmnist_zf.npz",
-                             description="the shipped Fashion-MNIST test set", classes=list(CLASSES),
-                             accuracy=True, names=lambda i: f"test[{i}]")
+    if made is not None and (made / atlas.MARK).is_file():
+        if made.resolve() != out.resolve():
+            shutil.copytree(made, out)
+        meta, how = json.loads((out / atlas.MARK).read_text(encoding="utf-8")), "made by chapter 5"
+    else:
+        print("building the feature atlas ...", flush=True)
+        meta, how = atlas.embedded_atlas(out), "built"
     n = sum(v["features"] for v in meta["layers"].values())
-    print(f"  atlas: {n} features over {len(src):,} images in {time.time() - t0:.0f} s", flush=True)
-    return f"all {n} conv features of the embedded model over the {len(src):,} test images"
+    count = meta["source"]["count"]
+    print(f"  atlas: {n} features over {count:,} images, {how}, in {time.time() - t0:.0f} s", flush=True)
+    return f"all {n} conv features of the embedded model over the {count:,} test images"
 
 
 def render(chapters, labels, stems, entries, out: Path, pdf: bool, atlas: str | None = None):
@@ -232,6 +294,9 @@ def main(argv=None):
                     help="render the executed notebooks in DIR instead of executing them: an earlier "
                          "build's <out>/notebooks, or those nbval kept (report/keep_executed.py); a "
                          "copy whose cells differ from the current notebook's is refused")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="chapters executed at once, each kernel on its share of the cores (default: "
+                         "2, or 1 on one core)")
     ap.add_argument("--no-atlas", action="store_true",
                     help="no feature atlas (it is built, into <out>/atlas, when every chapter is)")
     ap.add_argument("--force", action="store_true",
@@ -254,12 +319,15 @@ def main(argv=None):
         entries = bib.load(BIB)
         others = sources(p for p in every if p not in paths)
         assemble(sources(paths), entries, others)     # fail fast: the conventions, before executing
-        executed = execute_all(paths, args.timeout, args.from_executed)
+        atlas_wanted = not (args.only or args.no_atlas)
+        extra = {ATLAS_ENV: str(tmp / "atlas")} if atlas_wanted else {}    # for chapter 5's kernel
+        executed = execute_all(paths, args.timeout, args.from_executed, max(1, args.jobs), extra)
         chapters, labels, stems = assemble(executed, entries, others)
         (tmp / "notebooks").mkdir()
         for p, nb in executed:
             nbformat.write(nb, tmp / "notebooks" / p.name)
-        shows = None if args.only or args.no_atlas else build_atlas(tmp / "atlas")
+        made = Path(args.from_executed) / "atlas" if args.from_executed else tmp / "atlas"
+        shows = build_atlas(tmp / "atlas", made) if atlas_wanted else None
         print("rendering HTML" + ("" if args.no_pdf else " and PDF") + " ...", flush=True)
         render(chapters, labels, stems, entries, tmp, pdf=not args.no_pdf, atlas=shows)
     except (ValueError, RuntimeError, OSError) as e:

@@ -7,7 +7,8 @@ nbval runs every code cell of a notebook in one kernel and checks that it raises
 writes each notebook whose cells all passed to ``DIR/<name>.ipynb`` with the outputs nbval received,
 so ``make test`` executes the notebooks once, not once for nbval and again for the report. A notebook
 with a failed, skipped or unrun cell is not written (the report build then fails on the missing file),
-and ``DIR`` is emptied of notebooks first, so no notebook of an earlier run is reused. Each kept
+and a notebook's copy from an earlier run is removed as its first cell starts, so none is reused. The
+plugin works under pytest-xdist (``--dist loadfile`` keeps a notebook's cells on one worker). Each kept
 notebook records its execution time in ``metadata.zfcore.executed`` (wall seconds and the kernel's
 CPU seconds), which the builder prints as it would for its own execution.
 
@@ -44,6 +45,8 @@ class _Keeper:
 
     def _run(self, nbfile):
         if nbfile not in self.runs:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / Path(str(nbfile.fspath)).name).unlink(missing_ok=True)   # an earlier run's
             self.runs[nbfile] = {"ok": True, "passed": 0, "count": 0, "start": time.time(),
                                  "cpu": _children_cpu()}
         return self.runs[nbfile]
@@ -74,11 +77,6 @@ class _Keeper:
     def pytest_runtest_setup(self, item):
         if hasattr(item, "test_outputs") and hasattr(getattr(item, "parent", None), "nb"):
             self._run(item.parent)           # before nbval starts the notebook's kernel
-
-    def pytest_sessionstart(self, session):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for old in self.folder.glob("*.ipynb"):
-            old.unlink()
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_teardown(self, item, nextitem):

@@ -59,7 +59,7 @@ def test_kept_notebook_is_what_nbclient_executes_and_a_failing_one_is_not_kept(t
     good, bad = notebook(*CELLS), notebook("y = 1", "raise ValueError('broken')", "z = 2")
     kept_dir = tmp_path / "kept"
     kept_dir.mkdir()
-    nbformat.write(notebook("old = 1"), kept_dir / "stale.ipynb")      # an earlier run's: removed
+    nbformat.write(notebook("y = 1"), kept_dir / "bad.ipynb")          # an earlier, passing run's copy
     r, src, kept = keep(tmp_path, ("good.ipynb", good), ("bad.ipynb", bad))
     assert r.returncode == 1 and "1 failed" in r.stdout, r.stdout[-2000:]
     assert sorted(p.name for p in kept.iterdir()) == ["good.ipynb"]
@@ -89,3 +89,43 @@ def test_builder_reuses_a_current_copy_and_refuses_a_stale_or_missing_one(tmp_pa
         build.reuse(chapters / "01-a.ipynb", kept)
     with pytest.raises(FileNotFoundError, match="no executed copy of 02-b.ipynb"):
         build.reuse(chapters / "02-b.ipynb", kept)
+
+
+def test_builder_takes_the_atlas_chapter_5_made_instead_of_scanning_again(tmp_path, monkeypatch):
+    import json
+
+    from zfcore.viz import atlas
+
+    made = tmp_path / "made"
+    made.mkdir()
+    (made / atlas.MARK).write_text(json.dumps({"layers": {"conv1": {"features": 32}, "conv2": {"features": 64}},
+                                               "source": {"count": 10000}}))
+    (made / "index.html").write_text("the atlas chapter 5 made")
+    monkeypatch.setattr(atlas, "embedded_atlas", lambda *a, **k: pytest.fail("scanned again"))
+    shows = build.build_atlas(tmp_path / "out", made)
+    assert (tmp_path / "out" / "index.html").read_text() == "the atlas chapter 5 made"
+    assert shows == "all 96 conv features of the embedded model over the 10,000 test images"
+
+
+def test_parallel_execution_holds_each_kernel_to_its_cores_and_runs_quoting_chapters_last(tmp_path):
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    log = tmp_path / "log.txt"
+    probe = ("import os, time\nt0 = time.time(); time.sleep(1.5)\n"
+             "with open({log!r}, 'a') as f:\n"
+             "    f.write(f'{name} {{t0}} {{time.time()}} {{len(os.sched_getaffinity(0))}} "
+             "{{os.environ.get(\"OPENBLAS_NUM_THREADS\")}} {{os.environ.get(\"X\")}}\\n')")
+    paths = []
+    for name, extra in (("01-a", ""), ("02-b", ""), ("03-c", "# findings.load( is what makes it wait\n")):
+        nbformat.write(notebook(extra + probe.format(log=str(log), name=name)), tmp_path / f"{name}.ipynb")
+        paths.append(tmp_path / f"{name}.ipynb")
+    done = build.execute_all(paths, 60, jobs=2, extra_env={"X": "given"})
+    assert [p.name for p, _ in done] == [p.name for p in paths]
+    runs = {w[0]: (float(w[1]), float(w[2]), int(w[3]), w[4], w[5])
+            for w in (line.split() for line in log.read_text().splitlines())}
+    half = len(os.sched_getaffinity(0)) // 2
+    assert all(r[2] == half and r[3] == str(half) and r[4] == "given" for r in runs.values())
+    assert runs["01-a"][0] < runs["02-b"][1] and runs["02-b"][0] < runs["01-a"][1]      # at once
+    assert runs["03-c"][0] >= max(runs["01-a"][1], runs["02-b"][1])                    # after both
