@@ -25,14 +25,24 @@ env: $(STAMP)
 report: $(STAMP)
 	$(PY) report/build.py
 
-# All tests: the package's tests (and the builder's unit tests), every notebook under nbval (cells must
-# run cleanly), then a report built into a scratch folder from the notebooks nbval executed (each
-# notebook runs once) and checked (HTML offline, in Chromium when installed, and the PDF).
+# All tests: the package's tests (and the builder's unit tests) and every notebook under nbval (cells must
+# run cleanly), on TEST_JOBS pytest-xdist workers, each on its own core (a notebook's cells stay on one
+# worker, the largest notebooks first; the chapters that quote other chapters' findings run after them);
+# then a report built into a scratch folder from the notebooks nbval executed (each notebook runs once;
+# chapter 5 writes the feature atlas from its own scan) and checked (HTML offline, in Chromium when
+# installed, and the PDF).
+TEST_JOBS ?= 2
+KEPT := $(REPORT_SCRATCH)-executed
+NB_QUOTING := $(shell grep -l 'findings\.load\b' notebooks/[0-9]*.ipynb)
+NB_OTHERS := $(filter-out $(NB_QUOTING),$(shell ls -S notebooks/[0-9]*.ipynb))
+NBVAL := --nbval-lax -p no:cacheprovider -p report.keep_executed --keep-executed $(KEPT)
+
 test: $(STAMP) test-core
-	$(PY) -m pytest tests
-	$(PY) -m pytest --nbval-lax -p no:cacheprovider -p report.keep_executed \
-		--keep-executed $(REPORT_SCRATCH)-executed notebooks
-	$(PY) report/build.py --out $(REPORT_SCRATCH) --from-executed $(REPORT_SCRATCH)-executed
+	rm -rf $(KEPT)
+	ZFCORE_ATLAS_OUT=$(abspath $(KEPT))/atlas $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile $(NBVAL) \
+		$(NB_OTHERS) tests
+	$(PY) -m pytest $(NBVAL) $(NB_QUOTING)
+	$(PY) report/build.py --out $(REPORT_SCRATCH) --from-executed $(KEPT)
 	ZFCORE_REPORT_DIR=$(REPORT_SCRATCH) $(PY) -m pytest -p no:cacheprovider tests/report/test_built_report.py
 
 # The core on an install of the wheel with numpy alone (no torch, no matplotlib): the tests of the ops,
