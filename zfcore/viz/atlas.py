@@ -413,3 +413,17 @@ def _write_site(stage, net, source, tops, layers, meta, display, names, classes,
     for asset in ("atlas.css", "atlas.js"):
         shutil.copyfile(ASSETS / asset, stage / asset)
     (stage / MARK).write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def embedded_atlas(out, tops=None, force: bool = False) -> dict:
+    """The atlas of the report: every conv feature of the embedded model, its top 9 over the shipped
+    Fashion-MNIST test set, with class purity and accuracy (``report/build.py`` links it from the
+    contents). ``tops``: that scan's ``top_k`` results when already computed (chapter 5's
+    ``analysis.scan_layers`` of the same layers gives the same ones); otherwise they are computed here."""
+    from zfcore import models
+    from zfcore.data import CLASSES, sources
+
+    net = models.load_model()
+    return build_atlas(net, sources.TestSetSource(), out, k=9, arch="fmnist_zf", weights="fmnist_zf.npz",
+                       description="the shipped Fashion-MNIST test set", classes=list(CLASSES),
+                       accuracy=True, names=lambda i: f"test[{i}]", force=force, tops=tops)
