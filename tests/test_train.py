@@ -125,7 +125,7 @@ def test_same_seed_same_weights(tiny_root, tmp_path):
     and thread count), with BatchNorm and bf16 autocast as the shipped model was trained."""
     runs = []
     for k in range(2):
-        train.train(epochs=2, out=tmp_path / str(k), root=tiny_root, batch_size=32, threads=2, quiet=True,
+        train.train(epochs=1, out=tmp_path / str(k), root=tiny_root, batch_size=32, threads=2, quiet=True,
                     checkpoints=(), batchnorm=True, precision="bf16", seed=3)
         runs.append(load_npz(tmp_path / str(k) / "fmnist_zf.npz")[0])
     assert runs[0].keys() == runs[1].keys()
