@@ -214,8 +214,9 @@ def top_k(net, source, layers, k: int = 9, features=None, batch_size: int | None
                 for path, why in found.items():
                     source.skipped.setdefault(path, why)
         st = c.scatter([states], broadcast=True)[0]
-        futs = [c.submit(_project_task, shipped, src, st, feats, ids, rule, pure=False)
-                for ids in topk.id_chunks(topk.winners(states), batch_size)]
+        n_workers = max(1, len(c.scheduler_info().get("workers", {})))    # as many chunks as a multiple
+        futs = [c.submit(_project_task, shipped, src, st, feats, ids, rule, pure=False)   # of the workers
+                for ids in topk.id_chunks(topk.winners(states), batch_size, n_workers)]
         parts = c.gather(futs)
     tops = topk.assemble(net, source, states, feats, parts)
     return tops[layers] if isinstance(layers, str) else tops
