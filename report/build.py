@@ -72,7 +72,10 @@ def reads_findings(path: Path) -> bool:
 
 
 def reuse(path: Path, folder: Path):
-    """The executed copy of ``path`` in ``folder``; refused when its cells are not the current ones."""
+    """The executed copy of ``path`` in ``folder``; refused when its cells are not the current ones. A
+    notebook without code cells (nbval has nothing of it to keep) is itself."""
+    if not any(c.cell_type == "code" for c in nbformat.read(path, as_version=4).cells):
+        return nbformat.read(path, as_version=4)
     if not (folder / path.name).is_file():
         raise FileNotFoundError(f"{folder / path.name}: no executed copy of {path.name}")
     nb = nbformat.read(folder / path.name, as_version=4)

@@ -87,8 +87,12 @@ def test_builder_reuses_a_current_copy_and_refuses_a_stale_or_missing_one(tmp_pa
     nbformat.write(nb, chapters / "01-a.ipynb")
     with pytest.raises(ValueError, match="another version of 01-a.ipynb"):
         build.reuse(chapters / "01-a.ipynb", kept)
+    nbformat.write(notebook("b = 2"), chapters / "02-b.ipynb")
     with pytest.raises(FileNotFoundError, match="no executed copy of 02-b.ipynb"):
         build.reuse(chapters / "02-b.ipynb", kept)
+    prose = new_notebook(cells=[new_markdown_cell("# References")])       # nothing for nbval to run
+    nbformat.write(prose, chapters / "91-refs.ipynb")
+    assert build.reuse(chapters / "91-refs.ipynb", kept).cells[0].source == "# References"
 
 
 def test_builder_takes_the_atlas_chapter_5_made_instead_of_scanning_again(tmp_path, monkeypatch):
