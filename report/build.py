@@ -74,12 +74,12 @@ def reads_findings(path: Path) -> bool:
 def reuse(path: Path, folder: Path):
     """The executed copy of ``path`` in ``folder``; refused when its cells are not the current ones. A
     notebook without code cells (nbval has nothing of it to keep) is itself."""
-    if not any(c.cell_type == "code" for c in nbformat.read(path, as_version=4).cells):
-        return nbformat.read(path, as_version=4)
+    now = nbformat.read(path, as_version=4)
+    if not any(c.cell_type == "code" for c in now.cells):
+        return now
     if not (folder / path.name).is_file():
         raise FileNotFoundError(f"{folder / path.name}: no executed copy of {path.name}")
     nb = nbformat.read(folder / path.name, as_version=4)
-    now = nbformat.read(path, as_version=4)
     cells = lambda n: [(c.cell_type, c.source, {k: v for k, v in c.metadata.items() if k != "execution"})
                        for c in n.cells]
     if cells(nb) != cells(now):
@@ -100,8 +100,8 @@ def _child_cpu() -> float:
 def execute_all(paths, timeout, source=None, jobs=1, extra_env=None):
     """[(path, executed notebook)]; ``source``: a folder of already executed notebooks to reuse.
     ``jobs`` > 1: that many chapters at once, each kernel on its share of the cores (it then runs as
-    many threads) and chapters that quote findings after all the others. Raises RuntimeError listing the chapters that failed (after
-    trying all of them)."""
+    many threads) and chapters that quote findings after all the others. Raises RuntimeError listing
+    the chapters that failed (after trying all of them)."""
     if jobs > 1 and not source and len(paths) > 1:
         return _execute_parallel(paths, timeout, jobs, extra_env)
     from tqdm import tqdm
