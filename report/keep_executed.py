@@ -41,14 +41,13 @@ def _children_cpu() -> float:
 class _Keeper:
     def __init__(self, folder: Path):
         self.folder = folder
-        self.runs: dict = {}          # notebook collector -> {"ok", "count", "start", "cpu"}
+        self.runs: dict = {}          # notebook collector -> {"ok", "passed", "start", "cpu"}
 
     def _run(self, nbfile):
         if nbfile not in self.runs:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / Path(str(nbfile.fspath)).name).unlink(missing_ok=True)   # an earlier run's
-            self.runs[nbfile] = {"ok": True, "passed": 0, "count": 0, "start": time.time(),
-                                 "cpu": _children_cpu()}
+            self.runs[nbfile] = {"ok": True, "passed": 0, "start": time.time(), "cpu": _children_cpu()}
         return self.runs[nbfile]
 
     @pytest.hookimpl(hookwrapper=True)
@@ -61,13 +60,12 @@ class _Keeper:
         report = outcome.get_result()
         if report.when == "call":
             if report.passed and item.test_outputs is not None:
-                run["count"] += 1
-                run["passed"] += 1
+                run["passed"] += 1                    # cells run in order: the execution count
                 item.cell.outputs = [nbformat.from_dict(dict(o)) for o in item.test_outputs]
-                item.cell.execution_count = run["count"]
+                item.cell.execution_count = run["passed"]
                 for o in item.cell.outputs:
                     if o.get("output_type") == "execute_result":
-                        o["execution_count"] = run["count"]
+                        o["execution_count"] = run["passed"]
             else:
                 run["ok"] = False
         elif report.failed:
